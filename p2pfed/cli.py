@@ -1,0 +1,158 @@
+"""The `p2pfed` command line (click). Each command is a thin shell over one module."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import config as config_mod
+from .config import ConfigError
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _load(path: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path) if path else config_mod.Config()
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """p2pfed: serverless federated learning over ZeroMQ."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(), help="peers.toml")
+@click.option("--id", "peer_id", required=True, type=int, help="this peer's id in [[peers]]")
+@click.option("--run-dir", default=None, help="overrides output.run_dir")
+@click.option("--resume", is_flag=True, help="reload this peer's checkpoint and rejoin the run")
+@click.option("--crash-at", multiple=True, help="fault injection: ROUND:PHASE (train|exchange|between-rounds)")
+@click.option("--quiet", is_flag=True, help="log to the run dir only, not to stderr")
+def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
+    """Run one peer (one OS process)."""
+    from . import logs
+    from .allreduce import RoundError
+    from .data import DataError
+    from .model import ModelError
+    cfg = _load(config_path)
+    try:
+        if crash_at:
+            extra = tuple(config_mod.parse_fault(f"{peer_id}@{spec}") for spec in crash_at)
+            cfg = config_mod.replace_faults(cfg, cfg.faults + extra)
+        cfg.peer(peer_id)
+    except ConfigError as e:
+        _fail(str(e))
+    run_dir = Path(run_dir or cfg.output.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr)
+    from .peer import Peer
+    try:
+        code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx).run()
+    except (ConfigError, DataError, ModelError, RoundError) as e:
+        logging.getLogger("p2pfed.peer").error("%s", e)
+        _fail(f"peer {peer_id}: {e}", 1)
+    except KeyboardInterrupt:
+        logging.getLogger("p2pfed.peer").warning("interrupted")
+        sys.exit(130)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--out", default="keys", show_default=True, help="directory for the key files")
+@click.option("--name", default="peer", show_default=True, help="file name stem: NAME.key and NAME.key_secret")
+def keygen(out, name) -> None:
+    """Write a CURVE key pair; put the public key into peers.toml."""
+    from .security import keygen as _keygen
+    public, secret = _keygen(out, name)
+    import zmq.auth
+    pub, _ = zmq.auth.load_certificate(public)
+    click.echo(f"public key file: {public}\nsecret key file: {secret} (keep it private)\n"
+               f"public_key = \"{pub.decode()}\"")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def launch(ctx) -> None:
+    """Start N local peers (same options as launch.py)."""
+    from .launcher import main as launcher_main
+    sys.exit(launcher_main(ctx.args))
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, type=click.Path(), help="peers.toml (data/model/train)")
+@click.option("--run-dir", required=True, help="where metrics-central.jsonl and central.pt go")
+@click.option("--rounds", type=int, default=None, help="overrides train.rounds")
+@click.option("--dataset", type=click.Choice(["cifar10", "folder", "synthetic"]), default=None)
+@click.option("--data-dir", default=None)
+@click.option("--width-mult", type=float, default=None)
+def centralized(config_path, run_dir, rounds, dataset, data_dir, width_mult) -> None:
+    """Train one model on the union of all partitions: the reference for a federated run."""
+    from . import centralized as central, logs
+    cfg = _load(config_path)
+    try:
+        cfg = config_mod.override(cfg, train={"rounds": rounds}, data={"dataset": dataset, "data_dir": data_dir},
+                                  model={"width_mult": width_mult})
+    except ConfigError as e:
+        _fail(str(e))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    logs.setup("central", str(Path(run_dir) / "central.log"))
+    central.run(cfg, Path(run_dir))
+
+
+@main.command()
+@click.argument("model_file", type=click.Path())
+@click.option("--onnx", "onnx_path", default=None, help="output .onnx (default: beside the input)")
+@click.option("--data-dir", default=None, help="images to check ONNX against PyTorch (default: from the config)")
+def export(model_file, onnx_path, data_dir) -> None:
+    """Export a consensus.pt to fp32 ONNX and check it against PyTorch."""
+    from . import export as exp, logs
+    logs.setup("export")
+    try:
+        out, diff = exp.export_file(model_file, onnx_path, data_dir=data_dir)
+    except (exp.ExportError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    click.echo(f"wrote {out}; max |logit difference| ONNX Runtime vs PyTorch = {diff:.2e}")
+
+
+@main.command()
+@click.argument("target", type=click.Path())
+@click.option("--calibration-images", type=int, default=None, help="images used for calibration")
+def quantize(target, calibration_images) -> None:
+    """Static INT8 quantization of RUN_DIR/consensus.pt (or a consensus .pt file), with a comparison."""
+    from . import logs, quantize as q
+    logs.setup("quantize")
+    try:
+        result = q.run_target(target, calibration_images=calibration_images)
+    except (q.QuantizeError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    click.echo(q.format_table(result))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--reference", default=None, type=click.Path(), help="a centralized run dir to compare with")
+def report(run_dir, reference) -> None:
+    """Render RUN_DIR/plots/*.png and RUN_DIR/summary.md."""
+    from . import report as rep
+    out = rep.render(Path(run_dir), Path(reference) if reference else None)
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def status(run_dir) -> None:
+    """Summarise a run from its files, running or finished."""
+    from . import report as rep
+    click.echo(rep.status_text(Path(run_dir)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Per-peer metrics as JSON lines: one record per training step, phase change, round and fault.
+
+Record types (field "type"):
+    step   round, step, steps, loss, lr            every optimiser step
+    phase  round, phase                            train | wait | exchange | eval | sync | done
+    round  round, members, weights, digest, attempt, averaging_s, bytes_sent, correct, total, ...
+    fault  round, phase, action                    an injected fault fired
+    event  round, message                          something the report should show (abort, rejoin)
+Every record also has "peer" and "t" (unix time, s).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class MetricsWriter:
+    def __init__(self, path: str | Path, peer: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.peer = peer
+        self._f = open(self.path, "a", buffering=1)   # line-buffered: readers see whole lines
+
+    def write(self, type_: str, **fields) -> None:
+        rec = {"type": type_, "peer": self.peer, "t": round(time.time(), 3), **fields}
+        self._f.write(json.dumps(rec) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read(path: str | Path) -> list[dict]:
+    """All complete records of a metrics file (a torn last line from a crash is skipped)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def read_run(run_dir: str | Path) -> dict[int, list[dict]]:
+    """peer id -> records, for every metrics-<id>.jsonl in a run dir."""
+    out = {}
+    for p in sorted(Path(run_dir).glob("metrics-*.jsonl")):
+        try:
+            out[int(p.stem.split("-", 1)[1])] = read(p)
+        except ValueError:
+            continue
+    return out
