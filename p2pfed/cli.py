@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import signal
 import sys
 from pathlib import Path
 
@@ -54,6 +54,7 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr)
     from .peer import Peer
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))   # run the cleanup in finally blocks
     try:
         code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx).run()
     except (ConfigError, DataError, ModelError, RoundError) as e:

@@ -91,7 +91,7 @@ class OutputConfig:
     writer: int = -1             # peer that writes consensus.pt and summary; -1 = lowest live id
     quantize: bool = False       # the writer also exports ONNX and quantizes to INT8 at the end
     calibration_images: int = 256  # images from the writer's partition used to calibrate INT8
-    dump_pre_average: bool = False  # write each peer's pre-averaging model per round (tests)
+    dump_round_models: bool = False  # write each peer's model before and after averaging, per round (tests)
 
 
 @dataclass(frozen=True)

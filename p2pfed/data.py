@@ -97,19 +97,17 @@ def partition(labels: np.ndarray, n_parts: int, kind: str, alpha: float, seed: i
 
 def synthetic(n: int, seed: int, num_classes: int = 10, size: int = 32, noise: float = 0.35,
               split_seed: int = 0) -> Split:
-    """A learnable set: each class is a fixed smooth colour pattern; images add noise and shifts.
+    """A learnable set: each class is a fixed smooth colour pattern; images vary contrast and add noise.
 
     The class templates depend only on `seed`; `split_seed` draws different images (train/test).
     """
     g = torch.Generator().manual_seed(seed)
-    low = torch.rand(num_classes, 3, 4, 4, generator=g)
+    low = (torch.rand(num_classes, 3, 2, 2, generator=g) > 0.5).float()
     templates = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
     g2 = torch.Generator().manual_seed(seed * 1000 + split_seed + 1)
     labels = torch.randint(0, num_classes, (n,), generator=g2)
-    x = templates[labels]
-    shift = torch.randint(-3, 4, (2,), generator=g2)
-    x = torch.roll(x, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
-    x = x + noise * torch.randn(x.shape, generator=g2)
+    contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g2)
+    x = 0.5 + (templates[labels] - 0.5) * contrast + noise * torch.randn((n, 3, size, size), generator=g2)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     return Split(labels.numpy().astype(np.int64), [f"class{c}" for c in range(num_classes)], images=images)
 

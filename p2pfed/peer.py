@@ -243,10 +243,10 @@ class Peer:
             self._eval_cache = {key: self.test_split.subset(parts[members.index(self.id)])}
         return self._eval_cache[key]
 
-    def _dump_pre_average(self, rnd: int, state) -> None:
-        """For tests: my model before averaging, to check the consensus against a float64 mean."""
+    def _dump(self, rnd: int, state, when: str) -> None:
+        """For tests: my model before/after averaging, to check the consensus against a float64 mean."""
         arrays = {f"t{i}": v for i, v in enumerate(state.values())}
-        path = self.run_dir / "pre" / f"round{rnd}-peer{self.id}.npz"
+        path = self.run_dir / "pre" / f"round{rnd}-peer{self.id}{'' if when == 'pre' else '-post'}.npz"
         path.parent.mkdir(exist_ok=True)
         atomic.write_atomic(path, lambda f: np.savez(f, n_samples=self.n_samples, **arrays))
 
@@ -254,8 +254,8 @@ class Peer:
         rnd = self.round
         losses = self.train_round()
         state = to_numpy(self.net.state_dict())
-        if self.cfg.output.dump_pre_average:
-            self._dump_pre_average(rnd, state)
+        if self.cfg.output.dump_round_models:
+            self._dump(rnd, state, "pre")
         self.set_phase("wait")
         try:
             res = self.allreduce.run(rnd, state, self.n_samples)
@@ -269,6 +269,8 @@ class Peer:
                 self.fetch(c["round"], c["digest"])
             return
         self.net.load_state_dict(to_torch(res.state))
+        if self.cfg.output.dump_round_models:
+            self._dump(rnd, res.state, "post")
         self.committed = {"round": rnd, "digest": res.digest, "members": res.members, "state": res.state}
         self._checkpoint()
         self._serve()

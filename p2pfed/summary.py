@@ -37,6 +37,7 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
             "members": members,
             "digests": digests,
             "digests_agree": len(set(digests.values())) == 1,
+            "weights": {str(p): s["n_samples"] for p, s in sorted(by.items())},
             "accuracy": correct / total if total else None,
             "test_loss": sum(s["loss_sum"] for s in by.values()) / total if total else None,
             "eval_samples": total,

@@ -1,0 +1,312 @@
+"""`python launch.py --peers N`: start N local peer processes, show progress, reap them all.
+
+The launcher is not a server: it writes a config, starts `p2pfed peer` subprocesses (no
+fork after torch or zmq are imported), reads their metrics files to show progress, can
+restart a peer that died (`--restart ID@ROUND`), forwards Ctrl-C and reaps every child.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import config as config_mod
+from .config import ConfigError
+from .faults import CRASH_EXIT_CODE
+
+GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="launch.py", description="Run N p2pfed peers on this machine.")
+    p.add_argument("--peers", type=int, default=5, help="number of local peers (default 5)")
+    p.add_argument("--config", default=None, help="base config (default: peers.toml in this directory if present)")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--local-epochs", type=float)
+    p.add_argument("--dataset", choices=["cifar10", "folder", "synthetic"])
+    p.add_argument("--data-dir")
+    p.add_argument("--partition", choices=["iid", "dirichlet"])
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--width-mult", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-steps", type=int, help="cap local steps per round (quick demos)")
+    p.add_argument("--train-limit", type=int, help="use only N training images in all")
+    p.add_argument("--test-limit", type=int, help="evaluate on only N test images")
+    p.add_argument("--threads", type=int, help="torch threads per peer (default cores / peers)")
+    p.add_argument("--run-dir", help="default runs/<timestamp>")
+    p.add_argument("--kill", action="append", default=[], metavar="ID@ROUND:PHASE",
+                   help="crash a peer at train|exchange|between-rounds of a round (repeatable)")
+    p.add_argument("--stall", action="append", default=[], metavar="ID@ROUND:PHASE",
+                   help="stall a peer (faults.stall_s) at a point of a round (repeatable)")
+    p.add_argument("--restart", action="append", default=[], metavar="ID@ROUND",
+                   help="restart a dead peer with --resume once the others reach ROUND (repeatable)")
+    p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
+                   help="export + INT8-quantize the consensus at the end (default: output.quantize)")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="render plots and summary.md at the end")
+    p.add_argument("--timeout-s", type=float, default=0, help="give up (and kill all peers) after this long")
+    return p.parse_args(argv)
+
+
+def resolve_config(args) -> tuple[config_mod.Config, Path]:
+    base_path = args.config or ("peers.toml" if Path("peers.toml").exists() else None)
+    cfg = config_mod.load(base_path) if base_path else config_mod.Config()
+    run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = config_mod.override(
+        cfg,
+        train={"rounds": args.rounds, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
+               "max_steps": args.max_steps, "threads": args.threads},
+        data={"dataset": args.dataset, "data_dir": args.data_dir, "partition": args.partition, "alpha": args.alpha,
+              "seed": args.seed, "train_limit": args.train_limit, "test_limit": args.test_limit},
+        model={"width_mult": args.width_mult},
+        output={"run_dir": str(run_dir), "quantize": args.quantize})
+    cfg = config_mod.replace_peers(cfg, config_mod.local_peers(args.peers, free_ports(args.peers)))
+    faults = [config_mod.parse_fault(s, "crash") for s in args.kill]
+    faults += [config_mod.parse_fault(s, "stall") for s in args.stall]
+    cfg = config_mod.replace_faults(cfg, cfg.faults + tuple(faults))
+    return cfg, run_dir
+
+
+@dataclass
+class PeerView:
+    """What the launcher knows about one peer, from its process and metrics file."""
+    id: int
+    proc: subprocess.Popen | None = None
+    offset: int = 0
+    round: int = 0
+    phase: str = "starting"
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    events: list = field(default_factory=list)
+
+    def line(self, rounds: int) -> str:
+        if self.exit_code is not None:
+            state = "finished" if self.exit_code == 0 else (
+                "crashed (injected)" if self.exit_code == CRASH_EXIT_CODE else f"exited {self.exit_code}")
+            return f"peer {self.id}: {state} (round {min(self.round, rounds)})"
+        bar = ""
+        if self.phase == "train" and self.steps:
+            done = int(20 * self.step / self.steps)
+            bar = f" [{'#' * done}{'.' * (20 - done)}] {100 * self.step / self.steps:3.0f}%"
+        loss = f"  loss {self.loss:.3f}" if self.loss is not None else ""
+        acc = f"  acc {100 * self.accuracy:.1f}%" if self.accuracy is not None else ""
+        return f"peer {self.id}: round {min(self.round, rounds)}/{rounds} {self.phase:<8}{bar}{loss}{acc}"
+
+    def poll_metrics(self, run_dir: Path) -> list[dict]:
+        path = run_dir / f"metrics-{self.id}.jsonl"
+        try:
+            with open(path) as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        complete = chunk[:chunk.rfind("\n") + 1]
+        self.offset += len(complete.encode())
+        recs = []
+        for line in complete.splitlines():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        for r in recs:
+            self.round = r.get("round", self.round)
+            if r["type"] == "step":
+                self.step, self.steps, self.loss = r["step"], r["steps"], r["loss"]
+                self.phase = "train"
+            elif r["type"] == "phase":
+                self.phase = r["phase"]
+            elif r["type"] == "round":
+                self.accuracy = r["correct"] / r["total"] if r["total"] else None
+            elif r["type"] in ("fault", "event"):
+                self.events.append(r)
+        return recs
+
+
+class Launcher:
+    def __init__(self, cfg: config_mod.Config, run_dir: Path, restarts: dict[int, int], timeout_s: float = 0):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.restarts = restarts              # peer id -> round at which to restart it
+        self.timeout_s = timeout_s
+        self.views = {p.id: PeerView(p.id) for p in cfg.peers}
+        self.tty = sys.stdout.isatty()
+        self._drawn = 0
+        self._last_plain: dict[int, tuple] = {}
+        self.config_path = run_dir / "config.toml"
+
+    def _start(self, peer_id: int, resume: bool = False) -> None:
+        cmd = [sys.executable, "-m", "p2pfed", "peer", "--config", str(self.config_path), "--id", str(peer_id),
+               "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
+        err = open(self.run_dir / f"peer-{peer_id}.stderr", "ab")
+        self.views[peer_id].proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        err.close()
+        self.views[peer_id].exit_code = None
+
+    def run(self) -> int:
+        from . import atomic
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.config_path, config_mod.dumps_toml(self.cfg))
+        print(f"p2pfed: {len(self.cfg.peers)} peers, {self.cfg.train.rounds} rounds, data {self.cfg.data.dataset}, "
+              f"run dir {self.run_dir}", flush=True)
+        started = time.monotonic()
+        interrupted = False
+        old = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            for pid in self.views:
+                self._start(pid)
+            while True:
+                self._poll()
+                self._render()
+                if all(v.proc.poll() is not None for v in self.views.values()) and not self._pending_restart():
+                    break
+                if self.timeout_s and time.monotonic() - started > self.timeout_s:
+                    print(f"\np2pfed: giving up after --timeout-s {self.timeout_s:.0f} s; stopping all peers",
+                          flush=True)
+                    interrupted = True
+                    break
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\np2pfed: interrupted; stopping all peers", flush=True)
+        finally:
+            self.stop_all()
+            signal.signal(signal.SIGTERM, old)
+        self._poll()
+        self._render(final=True)
+        return self._verdict(interrupted)
+
+    def _pending_restart(self) -> bool:
+        return any(pid in self.restarts and self.views[pid].restarts == 0 and self.views[pid].exit_code not in (None, 0)
+                   for pid in self.views)
+
+    def _poll(self) -> None:
+        for v in self.views.values():
+            v.poll_metrics(self.run_dir)
+            if v.proc is not None and v.exit_code is None and v.proc.poll() is not None:
+                v.exit_code = v.proc.returncode
+        others = [v.round for v in self.views.values() if v.exit_code is None]
+        for pid, at_round in self.restarts.items():
+            v = self.views[pid]
+            if v.exit_code not in (None, 0) and v.restarts == 0 and (not others or max(others) >= at_round):
+                v.restarts += 1
+                print(f"p2pfed: restarting peer {pid} with --resume (others at round {max(others, default='?')})",
+                      flush=True)
+                self._start(pid, resume=True)
+
+    def _render(self, final: bool = False) -> None:
+        rounds = self.cfg.train.rounds
+        lines = [v.line(rounds) for v in self.views.values()]
+        if self.tty:
+            out = (f"\x1b[{self._drawn}F" if self._drawn else "") + "".join(f"\x1b[2K{l}\n" for l in lines)
+            sys.stdout.write(out)
+            sys.stdout.flush()
+            self._drawn = len(lines)
+            return
+        for v, line in zip(self.views.values(), lines):   # plain: one line per change of round/phase
+            key = (v.round, v.phase, v.exit_code)
+            if self._last_plain.get(v.id) != key:
+                self._last_plain[v.id] = key
+                print(line, flush=True)
+
+    def stop_all(self) -> None:
+        """SIGINT every live peer, wait GRACE_S, then SIGKILL; always reap."""
+        live = [v.proc for v in self.views.values() if v.proc is not None and v.proc.poll() is None]
+        for p in live:
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + GRACE_S
+        for p in live:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+
+    def _verdict(self, interrupted: bool) -> int:
+        summary = self.run_dir / "summary.json"
+        bad = [v for v in self.views.values() if v.exit_code not in (0, CRASH_EXIT_CODE)]
+        if interrupted:
+            print(f"p2pfed: run stopped; partial results in {self.run_dir}", flush=True)
+            return 130
+        if not summary.exists():
+            print(f"p2pfed: FAILED: no summary.json was written. See the peers' logs: "
+                  f"{', '.join(str(self.run_dir / f'peer-{v.id}.log') for v in bad or self.views.values())}",
+                  flush=True)
+            return 1
+        if bad:
+            print(f"p2pfed: FAILED: peers {[v.id for v in bad]} exited with errors "
+                  f"({', '.join(f'{v.id}: {v.exit_code}' for v in bad)}); see {self.run_dir}/peer-<id>.log",
+                  flush=True)
+            return 1
+        s = json.loads(summary.read_text())
+        acc = s["final"]["accuracy"]
+        agree = all(r["digests_agree"] for r in s["rounds"])
+        print(f"p2pfed: done. {len(s['rounds'])} rounds, final accuracy "
+              f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}, digests agreed in every round: {agree}", flush=True)
+        return 0 if agree else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, run_dir = resolve_config(args)
+        restarts = {}
+        for spec in args.restart:
+            who, _, rnd = spec.partition("@")
+            try:
+                restarts[int(who)] = int(rnd or 1)
+            except ValueError:
+                raise ConfigError(f"--restart {spec!r} must look like ID@ROUND, e.g. 2@3") from None
+            if int(who) not in cfg.peer_ids:
+                raise ConfigError(f"--restart {spec!r}: peer {who} does not exist (ids {cfg.peer_ids})")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    code = Launcher(cfg, run_dir, restarts, args.timeout_s).run()
+    if code == 0 and args.report:
+        try:
+            from . import report
+            out = report.render(run_dir)
+            print(f"p2pfed: report: {out}", flush=True)
+        except Exception as e:  # the run succeeded; a plotting problem must not hide that
+            print(f"p2pfed: warning: the report could not be rendered ({type(e).__name__}: {e}); "
+                  f"run `p2pfed report {run_dir}` to retry", flush=True)
+    if (run_dir / "summary.json").exists():
+        print(f"p2pfed: run directory: {run_dir}\np2pfed: summary: {run_dir / 'summary.json'}"
+              + (f" and {run_dir / 'summary.md'}" if (run_dir / "summary.md").exists() else ""), flush=True)
+    return code

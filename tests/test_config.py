@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from p2pfed import config
+from p2pfed.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_peers_toml_loads_with_five_local_peers():
+    cfg = config.load(ROOT / "peers.toml")
+    assert cfg.peer_ids == [0, 1, 2, 3, 4]
+    assert all(p.host == "127.0.0.1" for p in cfg.peers)
+
+
+def test_every_dataclass_field_is_documented_in_peers_toml_and_docs():
+    text = (ROOT / "peers.toml").read_text()
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    import dataclasses
+    for name, cls in config._SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"\n{f.name} =" in text, f"peers.toml lacks {name}.{f.name}"
+            assert f"`{name}.{f.name}`" in docs, f"docs/configuration.md lacks {name}.{f.name}"
+
+
+def test_unknown_key_is_named_with_the_allowed_keys():
+    with pytest.raises(ConfigError, match=r"unknown key train\.epochs.*allowed keys in \[train\]: rounds"):
+        config.from_dict({"train": {"epochs": 3}})
+
+
+def test_bad_choice_names_key_and_allowed_values():
+    with pytest.raises(ConfigError, match=r"data.partition = 'random' is not allowed; use one of \['iid', 'dirichlet'\]"):
+        config.from_dict({"data": {"partition": "random"}})
+
+
+def test_wrong_type_and_range_are_rejected():
+    with pytest.raises(ConfigError, match="train.rounds = 'two' must be an integer"):
+        config.from_dict({"train": {"rounds": "two"}})
+    with pytest.raises(ConfigError, match="train.rounds = 0 must be > 0"):
+        config.from_dict({"train": {"rounds": 0}})
+    with pytest.raises(ConfigError, match="ids must be unique"):
+        config.from_dict({"peers": [{"id": 1, "port": 5000}, {"id": 1, "port": 5001}]})
+
+
+def test_bad_toml_file_names_the_file(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[train\nrounds=")
+    with pytest.raises(ConfigError, match="x.toml is not valid TOML"):
+        config.load(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_dumps_toml_round_trips():
+    cfg = config.override(config.load(ROOT / "peers.toml"), train={"rounds": 3}, data={"alpha": 0.1})
+    cfg = config.replace_faults(cfg, (config.parse_fault("2@2:exchange"),))
+    import tomllib
+    again = config.from_dict(tomllib.loads(config.dumps_toml(cfg)))
+    assert again == cfg
+
+
+def test_parse_fault():
+    f = config.parse_fault("3@2:between-rounds")
+    assert (f.peer, f.round, f.phase, f.action) == (3, 2, "between-rounds", "crash")
+    assert config.parse_fault("1@1").phase == "train"
+    with pytest.raises(ConfigError, match="ID@ROUND:PHASE"):
+        config.parse_fault("nonsense")
+    with pytest.raises(ConfigError, match="not allowed"):
+        config.parse_fault("1@1:lunch")

@@ -1,0 +1,103 @@
+"""Real peer processes averaging over ZeroMQ on loopback (tiny model, synthetic data)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import (check_round_exact, load_pre, make_config, start_peer, summary, wait_all)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_five_peers_reach_exact_agreed_consensus_and_learn(tmp_path, procs):
+    cfg, path = make_config(tmp_path, 5, train={"rounds": 3})
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(5)]
+    assert wait_all(ps, 240) == [0] * 5
+
+    s = summary(run)
+    assert [r["round"] for r in s["rounds"]] == [1, 2, 3]
+    for r in s["rounds"]:
+        assert r["members"] == [0, 1, 2, 3, 4]
+        assert len(set(r["digests"].values())) == 1 and len(r["digests"]) == 5
+        check_round_exact(run, r["round"], r["members"], r["members"])
+        # bandwidth: about 2x the float bytes per peer, not (N-1)x
+        model_bytes = s["final"]["model_bytes"]
+        assert all(b < 2.0 * model_bytes for b in r["bytes_sent"].values()), r["bytes_sent"]
+    accs = [r["accuracy"] for r in s["rounds"]]
+    assert accs[-1] > accs[0] + 0.05, accs
+    assert accs[-1] > 0.3, accs
+    assert s["final"]["digest"] == s["rounds"][-1]["digests"]["0"]
+    import torch
+    c = torch.load(run / "consensus.pt", map_location="cpu", weights_only=True)
+    assert c["round"] == 3 and c["peers"] == [0, 1, 2, 3, 4] and c["digest"] == s["final"]["digest"]
+    assert c["model_args"]["width_mult"] == 0.1
+
+
+def test_dirichlet_partitions_weight_by_sample_count(tmp_path, procs):
+    cfg, path = make_config(tmp_path, 4, train={"rounds": 1}, data={"partition": "dirichlet", "alpha": 0.3})
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(4)]
+    assert wait_all(ps, 180) == [0] * 4
+    from p2pfed import data
+    labels = data.load_split(cfg.data, "train").labels
+    sizes = [len(p) for p in data.partition(labels, 4, "dirichlet", 0.3, cfg.data.seed)]
+    assert len(set(sizes)) > 1, "the partition should be unequal for this test to mean anything"
+    r = summary(run)["rounds"][0]
+    assert r["weights"] == {str(i): sizes[i] for i in range(4)}
+    assert [load_pre(run, 1, i)[1] for i in range(4)] == sizes
+    check_round_exact(run, 1, [0, 1, 2, 3], [0, 1, 2, 3])
+
+
+def _launch(tmp_path, procs, *extra):
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", "3", "--config", str(tmp_path / "peers.toml"),
+           "--run-dir", str(tmp_path / "run"), *extra]
+    return procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def test_launch_end_to_end_writes_consensus_and_summary(tmp_path, procs):
+    make_config(tmp_path, 3, train={"rounds": 2})
+    p = _launch(tmp_path, procs, "--no-report")
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out
+    assert (tmp_path / "run" / "consensus.pt").stat().st_size > 0
+    s = summary(tmp_path / "run")
+    assert all(r["digests_agree"] for r in s["rounds"]) and len(s["rounds"]) == 2
+    assert "digests agreed in every round: True" in out
+    assert f"summary: {tmp_path / 'run' / 'summary.json'}" in out
+
+
+def test_launch_ctrl_c_leaves_no_process_behind(tmp_path, procs):
+    make_config(tmp_path, 3, train={"rounds": 50, "max_steps": 200})
+    p = _launch(tmp_path, procs, "--no-report")
+    deadline = time.monotonic() + 60
+    kids = []
+    while time.monotonic() < deadline and len(kids) < 3:
+        time.sleep(0.5)
+        kids = _children_of(p.pid)
+    assert len(kids) == 3, "launch.py should have started 3 peers"
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out
+    for k in kids:
+        assert not Path(f"/proc/{k}").exists() or "Z" in Path(f"/proc/{k}/stat").read_text().split()[2], \
+            f"peer process {k} survived Ctrl-C"
