@@ -35,6 +35,9 @@ POLL_S = 0.05   # how often a waiting loop re-checks liveness and deadlines
 
 class AttemptFailed(Exception):
     """This attempt cannot complete; the reason is logged and sent to the group."""
+    def __init__(self, reason: str, dead: list[int] = ()):
+        super().__init__(reason)
+        self.dead = list(dead)
 
 
 class RoundError(RuntimeError):
@@ -72,12 +75,14 @@ class Mailbox:
     ANY_ROUND = KEEP_ALL + ("model",)              # a downloaded model may be of any round
     AHEAD_OK = ANY_ROUND + ("commit",)             # commits far ahead tell me I am behind
 
-    def __init__(self, transport):
+    def __init__(self, transport, validate: Callable[[wire.Message], None] = lambda msg: None):
         self.transport = transport
+        self.validate = validate          # schema check against the local model; raises WireError
         self.log = log
         self.round = 0
         self.box: dict[tuple, dict[int, wire.Message]] = defaultdict(dict)
         self.departed: set[int] = set()
+        self.suspects: dict[int, float] = {}   # peer -> when a member reported it dead
 
     def pump(self, timeout_s: float) -> None:
         """Wait up to timeout_s for one message, then take whatever else is queued."""
@@ -92,11 +97,21 @@ class Mailbox:
             self.departed.add(msg.sender)
         else:
             self.departed.discard(msg.sender)
+        if msg.kind == "abort":
+            for d in msg.header.get("dead", []):
+                if isinstance(d, int) and d != self.transport.me.id:
+                    self.suspects[d] = time.monotonic()
         if r < self.round and msg.kind not in self.ANY_ROUND:
-            self.log.debug("dropped stale %s from peer %s for round %s", msg.kind, msg.sender, r)
+            self.log.info("dropped stale %s from peer %s: round %s < current round %s", msg.kind, msg.sender, r,
+                          self.round)
             return
         if r > self.round + 2 and msg.kind not in self.AHEAD_OK:
             self.log.warning("dropped %s from peer %s for round %s, too far ahead", msg.kind, msg.sender, r)
+            return
+        try:
+            self.validate(msg)
+        except wire.WireError as e:
+            self.log.warning("rejected %s from peer %s: %s", msg.kind, msg.sender, e)
             return
         self.box[(msg.kind, r, msg.header.get("attempt", -1))][msg.sender] = msg
 
@@ -118,7 +133,11 @@ class Mailbox:
             del self.box[key]
 
     def alive(self, peer: int) -> bool:
-        return peer not in self.departed and self.transport.alive(peer)
+        """Heard from within dead_after_s, not said bye, and not reported dead by a member since."""
+        if peer in self.departed or not self.transport.alive(peer):
+            return False
+        suspected = self.suspects.get(peer)
+        return suspected is None or self.transport.last_seen.get(peer, 0.0) > suspected
 
 
 class AllReduce:
@@ -173,8 +192,9 @@ class AllReduce:
                 reason = str(e)
                 self.log.warning("attempt %d with %s failed: %s; keeping my pre-round model", attempt, members, reason)
                 events.append(f"attempt {attempt} {members}: {reason}")
-                self._broadcast(members, "abort", round=rnd, attempt=attempt, reason=reason[:200])
+                self._broadcast(members, "abort", round=rnd, attempt=attempt, reason=reason[:200], dead=e.dead)
                 last_attempt = attempt
+                self._backoff(min(1.0, 0.1 * tries))
                 # tell a possibly new leader that I am still ready for this round
                 self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples))
                 continue
@@ -183,6 +203,12 @@ class AllReduce:
                                grouped_at - started, self.t.bytes_sent - bytes_before, digests, events)
         raise RoundError(f"round {rnd}: no attempt succeeded in {self.cfg.max_attempts} tries "
                          f"(averaging.max_attempts); last failures: {events[-3:]}")
+
+    def _backoff(self, seconds: float) -> None:
+        """Keep reading messages (aborts carry who died) for a moment before the next attempt."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.mb.pump(until - time.monotonic())
 
     def _await_group(self, rnd: int, last_attempt: int, ready_at: float, n_samples: int):
         """Block until a group for an attempt > last_attempt includes me (or I propose one)."""
@@ -240,7 +266,7 @@ class AllReduce:
             missing = [m for m in others if m not in got]
             dead = [m for m in missing if not self.mb.alive(m)]
             if dead and not allow_dead:
-                raise AttemptFailed(f"peer {dead[0]} died (silent for {self.cfg.dead_after_s} s)")
+                raise AttemptFailed(f"peer {dead[0]} died (silent for {self.cfg.dead_after_s} s)", dead)
             if not [m for m in missing if m not in dead]:
                 return {m: got[m] for m in others if m in got}
             if time.monotonic() > deadline:

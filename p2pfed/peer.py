@@ -56,7 +56,8 @@ class Peer:
         self.resume = resume
         self.log_ctx = log_ctx
         self.metrics = MetricsWriter(self.run_dir / f"metrics-{peer_id}.jsonl", peer_id)
-        self.faults = FaultInjector(cfg.faults, peer_id, on_fire=self._fault_fired)
+        # injected faults fire in a peer's first life only, so a restarted peer does not crash again
+        self.faults = FaultInjector(() if resume else cfg.faults, peer_id, on_fire=self._fault_fired)
         self.round = 1
         self.committed: dict | None = None   # {"round", "digest", "members", "state"} of the last consensus
         self.global_step = 0
@@ -96,7 +97,9 @@ class Peer:
                                    dead_after_s=cfg.averaging.dead_after_s, curve=load_keys(cfg, self.id))
         self.transport.responder = self._respond
         self.transport.start()
-        self.mailbox = allreduce.Mailbox(self.transport)
+        n_floats = averaging.flatten(self.template).size
+        self.mailbox = allreduce.Mailbox(self.transport,
+                                         validate=lambda msg: wire.check_schema(msg, self.template, n_floats))
         self.allreduce = allreduce.AllReduce(self.transport, self.mailbox, cfg.averaging, self.ids,
                                              fault=lambda where: self.faults.at(self.round, where),
                                              on_phase=self.set_phase)
@@ -154,6 +157,11 @@ class Peer:
             if not missing:
                 return
             time.sleep(0.1)
+        if len(missing) == len(others):
+            raise allreduce.RoundError(
+                f"no other peer reachable within averaging.startup_timeout_s={self.cfg.averaging.startup_timeout_s}"
+                f" (tried {', '.join(f'{p.id}@{p.host}:{p.port}' for p in self.cfg.peers if p.id != self.id)}); "
+                f"start them, or check host/port in the config and the firewall")
         log.warning("peers %s not reachable after startup_timeout_s=%s; starting without them (they can join "
                     "later). Check their host/port in the config and that they are running",
                     missing, self.cfg.averaging.startup_timeout_s)
@@ -171,8 +179,14 @@ class Peer:
         """Download the latest consensus (round >= min_round) from a live peer; verify its digest."""
         self.set_phase("sync")
         deadline = time.monotonic() + self.cfg.averaging.fetch_timeout_s
-        asked_at, tried = 0.0, []
+        asked_at, tried, alone_since = 0.0, [], time.monotonic()
         while time.monotonic() < deadline:
+            if any(self.mailbox.alive(p) for p in self.ids if p != self.id):
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > 2 * self.cfg.averaging.dead_after_s:
+                raise allreduce.RoundError(
+                    f"round {self.round}: the others went on without me and no peer is alive to download the "
+                    f"consensus of round >= {min_round} from (the run may be over; see {self.run_dir}/summary.json)")
             for msg in list(self.mailbox.latest_any("model")):
                 self.mailbox.discard(msg)
                 if msg["round"] < min_round:

@@ -51,7 +51,7 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
         })
         prev = members
     faults = [{"peer": f.peer, "round": f.round, "phase": f.phase, "action": f.action,
-               "handled": _handled(f.peer, f.round, rounds)} for f in cfg.faults]
+               "handled": _handled(f.peer, f.round, f.phase, rounds)} for f in cfg.faults]
     final_acc = rounds[-1]["accuracy"] if rounds else None
     return {
         "peers": list(cfg.peer_ids),
@@ -62,12 +62,16 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
     }
 
 
-def _handled(peer: int, rnd: int, rounds: list[dict]) -> str:
+def _handled(peer: int, rnd: int, phase: str, rounds: list[dict]) -> str:
+    """How the rounds after a fault went: who completed them, and whether the peer came back."""
+    first = rnd + 1 if phase == "between-rounds" else rnd    # a fault between rounds follows a commit
     for r in rounds:
-        if r["round"] >= rnd and peer in r["dropped"]:
+        if r["round"] < first:
+            continue
+        if peer in r["dropped"]:
             how = f"round {r['round']} completed without peer {peer} by {sorted(r['digests'])} (attempt {r['attempts']})"
             return how + (f" after: {r['events'][0]}" if r["events"] else "")
-        if r["round"] >= rnd and peer in r["members"]:
+        if peer in r["members"]:
             return f"peer {peer} was back in round {r['round']}"
     return "no later round recorded"
 

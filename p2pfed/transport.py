@@ -133,6 +133,9 @@ class Transport:
         except Exception:
             self.log.exception("network thread crashed")
         finally:
+            if getattr(self, "_monitor", None) is not None:
+                self._router.disable_monitor()
+                self._monitor.close(linger=0)
             for s in [self._router, self._pull, *self._dealers.values()]:
                 s.close(linger=0 if not getattr(self, "_flush_ms", 0) else self._flush_ms)
             if self._auth:
@@ -173,6 +176,9 @@ class Transport:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
+        monitor = self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        poller.register(monitor, zmq.POLLIN)
         next_hb = time.monotonic()
         while True:
             timeout_ms = max(0, int((next_hb - time.monotonic()) * 1000))
@@ -194,11 +200,23 @@ class Transport:
                         self._flush_ms = int(float(cmd[1].bytes) * 1000)
                         return
                     self._forward(int(cmd[0].bytes), cmd[1:])
+            if monitor in events:
+                self._monitor_event(monitor)
             if time.monotonic() >= next_hb:
                 hb = wire.encode("hb", self.me.id, **self.status)
                 for pid in self._dealers:
                     self._forward(pid, hb, count=False)
                 next_hb = time.monotonic() + self.heartbeat_interval_s
+
+    def _monitor_event(self, monitor: zmq.Socket) -> None:
+        """ZeroMQ drops oversized messages and failed handshakes itself; say so in the log."""
+        from zmq.utils.monitor import recv_monitor_message
+        ev = recv_monitor_message(monitor)
+        what = {zmq.EVENT_DISCONNECTED: f"connection closed (a peer left, or sent a message over "
+                                        f"max_message_bytes={self.max_message_bytes}, or broke the ZMTP protocol)",
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake refused: CURVE key not listed in the config",
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake failed: not a ZeroMQ peer or wrong security"}
+        self.log.info("inbound %s", what.get(ev["event"], f"event {ev['event']}"))
 
     def _forward(self, dest: int, frames: list, count: bool = True) -> None:
         sock = self._dealers.get(dest)

@@ -32,7 +32,7 @@ KINDS: dict[str, dict[str, type]] = {
     "part":    {"round": int, "attempt": int, "shard": int},         # + 1 float32 array: my slice of shard
     "reduced": {"round": int, "attempt": int, "shard": int, "ints": list},  # + averaged shard (+ int arrays)
     "digest":  {"round": int, "attempt": int, "digest": str},        # my SHA-256 after all-gather
-    "abort":   {"round": int, "attempt": int, "reason": str},        # this attempt failed for me
+    "abort":   {"round": int, "attempt": int, "reason": str, "dead": list},  # attempt failed; who I saw die
     "commit":  {"round": int, "digest": str, "members": list},       # round committed (for non-members)
     "fetch":   {"round": int},                                       # send me your latest consensus
     "model":   {"round": int, "digest": str, "names": list, "members": list},  # + one array per tensor
@@ -151,6 +151,28 @@ def check_state(names: list, arrays: list[np.ndarray], like: dict) -> "OrderedDi
             raise WireError(f"tensor {name} is {arr.dtype}{list(arr.shape)}, expected {ref.dtype}{list(ref.shape)}")
         out[name] = arr
     return out
+
+
+def check_schema(msg: Message, like: dict, n_floats: int) -> None:
+    """Cheap checks of a received message against the local model, before it is filed."""
+    if msg.kind == "model":
+        check_state(msg["names"], msg.arrays, like)
+    elif msg.kind in ("part", "reduced"):
+        if not msg.arrays:
+            raise WireError(f"{msg.kind} carries no array")
+        arr = msg.arrays[0]
+        if arr.dtype != np.float32 or arr.ndim != 1 or arr.size > n_floats:
+            raise WireError(f"{msg.kind} shard is {arr.dtype}{list(arr.shape)}, expected float32[<= {n_floats}]")
+        if msg.kind == "reduced" and msg["ints"]:
+            check_ints(msg["ints"], msg.arrays[1:], like)
+        elif len(msg.arrays) != 1:
+            raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected 1")
+    elif msg.kind == "group":
+        members, weights = msg["members"], msg["weights"]
+        if (len(members) != len(weights) or len(set(members)) != len(members)
+                or not all(isinstance(m, int) and not isinstance(m, bool) for m in members)
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in weights)):
+            raise WireError("group members/weights must be equal-length lists of distinct ids and positive counts")
 
 
 def check_ints(names: list, arrays: list[np.ndarray], like: dict) -> dict:

@@ -1,0 +1,118 @@
+"""Fault tolerance with real processes: kills at every phase, SIGSTOP, restart, deadlines."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import check_round_exact, make_config, round_records, start_peer, summary, wait_all
+from p2pfed.faults import CRASH_EXIT_CODE
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 5
+ROUNDS = 3
+
+
+def _run_with_faults(tmp_path, procs, killed, phase):
+    faults = [{"peer": k, "round": 2, "phase": phase} for k in killed]
+    cfg, path = make_config(tmp_path, N, train={"rounds": ROUNDS, "max_steps": 10, "local_epochs": 2.0})
+    text = path.read_text() + "".join(
+        f"\n[[faults]]\npeer = {f['peer']}\nround = {f['round']}\nphase = \"{f['phase']}\"\n" for f in faults)
+    path.write_text(text)
+    t0 = time.monotonic()
+    ps = [start_peer(procs, path, i) for i in range(N)]
+    codes = wait_all(ps, 240)
+    return cfg, codes, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("killed", [[0], [1, 3]], ids=["leader", "two"])
+@pytest.mark.parametrize("phase", ["train", "exchange", "between-rounds"])
+def test_kill_matrix_survivors_finish_with_exact_consensus(tmp_path, procs, killed, phase):
+    cfg, codes, elapsed = _run_with_faults(tmp_path, procs, killed, phase)
+    run = tmp_path / "run"
+    survivors = [i for i in range(N) if i not in killed]
+    assert [codes[k] for k in killed] == [CRASH_EXIT_CODE] * len(killed)
+    assert [codes[s] for s in survivors] == [0] * len(survivors), codes
+
+    s = summary(run)
+    assert [r["round"] for r in s["rounds"]] == [1, 2, 3]
+    # a peer killed between rounds has committed round 2; otherwise round 2 is redone without it
+    first_without = 3 if phase == "between-rounds" else 2
+    for r in s["rounds"]:
+        expected = list(range(N)) if r["round"] < first_without else survivors
+        assert r["members"] == expected, (r["round"], r["members"], r["events"])
+        assert r["digests_agree"], r["digests"]
+        check_round_exact(run, r["round"], r["members"], [m for m in r["members"] if m in survivors])
+    # the summary says what happened to every injected fault
+    assert len(s["faults"]) == len(killed)
+    assert all(f"without peer {f['peer']}" in f["handled"] for f in s["faults"]), s["faults"]
+    # deadlines bound the time: training + detection (dead_after_s) + a retry, far below any hang
+    a = cfg.averaging
+    assert elapsed < 120 + 3 * (a.dead_after_s + a.exchange_timeout_s), elapsed
+
+
+def test_sigstopped_peer_is_dropped_then_resyncs_without_injecting_stale_state(tmp_path, procs):
+    cfg, path = make_config(tmp_path, 4, train={"rounds": 4, "max_steps": 25, "local_epochs": 4.0})
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(4)]
+    # stop peer 2 as soon as it trains round 2, for longer than dead_after_s
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        recs = [r for r in _records(run, 2) if r["type"] == "step" and r["round"] == 2]
+        if recs:
+            break
+        time.sleep(0.05)
+    os.kill(ps[2].pid, signal.SIGSTOP)
+    time.sleep(2 * cfg.averaging.dead_after_s + 2)
+    os.kill(ps[2].pid, signal.SIGCONT)
+    assert wait_all(ps, 180) == [0, 0, 0, 0]
+    s = summary(run)
+    r2 = next(r for r in s["rounds"] if r["round"] == 2)
+    assert r2["members"] == [0, 1, 3], r2
+    check_round_exact(run, 2, [0, 1, 3], [0, 1, 3])
+    # peer 2 came back: it downloaded the verified round-2 consensus and took part in round 3
+    assert any("synced round" in r.get("message", "") for r in _records(run, 2))
+    last = s["rounds"][-1]
+    assert last["round"] == 4 and last["members"] == [0, 1, 2, 3] and last["digests_agree"]
+    check_round_exact(run, 4, [0, 1, 2, 3], [0, 1, 2, 3])
+
+
+def _records(run, peer):
+    from p2pfed import metrics
+    return metrics.read(run / f"metrics-{peer}.jsonl")
+
+
+def test_restarted_peer_resumes_from_checkpoint_and_rejoins(tmp_path, procs):
+    cfg, path = make_config(tmp_path, 4, train={"rounds": 5, "max_steps": 25, "local_epochs": 4.0})
+    path.write_text(path.read_text() + '\n[[faults]]\npeer = 3\nround = 2\nphase = "train"\n')
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(4)]
+    assert ps[3].wait(timeout=120) == CRASH_EXIT_CODE
+    ck_round = __import__("helpers").load_checkpoint_state(run, 3)["round"]
+    assert ck_round == 1
+    again = start_peer(procs, path, 3, "--resume")
+    assert wait_all(ps[:3] + [again], 180) == [0, 0, 0, 0]
+    s = summary(run)
+    assert 3 not in next(r for r in s["rounds"] if r["round"] == 2)["members"]
+    last = s["rounds"][-1]
+    assert last["round"] == 5 and last["members"] == [0, 1, 2, 3] and last["digests_agree"]
+    events = [r.get("message", "") for r in _records(run, 3)]
+    assert any("restarted from checkpoint of round 1" in e for e in events)
+    assert any("synced round" in e for e in events)
+    check_round_exact(run, 5, [0, 1, 2, 3], [0, 1, 2, 3])
+
+
+def test_drop_two_of_five_in_round_two_is_one_command(tmp_path, procs):
+    make_config(tmp_path, 5, train={"rounds": 3, "max_steps": 10, "local_epochs": 2.0})
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", "5", "--config", str(tmp_path / "peers.toml"),
+           "--run-dir", str(tmp_path / "run"), "--no-report", "--kill", "1@2:exchange", "--kill", "3@2:train"]
+    p = procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out
+    s = summary(tmp_path / "run")
+    assert [r["members"] for r in s["rounds"]] == [[0, 1, 2, 3, 4], [0, 2, 4], [0, 2, 4]]
+    assert {(f["peer"], f["phase"]) for f in s["faults"]} == {(1, "exchange"), (3, "train")}
+    assert "crashed (injected)" in out
