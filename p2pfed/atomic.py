@@ -40,3 +40,26 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def save_torch(path: str | os.PathLike, obj) -> Path:
     import torch
     return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A temporary name beside path for a writer that needs a file name (e.g. an exporter)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.part-{os.getpid()}")
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """fsync a finished temporary file and atomically rename it to path."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return Path(path)

@@ -1,0 +1,214 @@
+"""Static INT8 post-training quantization and the fp32-vs-INT8 comparison.
+
+Rows of the comparison (RUN_DIR/quantization.json):
+    fp32 torch            the consensus model
+    fp32 onnx             export.py's model in ONNX Runtime
+    int8 onnx static      ORT pre-processing (shape inference, Conv+BN fusion), quantize_static in QDQ
+                          format, per-channel int8 weights, uint8 activations (U8S8: the VNNI fast path)
+    int8 torch static     FX graph mode PTQ, x86 backend (deprecated in torch, still present in 2.14)
+    int8 dynamic          the old notebook's method: quantize_dynamic, which only touches nn.Linear
+Calibration uses images from the quantizing peer's own partition.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import atomic, data, export
+
+log = logging.getLogger("p2pfed.quantize")
+
+LATENCY_REPEATS = {1: 50, 64: 10}
+
+
+class QuantizeError(RuntimeError):
+    """Quantization cannot run; the message says why and what to do."""
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over a tensor of normalised images."""
+    def __init__(self, images: torch.Tensor, batch: int = 32):
+        self.batches = [images[i:i + batch].numpy() for i in range(0, len(images), batch)]
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {"input": self.batches[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    prep = atomic.temp_path(out.with_name(out.stem + ".prep.onnx"))
+    tmp = atomic.temp_path(out)
+    try:
+        quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
+        quantize_static(str(prep), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        atomic.publish(tmp, out)
+    finally:
+        prep.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def quantize_torch_fx(net: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module | None:
+    """FX static PTQ (x86). Returns None if this torch no longer has it."""
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    except ImportError:
+        log.warning("torch.ao.quantization.quantize_fx is not in this torch; skipping the torch INT8 row")
+        return None
+    import copy
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(net).eval(), get_default_qconfig_mapping("x86"),
+                              example_inputs=(calibration[:1],))
+        with torch.no_grad():
+            for i in range(0, len(calibration), 32):
+                prepared(calibration[i:i + 32])
+        return convert_fx(prepared)
+
+
+def quantize_dynamic(net: torch.nn.Module) -> torch.nn.Module:
+    import copy
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(net).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def torch_file_bytes(net: torch.nn.Module, path: Path) -> int:
+    """Size on disk of the module's state_dict as torch.save writes it."""
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    atomic.write_bytes(path, buf.getvalue())
+    return path.stat().st_size
+
+
+def _median_ms(fn, x, repeats: int) -> float:
+    fn(x)                                           # warm-up
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def evaluate_rows(rows: dict, images: torch.Tensor, labels: np.ndarray, threads: int) -> dict:
+    """rows: name -> callable(np/tensor batch) -> logits ndarray. Adds accuracy, agreement, latency."""
+    preds = {}
+    for name, fn in rows.items():
+        out = [np.asarray(fn(images[i:i + 256])) for i in range(0, len(images), 256)]
+        preds[name] = np.concatenate(out).argmax(1)
+    base = preds["fp32 torch"]
+    result = {}
+    for name, fn in rows.items():
+        result[name] = {
+            "accuracy": float((preds[name] == labels).mean()),
+            "agreement_with_fp32": float((preds[name] == base).mean()),
+            "latency_ms_b1": _median_ms(fn, images[:1], LATENCY_REPEATS[1]),
+            "latency_ms_b64": _median_ms(fn, images[:64], LATENCY_REPEATS[64]),
+        }
+    return result
+
+
+def _torch_fn(net):
+    def run(x):
+        with torch.no_grad():
+            return net(x).numpy()
+    return run
+
+
+def _ort_fn(sess):
+    return lambda x: sess.run(None, {"input": x.numpy()})[0]
+
+
+def compare(consensus: Path, out_dir: Path, calibration: torch.Tensor, test_images: torch.Tensor,
+            test_labels: np.ndarray, threads: int = 1) -> dict:
+    """Build every row's model, measure it, and return the comparison document."""
+    torch.set_num_threads(threads)
+    net, meta = export.load_consensus(consensus)
+    fp32_onnx = export.export_onnx(net, out_dir / "consensus.onnx", meta["model_args"]["input_size"])
+    int8_onnx = quantize_onnx_static(fp32_onnx, out_dir / "consensus.int8.onnx", calibration)
+    fx = quantize_torch_fx(net, calibration)
+    dyn = quantize_dynamic(net)
+    qdir = out_dir / "quantized"
+    sizes = {"fp32 torch": torch_file_bytes(net, qdir / "fp32.pt"),
+             "fp32 onnx": fp32_onnx.stat().st_size,
+             "int8 onnx static": int8_onnx.stat().st_size,
+             "int8 dynamic (baseline)": torch_file_bytes(dyn, qdir / "int8-dynamic.pt")}
+    rows = {"fp32 torch": _torch_fn(net),
+            "fp32 onnx": _ort_fn(export.ort_session(fp32_onnx, threads)),
+            "int8 onnx static": _ort_fn(export.ort_session(int8_onnx, threads)),
+            "int8 dynamic (baseline)": _torch_fn(dyn)}
+    if fx is not None:
+        sizes["int8 torch static"] = torch_file_bytes(fx, qdir / "int8-fx.pt")
+        rows["int8 torch static"] = _torch_fn(fx)
+    measured = evaluate_rows(rows, test_images, test_labels, threads)
+    for name in measured:
+        measured[name]["bytes"] = sizes[name]
+        measured[name]["size_vs_fp32"] = sizes[name] / sizes["fp32 onnx" if "onnx" in name else "fp32 torch"]
+    import onnx
+    ops = sorted({n.op_type for n in onnx.load(str(int8_onnx)).graph.node})
+    return {"rows": measured, "threads": threads, "calibration_images": len(calibration),
+            "test_images": len(test_images), "int8_onnx_ops": ops,
+            "order": ["fp32 torch", "fp32 onnx", "int8 onnx static", "int8 torch static", "int8 dynamic (baseline)"]}
+
+
+def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 2000) -> dict:
+    """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json."""
+    n_cal = min(cfg.output.calibration_images, len(calibration))
+    cal = data.normalize(calibration.subset(np.arange(n_cal)).images, cfg.model.input_size)
+    test = data.load_split(cfg.data, "test")
+    idx = np.arange(min(n_test, len(test)))
+    sub = test.subset(idx)
+    result = compare(run_dir / "consensus.pt", run_dir, cal, data.normalize(sub.images, cfg.model.input_size),
+                     sub.labels, threads=max(1, cfg.train.threads or 1))
+    atomic.write_text(run_dir / "quantization.json", json.dumps(result, indent=2) + "\n")
+    log.info("quantization:\n%s", format_table(result))
+    return result
+
+
+def run_target(target: str, calibration_images: int | None = None) -> dict:
+    """`p2pfed quantize RUN_DIR|consensus.pt`: calibrate on the writer's partition from the run's config."""
+    path = Path(target)
+    run_dir = path if path.is_dir() else path.parent
+    _, meta = export.load_consensus(path)
+    cfg = export.config_of(meta)
+    if calibration_images:
+        from . import config as config_mod
+        cfg = config_mod.override(cfg, output={"calibration_images": calibration_images})
+    writer = meta.get("written_by", min(meta["peers"]))
+    ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
+    split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, max(1, len(ids)))
+    return run(run_dir, split, cfg)
+
+
+def format_table(result: dict) -> str:
+    head = f"{'model':<26}{'accuracy':>9}{'agree':>8}{'bytes':>11}{'size':>7}{'b1 ms':>8}{'b64 ms':>9}"
+    lines = [head, "-" * len(head)]
+    for name in result["order"]:
+        r = result["rows"].get(name)
+        if r is None:
+            lines.append(f"{name:<26}  (not available in this torch)")
+            continue
+        lines.append(f"{name:<26}{100 * r['accuracy']:>8.2f}%{100 * r['agreement_with_fp32']:>7.1f}%"
+                     f"{r['bytes']:>11,}{r['size_vs_fp32']:>6.2f}x{r['latency_ms_b1']:>8.2f}{r['latency_ms_b64']:>9.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""Run report: RUN_DIR/plots/*.png and RUN_DIR/summary.md, from the run's files only.
+
+Inputs: metrics-<id>.jsonl (every peer), summary.json (the writer), quantization.json (if the
+run was quantized), and optionally a centralized reference run dir (metrics-central.jsonl).
+Each plot function returns the data it drew, so tests can check the series.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from . import atomic, metrics  # noqa: E402
+
+PHASE_COLORS = {"train": "#4c72b0", "wait": "#c9c9c9", "exchange": "#dd8452", "eval": "#55a868",
+                "sync": "#8172b3", "start": "#eeeeee", "quantize": "#937860", "done": "#ffffff"}
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = atomic.temp_path(path)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return atomic.publish(tmp, path)
+
+
+def plot_loss(recs: dict[int, list[dict]], out: Path) -> dict:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    series, boundaries = {}, set()
+    for pid, rs in sorted(recs.items()):
+        steps = [r for r in rs if r["type"] == "step"]
+        if not steps:
+            continue
+        series[pid] = ([r["global_step"] for r in steps], [r["loss"] for r in steps])
+        ax.plot(*series[pid], lw=1, label=f"peer {pid}")
+        starts = {}
+        for r in steps:
+            starts.setdefault(r["round"], r["global_step"] - r["step"])
+        boundaries |= {v for k, v in starts.items() if k > 1}
+    for b in sorted(boundaries):
+        ax.axvline(b, color="k", ls=":", lw=0.8)
+    ax.set(title="Training loss per peer (dotted: round boundaries)", xlabel="local optimiser step",
+           ylabel="cross-entropy loss")
+    ax.legend(fontsize=8)
+    _save(fig, out)
+    return {"peers": sorted(series), "boundaries": sorted(boundaries)}
+
+
+def plot_accuracy(summ: dict, reference: list[dict] | None, out: Path) -> dict:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rounds = [r["round"] for r in summ["rounds"] if r["accuracy"] is not None]
+    acc = [100 * r["accuracy"] for r in summ["rounds"] if r["accuracy"] is not None]
+    ax.plot(rounds, acc, "o-", label="federated consensus")
+    data = {"rounds": rounds, "accuracy": acc}
+    if reference:
+        ref = [(r["round"], 100 * r["correct"] / r["total"]) for r in reference if r["type"] == "round"]
+        ax.plot([r for r, _ in ref], [a for _, a in ref], "s--", label="centralized reference")
+        data["reference"] = ref
+    ax.set(title="Test accuracy of the consensus model", xlabel="round", ylabel="accuracy (%)")
+    ax.set_xticks(rounds)
+    ax.legend()
+    _save(fig, out)
+    return data
+
+
+def plot_averaging(summ: dict, out: Path) -> dict:
+    rounds = [r["round"] for r in summ["rounds"]]
+    secs = [r["averaging_s"] for r in summ["rounds"]]
+    mb = [sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6 for r in summ["rounds"]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.bar(rounds, secs, color="#dd8452", label="all-reduce + agreement")
+    a1.set(title="Averaging time per round", xlabel="round", ylabel="seconds")
+    a1.legend(fontsize=8)
+    a2.bar(rounds, mb, color="#4c72b0", label="mean bytes sent per peer")
+    a2.axhline(2 * summ["final"]["model_bytes"] / 1e6, color="k", ls="--", lw=1, label="2 x model size")
+    a2.set(title="Bytes sent per peer per round", xlabel="round", ylabel="MB")
+    a2.legend(fontsize=8)
+    for a in (a1, a2):
+        a.set_xticks(rounds)
+    _save(fig, out)
+    return {"rounds": rounds, "averaging_s": secs, "mb_per_peer": mb}
+
+
+def plot_sizes(q: dict, out: Path) -> dict:
+    names = [n for n in q["order"] if n in q["rows"]]
+    mb = [q["rows"][n]["bytes"] / 1e6 for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.bar(range(len(names)), mb, color=["#4c72b0" if "fp32" in n else "#55a868" for n in names])
+    for b, v in zip(bars, mb):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set(title="Model file size on disk", ylabel="MB")
+    ax.legend(handles=[bars[0], bars[-1]], labels=["fp32", "int8"], fontsize=8)
+    _save(fig, out)
+    return {"names": names, "mb": mb}
+
+
+def plot_quant_accuracy(q: dict, out: Path) -> dict:
+    names = [n for n in q["order"] if n in q["rows"]]
+    acc = [100 * q["rows"][n]["accuracy"] for n in names]
+    agree = [100 * q["rows"][n]["agreement_with_fp32"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], acc, 0.4, label="test accuracy")
+    ax.bar([i + 0.2 for i in x], agree, 0.4, label="top-1 agreement with fp32")
+    ax.set_xticks(list(x), names, rotation=20, ha="right", fontsize=8)
+    ax.set(title="fp32 vs INT8: accuracy and agreement", ylabel="%", ylim=(0, 105))
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, out)
+    return {"names": names, "accuracy": acc, "agreement": agree}
+
+
+def plot_timeline(recs: dict[int, list[dict]], out: Path) -> dict:
+    fig, ax = plt.subplots(figsize=(10, 0.6 * max(3, len(recs)) + 1.2))
+    t0 = min((r["t"] for rs in recs.values() for r in rs), default=0)
+    spans: dict[int, list] = {}
+    faults = []
+    for row, (pid, rs) in enumerate(sorted(recs.items())):
+        phases = [r for r in rs if r["type"] == "phase"]
+        end_t = max(r["t"] for r in rs) if rs else t0
+        spans[pid] = []
+        for a, b in zip(phases, phases[1:] + [None]):
+            start, stop = a["t"] - t0, (b["t"] if b else end_t) - t0
+            spans[pid].append((a["phase"], start, stop))
+            ax.broken_barh([(start, max(stop - start, 0.01))], (row - 0.4, 0.8),
+                           color=PHASE_COLORS.get(a["phase"], "#999999"))
+        for r in rs:
+            if r["type"] == "fault":
+                faults.append((pid, r["t"] - t0))
+                ax.plot(r["t"] - t0, row, "rX", ms=12)
+    ax.set_yticks(range(len(recs)), [f"peer {p}" for p in sorted(recs)])
+    ax.set(title="What each peer was doing (X: injected fault)", xlabel="seconds since start")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for p, c in PHASE_COLORS.items() if p in ("train", "wait",
+                                                                                                "exchange", "eval",
+                                                                                                "sync")]
+    ax.legend(handles, ["train", "wait", "exchange", "eval", "sync"], ncol=5, fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.25))
+    _save(fig, out)
+    return {"peers": sorted(spans), "spans": spans, "faults": faults}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render(run_dir: Path, reference: Path | None = None) -> Path:
+    """Write every plot and summary.md; returns the summary.md path."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    recs = metrics.read_run(run_dir)
+    summ = _read_json(run_dir / "summary.json")
+    q = _read_json(run_dir / "quantization.json")
+    ref = metrics.read(Path(reference) / "metrics-central.jsonl") if reference else None
+    drawn = {"loss": plot_loss(recs, plots / "loss.png"), "timeline": plot_timeline(recs, plots / "timeline.png")}
+    if summ:
+        drawn["accuracy"] = plot_accuracy(summ, ref, plots / "accuracy.png")
+        drawn["averaging"] = plot_averaging(summ, plots / "averaging.png")
+    if q:
+        drawn["sizes"] = plot_sizes(q, plots / "sizes.png")
+        drawn["quant_accuracy"] = plot_quant_accuracy(q, plots / "quant_accuracy.png")
+    atomic.write_text(run_dir / "plots" / "data.json", json.dumps(drawn, indent=1, default=str))
+    return atomic.write_text(run_dir / "summary.md", summary_md(run_dir, summ, q, drawn))
+
+
+def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) -> str:
+    cfg_text = (run_dir / "config.toml").read_text() if (run_dir / "config.toml").exists() else ""
+    out = [f"# p2pfed run `{run_dir.name}`", ""]
+    if not summ:
+        return "\n".join(out + ["No summary.json: the run did not finish. `p2pfed status` shows how far it got.", ""])
+    agree = all(r["digests_agree"] for r in summ["rounds"])
+    fin = summ["final"]
+    acc = "n/a" if fin["accuracy"] is None else f"{100 * fin['accuracy']:.2f}%"
+    out += [f"**{len(summ['peers'])} peers, {len(summ['rounds'])} rounds. Final test accuracy {acc}. "
+            f"Digests {'agreed in every round' if agree else 'DID NOT AGREE in some round'}.** "
+            f"Final model: {fin['model_bytes'] / 1e6:.2f} MB, SHA-256 `{fin['digest'][:16]}...`, "
+            f"held by peers {fin['members']}.", ""]
+    out += ["## Rounds", "", "| round | members | accuracy | averaging (s) | MB sent / peer | attempts | digests |",
+            "|---|---|---|---|---|---|---|"]
+    for r in summ["rounds"]:
+        mb = sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6
+        a = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+        dg = f"all equal `{next(iter(r['digests'].values()))[:12]}`" if r["digests_agree"] else "**differ**"
+        out.append(f"| {r['round']} | {r['members']} | {a} | {r['averaging_s']:.3f} | {mb:.2f} | {r['attempts']} | {dg} |")
+    out += ["", "![accuracy](plots/accuracy.png)", "", "![training loss](plots/loss.png)", "",
+            "![averaging](plots/averaging.png)", "", "## Faults", ""]
+    events = [(r["round"], e) for r in summ["rounds"] for e in r["events"]]
+    drops = [(r["round"], r["dropped"]) for r in summ["rounds"] if r["dropped"]]
+    if not summ["faults"] and not events and not drops:
+        out.append("No faults: every peer took part in every round.")
+    for f in summ["faults"]:
+        out.append(f"- injected: peer {f['peer']} {f['action']} at {f['phase']} of round {f['round']}: {f['handled']}")
+    for rnd, who in drops:
+        out.append(f"- round {rnd} went on without peers {who}")
+    for rnd, e in events:
+        out.append(f"- round {rnd}: {e}")
+    out += ["", "![timeline](plots/timeline.png)", ""]
+    if q:
+        from .quantize import format_table
+        out += ["## Quantization", "", "```", format_table(q), "```", "",
+                f"Latency: median ms at batch 1 and 64, {q['threads']} thread(s). INT8 ONNX ops: "
+                f"{', '.join(q['int8_onnx_ops'])}.", "", "![sizes](plots/sizes.png)", "",
+                "![quantized accuracy](plots/quant_accuracy.png)", ""]
+    out += ["## Config", "", "```toml", cfg_text.strip(), "```", ""]
+    return "\n".join(out)
+
+
+def status_text(run_dir: Path) -> str:
+    """A few lines on a run, from its files: per peer round/phase/loss; the result if finished."""
+    recs = metrics.read_run(run_dir)
+    lines = [f"run {run_dir}"]
+    now = time.time()
+    for pid, rs in sorted(recs.items()):
+        if not rs:
+            continue
+        last = rs[-1]
+        phase = next((r["phase"] for r in reversed(rs) if r["type"] == "phase"), "?")
+        loss = next((r["loss"] for r in reversed(rs) if r["type"] == "step"), None)
+        acc = next((r["correct"] / r["total"] for r in reversed(rs) if r["type"] == "round" and r["total"]), None)
+        faults = [r for r in rs if r["type"] == "fault"]
+        lines.append(f"peer {pid}: round {last.get('round', '?')} {phase}"
+                     + (f", loss {loss:.3f}" if loss is not None else "")
+                     + (f", last accuracy {100 * acc:.1f}%" if acc is not None else "")
+                     + f", last record {now - last['t']:.0f} s ago"
+                     + (f", {len(faults)} injected fault(s)" if faults else ""))
+    summ = _read_json(run_dir / "summary.json")
+    if summ:
+        fin = summ["final"]
+        acc = "n/a" if fin["accuracy"] is None else f"{100 * fin['accuracy']:.2f}%"
+        agree = all(r["digests_agree"] for r in summ["rounds"])
+        lines.append(f"finished: {len(summ['rounds'])} rounds, accuracy {acc}, digests agreed: {agree}, "
+                     f"digest {fin['digest'][:16]}")
+    else:
+        lines.append("not finished (no summary.json yet)")
+    return "\n".join(lines)
