@@ -105,7 +105,13 @@ def centralized(config_path, run_dir, rounds, dataset, data_dir, width_mult) -> 
         _fail(str(e))
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     logs.setup("central", str(Path(run_dir) / "central.log"))
-    central.run(cfg, Path(run_dir))
+    from .data import DataError
+    from .model import ModelError
+    try:
+        result = central.run(cfg, Path(run_dir))
+    except (DataError, ModelError) as e:
+        _fail(str(e), 1)
+    click.echo(f"centralized: final accuracy {100 * result['accuracy']:.2f}%; metrics in {run_dir}")
 
 
 @main.command()

@@ -1,0 +1,114 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfed import config, data, model
+
+
+def test_iid_partition_is_deterministic_disjoint_and_covering():
+    a = data.partition_iid(1003, 5, seed=7)
+    b = data.partition_iid(1003, 5, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    allidx = np.concatenate(a)
+    assert len(allidx) == 1003 and len(np.unique(allidx)) == 1003
+    assert max(map(len, a)) - min(map(len, a)) <= 1
+    assert not np.array_equal(a[0], data.partition_iid(1003, 5, seed=8)[0])
+
+
+def test_dirichlet_partition_is_deterministic_disjoint_covering_and_skewed():
+    labels = np.random.default_rng(0).integers(0, 10, 5000)
+    a = data.partition_dirichlet(labels, 5, alpha=0.1, seed=3)
+    b = data.partition_dirichlet(labels, 5, alpha=0.1, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    allidx = np.concatenate(a)
+    assert len(allidx) == 5000 and len(np.unique(allidx)) == 5000
+    # label skew: some peer's most common class is far above the 10% of an iid split
+    top_share = max(np.bincount(labels[p], minlength=10).max() / len(p) for p in a)
+    assert top_share > 0.4
+
+
+def test_synthetic_is_deterministic_and_train_test_differ():
+    a, b = data.synthetic(50, seed=1), data.synthetic(50, seed=1)
+    assert torch.equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    t = data.synthetic(50, seed=1, split_seed=1)
+    assert not torch.equal(a.images, t.images)
+    assert a.images.dtype == torch.uint8 and a.images.shape == (50, 3, 32, 32)
+
+
+def test_synthetic_is_learnable_far_above_chance():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    cfg = config.override(config.Config(), model={"width_mult": 0.1},
+                          train={"batch_size": 32, "lr": 0.01, "schedule": "constant"})
+    train, test = data.synthetic(1000, 0), data.synthetic(300, 0, split_seed=1)
+    net = model.build(cfg.model)
+    opt = model.make_optimizer(net, cfg.train)
+    model.train_steps(net, opt, train, cfg.train, 32, 150, 0, 150, torch.Generator().manual_seed(0))
+    ev = model.evaluate(net, test, 256, 32)
+    assert ev["correct"] / ev["total"] > 0.5       # chance is 0.1
+
+
+def test_augment_keeps_shape_dtype_and_changes_images():
+    x = data.synthetic(16, 0).images
+    y = data.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == torch.uint8 and not torch.equal(x, y)
+
+
+def test_folder_loader_reads_the_dev_archive(dev_data, tmp_path):
+    dcfg = config.DataConfig(dataset="folder", data_dir=str(dev_data), cache_dir=str(tmp_path))
+    train, test = data.load_split(dcfg, "train"), data.load_split(dcfg, "test")
+    assert len(train) == 40000 and len(test) == 10000
+    assert train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert np.array_equal(np.bincount(train.labels), [4000] * 10)
+    assert all(f"/{train.classes[l]}/" in f for f, l in zip(train.files[::997], train.labels[::997]))
+    # a peer decodes only its own partition
+    part, idx = data.peer_partition(dcfg, 2, 5)
+    assert len(part) == 8000 and part.images.shape == (8000, 3, 32, 32)
+    mean = part.images.float().div(255).mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, torch.tensor([0.491, 0.482, 0.447]), atol=0.02)
+    # unpacked once: a second load reuses the cache
+    before = sorted(p.name for p in tmp_path.iterdir())
+    data.load_split(dcfg, "test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_missing_folder_gives_clear_error(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist; pass --data-dir"):
+        data.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "nope")), "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="no train/ folder"):
+        data.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "empty")), "train")
+
+
+def test_cifar10_offline_fails_with_one_clear_line_and_no_traceback(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[data]\ndataset = "cifar10"\ndata_dir = "{tmp_path / "cifar"}"\n'
+                    '[[peers]]\nid = 0\nport = 1\n')
+    out = subprocess.run([sys.executable, "-m", "p2pfed", "centralized", "--config", str(toml), "--run-dir",
+                          str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert "could not be downloaded" in out.stderr and "--dataset folder" in out.stderr
+
+
+def test_model_cifar_stem_and_width():
+    net = model.build(config.ModelConfig(width_mult=0.1, cifar_stem=True))
+    assert net.features[0][0].stride == (1, 1)
+    assert net.classifier[-1].out_features == 10
+    assert model.build(config.ModelConfig(width_mult=0.1, cifar_stem=False)).features[0][0].stride == (2, 2)
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(model.ModelError, match="does not exist"):
+        model.build(config.ModelConfig(weights_file=str(tmp_path / "w.pt")))
+
+
+def test_onecycle_schedule_warms_up_then_decays():
+    lrs = [model.lr_at(s, 100, 0.01, "onecycle") for s in range(100)]
+    peak = int(np.argmax(lrs))
+    assert 5 < peak < 25 and abs(max(lrs) - 0.01) < 1e-3 and lrs[-1] < 1e-4 and lrs[0] < 0.002
