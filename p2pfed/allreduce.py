@@ -101,17 +101,17 @@ class Mailbox:
             for d in msg.header.get("dead", []):
                 if isinstance(d, int) and d != self.transport.me.id:
                     self.suspects[d] = time.monotonic()
+        try:
+            self.validate(msg)
+        except wire.WireError as e:
+            self.log.warning("rejected %s from peer %s: %s", msg.kind, msg.sender, e)
+            return
         if r < self.round and msg.kind not in self.ANY_ROUND:
             self.log.info("dropped stale %s from peer %s: round %s < current round %s", msg.kind, msg.sender, r,
                           self.round)
             return
         if r > self.round + 2 and msg.kind not in self.AHEAD_OK:
             self.log.warning("dropped %s from peer %s for round %s, too far ahead", msg.kind, msg.sender, r)
-            return
-        try:
-            self.validate(msg)
-        except wire.WireError as e:
-            self.log.warning("rejected %s from peer %s: %s", msg.kind, msg.sender, e)
             return
         self.box[(msg.kind, r, msg.header.get("attempt", -1))][msg.sender] = msg
 

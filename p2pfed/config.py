@@ -38,8 +38,8 @@ class DataConfig:
     seed: int = 0                # seed for partitions, synthetic data, init and shuffling
     synthetic_train: int = 2000  # synthetic: number of training images
     synthetic_test: int = 500    # synthetic: number of test images
-    train_limit: int = 0         # use only the first N training images (0 = all), e.g. quick demos
-    test_limit: int = 0          # evaluate on only the first N test images (0 = all)
+    train_limit: int = 0         # use a fixed random subset of N training images (0 = all), e.g. quick demos
+    test_limit: int = 0          # evaluate on a fixed random subset of N test images (0 = all)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def sample_images(cfg: config.Config, n: int, split: str = "test", data_dir: str
     """n normalised images of a split, for checks and calibration."""
     dcfg = cfg.data if data_dir is None else config.override(cfg, data={"data_dir": data_dir}).data
     s = data.load_split(dcfg, split)
-    idx = np.arange(min(n, len(s)))
+    idx = np.sort(np.random.default_rng(cfg.data.seed + 11).permutation(len(s))[:n])
     return data.normalize(s.subset(idx).images, cfg.model.input_size)
 
 

@@ -177,7 +177,8 @@ def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 2000) -> dict
     n_cal = min(cfg.output.calibration_images, len(calibration))
     cal = data.normalize(calibration.subset(np.arange(n_cal)).images, cfg.model.input_size)
     test = data.load_split(cfg.data, "test")
-    idx = np.arange(min(n_test, len(test)))
+    # a fixed random subset: image folders list files class by class, so the first N would be 2 classes
+    idx = np.sort(np.random.default_rng(cfg.data.seed + 11).permutation(len(test))[:n_test])
     sub = test.subset(idx)
     result = compare(run_dir / "consensus.pt", run_dir, cal, data.normalize(sub.images, cfg.model.input_size),
                      sub.labels, threads=max(1, cfg.train.threads or 1))

@@ -56,10 +56,10 @@ class _Authenticator(ThreadAuthenticator):
     """Sets each connection's User-Id to the peer id that owns its key."""
     def __init__(self, context, allowed: dict[bytes, int]):
         super().__init__(context)
-        self._allowed = allowed
+        self._peer_keys = allowed          # not "_allowed": the base class uses that for IP addresses
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        return str(self._allowed[zmq.utils.z85.encode(client_public_key)])
+        return str(self._peer_keys[zmq.utils.z85.encode(client_public_key)])
 
 
 def start_authenticator(ctx: zmq.Context, peers: dict[int, bytes]):

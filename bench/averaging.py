@@ -1,0 +1,145 @@
+"""Time for N peer processes to go from distinct MobileNetV2 models to the agreed average,
+p2pfed's butterfly all-reduce over ZeroMQ against torch.distributed gloo all_reduce, side by side.
+
+    python bench/averaging.py --peers 5 [--rounds 7] [--width-mult 1.0]
+
+p2pfed time per round = from the group being accepted to the commit (scatter, reduce, gather,
+digest agreement), the maximum over peers, median over rounds. gloo time = one all_reduce of
+the same float32 vector plus the division, after a barrier, max over ranks, median over rounds.
+Last line: RESULT peers=N p2pfed_ms=.. gloo_ms=.. ratio=.. bytes_per_peer=.. model_bytes=..
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _state(width: float, seed: int):
+    import torch
+    from p2pfed import config, model
+    from p2pfed.peer import to_numpy
+    net = model.build(config.ModelConfig(width_mult=width), seed=0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    return to_numpy(net.state_dict())
+
+
+def worker_p2pfed(args) -> None:
+    import logging
+    import torch
+    from p2pfed import allreduce, averaging, config
+    from p2pfed.transport import Transport
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    ports = json.loads(args.ports)
+    peers = config.local_peers(len(ports), ports)
+    acfg = config.AveragingConfig(heartbeat_interval_s=0.2, dead_after_s=5.0)
+    state = _state(args.width_mult, args.rank)
+    model_bytes = sum(a.nbytes for a in state.values())
+    t = Transport(peers[args.rank], peers, max_message_bytes=int(model_bytes * 1.25) + (1 << 20),
+                  heartbeat_interval_s=acfg.heartbeat_interval_s, dead_after_s=acfg.dead_after_s)
+    t.start()
+    mb = allreduce.Mailbox(t)
+    ar = allreduce.AllReduce(t, mb, acfg, [p.id for p in peers])
+    deadline = time.monotonic() + 60
+    while len(t.live_peers()) < len(peers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    times, sent = [], []
+    for r in range(1, args.rounds + 1):
+        res = ar.run(r, state, 1000 + args.rank)
+        times.append(res.averaging_s)
+        sent.append(res.bytes_sent)
+        state = res.state
+    # stay a moment so late peers can finish their last round, then leave
+    time.sleep(1.0)
+    t.close()
+    print(json.dumps({"times": times, "bytes": sent, "model_bytes": model_bytes,
+                      "float_bytes": averaging.flatten(state).nbytes}), flush=True)
+
+
+def worker_gloo(args) -> None:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from p2pfed import averaging
+    torch.set_num_threads(1)
+    flat = torch.from_numpy(averaging.flatten(_state(args.width_mult, args.rank)))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
+                            world_size=args.world)
+    times = []
+    for _ in range(args.rounds):
+        buf = flat.clone()
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        buf /= args.world
+        times.append(time.perf_counter() - t0)
+    dist.destroy_process_group()
+    print(json.dumps({"times": times}), flush=True)
+
+
+def run_workers(kind: str, n: int, rounds: int, width: float) -> list[dict]:
+    from p2pfed.launcher import free_ports
+    ports = free_ports(n + 1)
+    procs = []
+    try:
+        for rank in range(n):
+            cmd = [sys.executable, __file__, "--worker", kind, "--rank", str(rank), "--world", str(n),
+                   "--rounds", str(rounds), "--width-mult", str(width), "--ports", json.dumps(ports[:n]),
+                   "--port", str(ports[n])]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True))
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"{kind} workers failed: {[p.returncode for p in procs]}")
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--width-mult", type=float, default=1.0)
+    ap.add_argument("--worker", choices=["p2pfed", "gloo"])
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--world", type=int, default=0)
+    ap.add_argument("--ports", default="[]")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    if args.worker == "p2pfed":
+        return worker_p2pfed(args)
+    if args.worker == "gloo":
+        return worker_gloo(args)
+    n = args.peers
+    p = run_workers("p2pfed", n, args.rounds, args.width_mult)
+    g = run_workers("gloo", n, args.rounds, args.width_mult)
+    skip = 1   # the first round includes connection warm-up
+    p_ms = 1000 * statistics.median(max(w["times"][r] for w in p) for r in range(skip, args.rounds))
+    g_ms = 1000 * statistics.median(max(w["times"][r] for w in g) for r in range(skip, args.rounds))
+    per_peer = statistics.median(w["bytes"][-1] for w in p)
+    mb = p[0]["model_bytes"]
+    print(f"{n} peers, model {mb / 1e6:.2f} MB ({p[0]['float_bytes'] / 1e6:.2f} MB floats), {args.rounds} rounds "
+          f"(first skipped), 2 cores shared by all processes")
+    print(f"p2pfed butterfly all-reduce + digest agreement: {p_ms:.1f} ms median per round")
+    print(f"torch.distributed gloo all_reduce:               {g_ms:.1f} ms median per round")
+    print(f"bytes sent per peer per round: {per_peer / 1e6:.2f} MB = {per_peer / mb:.2f} x model")
+    print(f"RESULT peers={n} p2pfed_ms={p_ms:.1f} gloo_ms={g_ms:.1f} ratio={p_ms / g_ms:.2f} "
+          f"bytes_per_peer={per_peer:.0f} model_bytes={mb}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""fp32 vs INT8 on a consensus model: size, accuracy, agreement and latency, measured side by side.
+
+    python bench/quantize.py RUN_DIR [--threads 1] [--test-images 2000] [--calibration-images 256]
+
+Runs p2pfed's own quantization (the same code as `p2pfed quantize`) into RUN_DIR, then prints the
+table, which ONNX ops remain in the INT8 model before and after ONNX Runtime's optimiser, and a
+last line: RESULT int8_size_ratio=.. acc_drop_pts=.. b1_ratio=.. b64_ratio=.. agreement=..
+(ratios are INT8 ONNX / fp32 ONNX, measured in the same process, one after the other).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def optimized_ops(path: Path, threads: int) -> dict:
+    """Op counts of the graph ONNX Runtime actually runs (after its fusions)."""
+    import onnx
+    import onnxruntime as ort
+    out = Path(tempfile.mkdtemp()) / "opt.onnx"
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--test-images", type=int, default=2000)
+    ap.add_argument("--calibration-images", type=int, default=256)
+    args = ap.parse_args()
+    import numpy as np
+    import torch
+    from p2pfed import config, data, export, logs, quantize
+    logs.setup("bench")
+    run = Path(args.run_dir)
+    _, meta = export.load_consensus(run)
+    cfg = export.config_of(meta)
+    torch.set_num_threads(args.threads)
+    cal_split, _ = data.peer_partition(cfg.data, 0, max(1, len(cfg.peers)))
+    cal = data.normalize(cal_split.subset(np.arange(min(args.calibration_images, len(cal_split)))).images,
+                         cfg.model.input_size)
+    test = data.load_split(cfg.data, "test")
+    idx = np.sort(np.random.default_rng(cfg.data.seed + 11).permutation(len(test))[:args.test_images])
+    sub = test.subset(idx)
+    res = quantize.compare(run / "consensus.pt", run, cal, data.normalize(sub.images, cfg.model.input_size),
+                           sub.labels, threads=args.threads)
+    print(quantize.format_table(res))
+    print("ops in the INT8 file:", res["int8_onnx_ops"])
+    print("ops ONNX Runtime runs (int8):", optimized_ops(run / "consensus.int8.onnx", args.threads))
+    print("ops ONNX Runtime runs (fp32):", optimized_ops(run / "consensus.onnx", args.threads))
+    r = res["rows"]
+    f, q = r["fp32 onnx"], r["int8 onnx static"]
+    print(f"RESULT int8_size_ratio={q['bytes'] / f['bytes']:.3f} acc_drop_pts={100 * (f['accuracy'] - q['accuracy']):.2f} "
+          f"b1_ratio={q['latency_ms_b1'] / f['latency_ms_b1']:.2f} b64_ratio={q['latency_ms_b64'] / f['latency_ms_b64']:.2f} "
+          f"agreement={q['agreement_with_fp32']:.3f} fp32_acc={f['accuracy']:.4f} threads={args.threads}")
+
+
+if __name__ == "__main__":
+    main()
