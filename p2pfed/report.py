@@ -126,6 +126,8 @@ def plot_timeline(recs: dict[int, list[dict]], out: Path) -> dict:
         for a, b in zip(phases, phases[1:] + [None]):
             start, stop = a["t"] - t0, (b["t"] if b else end_t) - t0
             spans[pid].append((a["phase"], start, stop))
+            if a["phase"] == "done":
+                continue
             ax.broken_barh([(start, max(stop - start, 0.01))], (row - 0.4, 0.8),
                            color=PHASE_COLORS.get(a["phase"], "#999999"))
         for r in rs:
