@@ -24,6 +24,16 @@ from .faults import CRASH_EXIT_CODE
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
 
 
+# Named settings, applied before the other options. "cpu" is the default recipe (measured
+# centralized here: CIFAR stem + AdamW 3e-3 one-cycle reached 42/59/62/72/74% after 1..5 epochs).
+PRESETS = {
+    "cpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
+            "train": {"optimizer": "adamw", "lr": 3e-3, "schedule": "onecycle"}},
+    "seed": {"model": {"pretrained": True, "input_size": 224, "cifar_stem": False, "width_mult": 1.0},
+             "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}},
+}
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -45,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="launch.py", description="Run N p2pfed peers on this machine.")
     p.add_argument("--peers", type=int, default=5, help="number of local peers (default 5)")
     p.add_argument("--config", default=None, help="base config (default: peers.toml in this directory if present)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="cpu: the default CPU recipe; seed: the notebook's setup (ImageNet weights, 224 px input, "
+                        "1 round of 1 epoch; needs internet or cached weights, meant for a GPU)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-epochs", type=float)
     p.add_argument("--dataset", choices=["cifar10", "folder", "synthetic"])
@@ -76,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args) -> tuple[config_mod.Config, Path]:
     base_path = args.config or ("peers.toml" if Path("peers.toml").exists() else None)
     cfg = config_mod.load(base_path) if base_path else config_mod.Config()
+    if args.preset:
+        cfg = config_mod.override(cfg, **PRESETS[args.preset])
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = config_mod.override(
         cfg,

@@ -68,3 +68,14 @@ def test_parse_fault():
         config.parse_fault("nonsense")
     with pytest.raises(ConfigError, match="not allowed"):
         config.parse_fault("1@1:lunch")
+
+
+def test_launch_presets_apply_before_explicit_options(tmp_path):
+    from p2pfed import launcher
+    cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--peers", "2",
+                                                          "--run-dir", str(tmp_path)]))
+    assert (cfg.model.pretrained, cfg.model.input_size, cfg.model.cifar_stem) == (True, 224, False)
+    assert (cfg.train.rounds, cfg.train.local_epochs) == (1, 1.0)
+    cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--rounds", "4", "--peers", "3",
+                                                          "--run-dir", str(tmp_path)]))
+    assert cfg.train.rounds == 4 and len(cfg.peers) == 3 and len({p.port for p in cfg.peers}) == 3
