@@ -44,6 +44,14 @@ class RoundError(RuntimeError):
     """The round cannot complete at all (max_attempts or a deadline passed)."""
 
 
+class Behind(Exception):
+    """Live peers have already committed this round (or later): download instead of averaging."""
+    def __init__(self, rnd: int, peer: int):
+        super().__init__(f"peer {peer} has committed round {rnd}")
+        self.round = rnd
+        self.peer = peer
+
+
 class Excluded(Exception):
     """The round was committed without this peer; carries the `commit` message."""
     def __init__(self, commit: wire.Message):
@@ -153,6 +161,8 @@ class AllReduce:
         self.fault = fault
         self.on_phase = on_phase
         self.candidates: dict[str, OrderedDict] = {}   # digest -> result computed in an aborted attempt
+        self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
+        self._quorum_logged = 0.0
 
     # ------------------------------------------------------------------ helpers
     def _send(self, dest: int, kind: str, arrays=(), **fields) -> None:
@@ -223,6 +233,10 @@ class AllReduce:
                     if self.me in members and len(members) == len(weights) and len(set(members)) == len(members):
                         return a, members, weights
             live = [p for p in self.all_peers if self.mb.alive(p)]
+            for p in live:
+                committed = int(self.t.info.get(p, {}).get("committed", 0))
+                if p != self.me and committed >= rnd:
+                    raise Behind(committed, p)
             if live and min(live) == self.me:
                 proposal = self._maybe_propose(rnd, live, ready_at, n_samples)
                 if proposal:
@@ -241,7 +255,12 @@ class AllReduce:
         if waiting and time.monotonic() - ready_at < self.cfg.ready_timeout_s:
             return None
         members = sorted(ready)
-        if len(members) < self.cfg.min_peers:
+        if len(members) < self.min_members:
+            if not waiting and time.monotonic() - self._quorum_logged > 10:
+                self._quorum_logged = time.monotonic()
+                self.log.warning("only %s are live and ready; a round needs %d members (averaging.min_peers, "
+                                 "0 = a majority of %d) so that a cut-off minority cannot diverge; waiting",
+                                 members, self.min_members, len(self.all_peers))
             return None
         attempt = self.max_attempt_seen(rnd) + 1
         weights = [ready[m] for m in members]

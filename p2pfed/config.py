@@ -76,7 +76,7 @@ class AveragingConfig:
     startup_timeout_s: float = 60.0    # how long to wait for peers to appear at start-up
     fetch_timeout_s: float = 60.0      # max time to download the consensus from a live peer
     max_attempts: int = 10             # attempts per round before giving up
-    min_peers: int = 1                 # a round needs at least this many members
+    min_peers: int = 0                 # a round needs this many members; 0 = a majority of [[peers]]
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,9 @@ def _validate(cfg: Config) -> None:
     if cfg.averaging.dead_after_s < 2 * cfg.averaging.heartbeat_interval_s:
         raise ConfigError(f"averaging.dead_after_s ({cfg.averaging.dead_after_s}) must be at least twice "
                           f"averaging.heartbeat_interval_s ({cfg.averaging.heartbeat_interval_s})")
+    if not 0 <= cfg.averaging.min_peers <= max(1, len(ids)):
+        raise ConfigError(f"averaging.min_peers = {cfg.averaging.min_peers} must be in 0..{len(ids)} "
+                          f"(0 = a majority of the {len(ids)} peers)")
     for f in cfg.faults:
         if f.peer not in ids:
             raise ConfigError(f"faults.peer = {f.peer} is not a peer id (ids: {sorted(ids)})")

@@ -273,6 +273,10 @@ class Peer:
         self.set_phase("wait")
         try:
             res = self.allreduce.run(rnd, state, self.n_samples)
+        except allreduce.Behind as ex:
+            log.warning("round %d: %s while I was waiting; downloading it", rnd, ex)
+            self.fetch(ex.round)
+            return
         except allreduce.Excluded as ex:
             c = ex.commit
             cand = self.allreduce.candidates.get(c["digest"])
@@ -339,12 +343,11 @@ class Peer:
         self.set_phase("done")
         deadline = time.monotonic() + self.cfg.averaging.fetch_timeout_s + self.cfg.averaging.dead_after_s
         while time.monotonic() < deadline:
-            writer = self._writer()
-            if writer == self.id:
+            if self.mailbox.get("done", self.cfg.train.rounds):   # first: a writer that is done also says bye
+                return
+            if self._writer() == self.id:
                 self.write_outputs()
                 self.transport.broadcast(self.ids, wire.encode("done", self.id, round=self.cfg.train.rounds))
-                return
-            if self.mailbox.get("done", self.cfg.train.rounds):
                 return
             self.mailbox.pump(0.2)
         log.warning("writer never reported done within %.0f s; exiting", self.cfg.averaging.fetch_timeout_s)

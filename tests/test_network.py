@@ -37,6 +37,8 @@ def test_five_peers_reach_exact_agreed_consensus_and_learn(tmp_path, procs):
     c = torch.load(run / "consensus.pt", map_location="cpu", weights_only=True)
     assert c["round"] == 3 and c["peers"] == [0, 1, 2, 3, 4] and c["digest"] == s["final"]["digest"]
     assert c["model_args"]["width_mult"] == 0.1
+    assert c["written_by"] == 0                      # the lowest live id, and only it
+    assert sum("wrote " in (run / f"peer-{i}.log").read_text() for i in range(5)) == 1
 
 
 def test_dirichlet_partitions_weight_by_sample_count(tmp_path, procs):
