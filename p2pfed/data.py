@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,8 +146,13 @@ def unpack_archive(archive: Path, cache_dir: str = "") -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     log.info("unpacking %s into %s (once)", archive, dest)
+    started = time.monotonic()
     with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
+        for i, member in enumerate(tar):
+            tar.extract(member, tmp, filter="data")
+            if i and i % 10000 == 0:
+                log.info("unpacking: %d files so far (%.0f s)", i, time.monotonic() - started)
+    log.info("unpacked %s in %.1f s", archive.name, time.monotonic() - started)
     try:
         os.rename(tmp, dest)
     except OSError:  # another peer won the race; use its copy

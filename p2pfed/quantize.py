@@ -56,11 +56,16 @@ def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor) 
     prep = atomic.temp_path(out.with_name(out.stem + ".prep.onnx"))
     tmp = atomic.temp_path(out)
     try:
+        started = time.monotonic()
+        log.info("INT8: pre-processing %s (shape inference, Conv+BN fusion)", fp32_path.name)
         quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
+        log.info("INT8: calibrating on %d images in %d batches, then quantizing", len(calibration),
+                 (len(calibration) + 31) // 32)
         quantize_static(str(prep), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         atomic.publish(tmp, out)
+        log.info("INT8: wrote %s in %.1f s", out.name, time.monotonic() - started)
     finally:
         prep.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)

@@ -66,7 +66,11 @@ def test_sigstopped_peer_is_dropped_then_resyncs_without_injecting_stale_state(t
             break
         time.sleep(0.05)
     os.kill(ps[2].pid, signal.SIGSTOP)
-    time.sleep(2 * cfg.averaging.dead_after_s + 2)
+    # keep it stopped until the others have committed round 2 without it (bounded), then resume it
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not any(r["type"] == "round" and r["round"] == 2
+                                                  for r in _records(run, 0)):
+        time.sleep(0.1)
     os.kill(ps[2].pid, signal.SIGCONT)
     assert wait_all(ps, 180) == [0, 0, 0, 0]
     s = summary(run)
@@ -86,7 +90,7 @@ def _records(run, peer):
 
 
 def test_restarted_peer_resumes_from_checkpoint_and_rejoins(tmp_path, procs):
-    cfg, path = make_config(tmp_path, 4, train={"rounds": 5, "max_steps": 25, "local_epochs": 4.0})
+    cfg, path = make_config(tmp_path, 4, train={"rounds": 6, "max_steps": 25, "local_epochs": 4.0})
     path.write_text(path.read_text() + '\n[[faults]]\npeer = 3\nround = 2\nphase = "train"\n')
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(4)]
@@ -98,11 +102,11 @@ def test_restarted_peer_resumes_from_checkpoint_and_rejoins(tmp_path, procs):
     s = summary(run)
     assert 3 not in next(r for r in s["rounds"] if r["round"] == 2)["members"]
     last = s["rounds"][-1]
-    assert last["round"] == 5 and last["members"] == [0, 1, 2, 3] and last["digests_agree"]
+    assert last["round"] == 6 and last["members"] == [0, 1, 2, 3] and last["digests_agree"]
     events = [r.get("message", "") for r in _records(run, 3)]
     assert any("restarted from checkpoint of round 1" in e for e in events)
     assert any("synced round" in e for e in events)
-    check_round_exact(run, 5, [0, 1, 2, 3], [0, 1, 2, 3])
+    check_round_exact(run, 6, [0, 1, 2, 3], [0, 1, 2, 3])
 
 
 def test_drop_two_of_five_in_round_two_is_one_command(tmp_path, procs):
