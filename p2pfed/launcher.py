@@ -101,6 +101,9 @@ def resolve_config(args) -> tuple[config_mod.Config, Path]:
         model={"width_mult": args.width_mult},
         output={"run_dir": str(run_dir), "quantize": args.quantize})
     cfg = config_mod.replace_peers(cfg, config_mod.local_peers(args.peers, free_ports(args.peers)))
+    if cfg.averaging.min_peers == 0:
+        # all peers share one host, so a partition is impossible: any survivors may finish a round
+        cfg = config_mod.override(cfg, averaging={"min_peers": 1})
     faults = [config_mod.parse_fault(s, "crash") for s in args.kill]
     faults += [config_mod.parse_fault(s, "stall") for s in args.stall]
     cfg = config_mod.replace_faults(cfg, cfg.faults + tuple(faults))

@@ -79,3 +79,10 @@ def test_launch_presets_apply_before_explicit_options(tmp_path):
     cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--rounds", "4", "--peers", "3",
                                                           "--run-dir", str(tmp_path)]))
     assert cfg.train.rounds == 4 and len(cfg.peers) == 3 and len({p.port for p in cfg.peers}) == 3
+
+
+def test_launch_lets_any_survivors_finish_on_one_host(tmp_path):
+    from p2pfed import launcher
+    cfg, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--run-dir", str(tmp_path)]))
+    assert cfg.averaging.min_peers == 1
+    assert config.load(ROOT / "peers.toml").averaging.min_peers == 0     # multi-host default: a majority

@@ -120,3 +120,17 @@ def test_drop_two_of_five_in_round_two_is_one_command(tmp_path, procs):
     assert [r["members"] for r in s["rounds"]] == [[0, 1, 2, 3, 4], [0, 2, 4], [0, 2, 4]]
     assert {(f["peer"], f["phase"]) for f in s["faults"]} == {(1, "exchange"), (3, "train")}
     assert "crashed (injected)" in out
+
+
+def test_launch_survivors_finish_even_when_a_majority_dies(tmp_path, procs):
+    make_config(tmp_path, 5, train={"rounds": 3, "max_steps": 10, "local_epochs": 2.0})
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", "5", "--config", str(tmp_path / "peers.toml"),
+           "--run-dir", str(tmp_path / "run"), "--no-report", "--kill", "1@2:exchange", "--kill", "3@2:train",
+           "--kill", "4@2:exchange"]
+    p = procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out
+    s = summary(tmp_path / "run")
+    assert [r["members"] for r in s["rounds"]] == [[0, 1, 2, 3, 4], [0, 2], [0, 2]]
+    for r in s["rounds"]:
+        assert r["digests_agree"]
