@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,6 @@ def worker_p2pfed(args) -> None:
 
 
 def worker_gloo(args) -> None:
-    import numpy as np
     import torch
     import torch.distributed as dist
     from p2pfed import averaging

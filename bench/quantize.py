@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     import numpy as np
     import torch
-    from p2pfed import config, data, export, logs, quantize
+    from p2pfed import data, export, logs, quantize
     logs.setup("bench")
     run = Path(args.run_dir)
     _, meta = export.load_consensus(run)

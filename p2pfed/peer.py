@@ -16,8 +16,6 @@ writes consensus.pt and summary.json (and, if asked, the ONNX + INT8 models).
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections import OrderedDict
 from pathlib import Path

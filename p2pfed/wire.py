@@ -179,6 +179,8 @@ def check_ints(names: list, arrays: list[np.ndarray], like: dict) -> dict:
     expected = [k for k, v in like.items() if not np.issubdtype(v.dtype, np.floating)]
     if list(names) != expected:
         raise WireError(f"integer buffer names differ from the local model ({len(names)} vs {len(expected)})")
+    if len(arrays) != len(names):
+        raise WireError(f"{len(arrays)} integer buffers for {len(names)} names")
     out = {}
     for name, arr in zip(names, arrays):
         ref = like[name]

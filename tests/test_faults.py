@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import check_round_exact, make_config, round_records, start_peer, summary, wait_all
+from helpers import check_round_exact, make_config, start_peer, summary, wait_all
 from p2pfed.faults import CRASH_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[1]

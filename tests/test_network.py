@@ -1,13 +1,10 @@
 """Real peer processes averaging over ZeroMQ on loopback (tiny model, synthetic data)."""
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
 
 from helpers import (check_round_exact, load_pre, make_config, start_peer, summary, wait_all)
 

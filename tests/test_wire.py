@@ -68,3 +68,12 @@ def test_random_bytes_never_escape_as_other_exceptions():
             wire.decode(frames, LIMIT)
         except wire.WireError:
             pass
+
+
+def test_check_ints_rejects_missing_buffers():
+    like = OrderedDict([("a", np.zeros(2, np.float32)), ("n", np.array(0, np.int64)), ("m", np.array(0, np.int64))])
+    assert set(wire.check_ints(["n", "m"], [np.array(1, np.int64), np.array(2, np.int64)], like)) == {"n", "m"}
+    with pytest.raises(wire.WireError, match="1 integer buffers for 2 names"):
+        wire.check_ints(["n", "m"], [np.array(1, np.int64)], like)
+    with pytest.raises(wire.WireError, match="names differ"):
+        wire.check_ints(["m", "n"], [np.array(1, np.int64)] * 2, like)
