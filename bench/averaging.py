@@ -59,8 +59,14 @@ def worker_p2pfed(args) -> None:
         times.append(res.averaging_s)
         sent.append(res.bytes_sent)
         state = res.state
-    # stay a moment so late peers can finish their last round, then leave
-    time.sleep(1.0)
+        t.set_status(committed=r)
+    # stay until every peer has committed the last round (late peers may still need my slices)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+            t.alive(p.id) and int(t.info.get(p.id, {}).get("committed", 0)) < args.rounds
+            for p in peers if p.id != args.rank):
+        time.sleep(0.1)
+    time.sleep(0.5)
     t.close()
     print(json.dumps({"times": times, "bytes": sent, "model_bytes": model_bytes,
                       "float_bytes": averaging.flatten(state).nbytes}), flush=True)
