@@ -126,9 +126,6 @@ class Mailbox:
     def get(self, kind: str, rnd: int, attempt: int = -1) -> dict[int, wire.Message]:
         return self.box.get((kind, rnd, attempt), {})
 
-    def latest(self, kind: str, rnd: int) -> list[wire.Message]:
-        return [m for (k, r, _), d in self.box.items() if k == kind and r == rnd for m in d.values()]
-
     def latest_any(self, kind: str) -> list[wire.Message]:
         return [m for (k, _, _), d in self.box.items() if k == kind for m in d.values()]
 

@@ -112,7 +112,8 @@ class Transport:
             self._thread.join(timeout=flush_s + 5)
         if self._cmd is not None:
             self._cmd.close(linger=0)
-        self._ctx.term() if not self._thread.is_alive() else None
+        if not self._thread.is_alive():      # a stuck thread keeps the context; never block exit on it
+            self._ctx.term()
 
     # ------------------------------------------------------------------ network thread
     def _socket_options(self, s: zmq.Socket) -> None:

@@ -115,8 +115,6 @@ def test_curve_unlisted_key_is_refused_while_listed_peers_agree(tmp_path, procs)
     cfg, path = make_config(tmp_path, 3, train={"rounds": 3, "max_steps": 25, "local_epochs": 4.0})
     keys = {i: _keygen(tmp_path, f"peer-{i}") for i in range(3)}
     peers = tuple(config.PeerSpec(id=p.id, host=p.host, port=p.port, public_key=keys[p.id]) for p in cfg.peers)
-    cfg = config.override(config.replace_peers(cfg, peers) if False else cfg,
-                          security={"curve": False})
     raw = config.to_dict(cfg)
     raw["peers"] = [dict(p.__dict__) for p in peers]
     raw["security"] = {"curve": True, "secret_key_file": str(tmp_path / "keys" / "peer-{id}.key_secret")}
