@@ -10,25 +10,10 @@ last line: RESULT int8_size_ratio=.. acc_drop_pts=.. b1_ratio=.. b64_ratio=.. ag
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def optimized_ops(path: Path, threads: int) -> dict:
-    """Op counts of the graph ONNX Runtime actually runs (after its fusions)."""
-    import onnx
-    import onnxruntime as ort
-    out = Path(tempfile.mkdtemp()) / "opt.onnx"
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(out)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return dict(collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node))
 
 
 def main() -> None:
@@ -56,8 +41,8 @@ def main() -> None:
                            sub.labels, threads=args.threads)
     print(quantize.format_table(res))
     print("ops in the INT8 file:", res["int8_onnx_ops"])
-    print("ops ONNX Runtime runs (int8):", optimized_ops(run / "consensus.int8.onnx", args.threads))
-    print("ops ONNX Runtime runs (fp32):", optimized_ops(run / "consensus.onnx", args.threads))
+    print("ops ONNX Runtime runs (int8):", res["int8_onnx_runtime_ops"])
+    print("ops ONNX Runtime runs (fp32):", quantize.runtime_ops(run / "consensus.onnx", args.threads))
     r = res["rows"]
     f, q = r["fp32 onnx"], r["int8 onnx static"]
     print(f"RESULT int8_size_ratio={q['bytes'] / f['bytes']:.3f} acc_drop_pts={100 * (f['accuracy'] - q['accuracy']):.2f} "

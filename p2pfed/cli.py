@@ -136,9 +136,10 @@ def quantize(target, calibration_images) -> None:
     """Static INT8 quantization of RUN_DIR/consensus.pt (or a consensus .pt file), with a comparison."""
     from . import logs, quantize as q
     logs.setup("quantize")
+    from .export import ExportError
     try:
         result = q.run_target(target, calibration_images=calibration_images)
-    except (q.QuantizeError, FileNotFoundError) as e:
+    except (q.QuantizeError, ExportError, FileNotFoundError) as e:
         _fail(str(e), 1)
     click.echo(q.format_table(result))
 

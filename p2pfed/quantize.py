@@ -50,7 +50,8 @@ class _Calibration:
 
 
 def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """fp32 ONNX -> pre-processed -> static QDQ INT8 -> compacted, written atomically to out."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
     prep = atomic.temp_path(out.with_name(out.stem + ".prep.onnx"))
     tmp = atomic.temp_path(out)
@@ -60,15 +61,89 @@ def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor) 
         quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
         log.info("INT8: calibrating on %d images in %d batches, then quantizing", len(calibration),
                  (len(calibration) + 31) // 32)
-        quantize_static(str(prep), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_qdq(prep, tmp, calibration)
+        model = onnx.load(str(tmp))
+        before = model.ByteSize()
+        compact_qdq(model)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
         atomic.publish(tmp, out)
-        log.info("INT8: wrote %s in %.1f s", out.name, time.monotonic() - started)
+        log.info("INT8: wrote %s (%d bytes; %d before compaction) in %.1f s", out.name, out.stat().st_size,
+                 before, time.monotonic() - started)
     finally:
         prep.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def quantize_qdq(prepared: Path, out: Path, calibration: torch.Tensor) -> None:
+    """quantize_static in QDQ format: per-channel symmetric int8 weights, uint8 activations (U8S8,
+    the combination ONNX Runtime's x86 kernels run on the VNNI path), MinMax calibration.
+    QuantizeBias=False keeps conv biases as fp32 (4 bytes/channel) instead of int32 + a scale + a
+    zero point (12 bytes/channel); ONNX Runtime quantizes them to int32 itself, with the same formula
+    (bias / (input_scale * weight_scale)), when it fuses QLinearConv at session start."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, extra_options={"QuantizeBias": False})
+
+
+def compact_qdq(model) -> None:
+    """Drop what the QDQ file carries but does not need, in place. Semantics are unchanged:
+    - all-zero int8 zero points of the per-channel conv weights (symmetric: 0 is the default);
+    - value_info (intermediate shapes; ONNX Runtime infers them again);
+    - long tensor and node names: the exporter's paths ("/features/features.1/conv/...") cost about
+      as much as all biases. Tensors get short hex names; the graph's input and output keep theirs.
+    Gemm weights keep their zero point: ONNX Runtime only fuses QGemm with one present."""
+    from onnx import TensorProto, numpy_helper
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, set[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.op_type)
+    for n in g.node:
+        if (n.op_type == "DequantizeLinear" and len(n.input) == 3 and n.input[0] in inits
+                and n.input[2] in inits and inits[n.input[0]].data_type == TensorProto.INT8
+                and consumers.get(n.output[0]) == {"Conv"} and not numpy_helper.to_array(inits[n.input[2]]).any()):
+            del n.input[2]
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    del g.value_info[:]
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, format(len(names), "x"))
+    for t in g.initializer:
+        t.name = short(t.name)
+    for n in g.node:
+        n.name = ""
+        n.doc_string = ""
+        n.input[:] = [short(i) for i in n.input]
+        n.output[:] = [short(o) for o in n.output]
+
+
+def runtime_ops(path: Path, threads: int = 1) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually runs, after its fusions (level EXTENDED: the
+    QDQ -> QLinear* fusions, without the hardware-specific layout changes of level ALL)."""
+    import collections
+    import tempfile
+    import onnx
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(out)
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return dict(collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node))
 
 
 def quantize_torch_fx(net: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module | None:
@@ -144,13 +219,15 @@ def _ort_fn(sess):
     return lambda x: sess.run(None, {"input": x.numpy()})[0]
 
 
-def compare(consensus: Path, out_dir: Path, calibration: torch.Tensor, test_images: torch.Tensor,
+def compare(model_file: Path, out_dir: Path, calibration: torch.Tensor, test_images: torch.Tensor,
             test_labels: np.ndarray, threads: int = 1) -> dict:
-    """Build every row's model, measure it, and return the comparison document."""
+    """Build every row's model, measure it, and return the comparison document.
+    Writes out_dir/STEM.onnx and STEM.int8.onnx, STEM being model_file's (consensus for consensus.pt)."""
     torch.set_num_threads(threads)
-    net, meta = export.load_consensus(consensus)
-    fp32_onnx = export.export_onnx(net, out_dir / "consensus.onnx", meta["model_args"]["input_size"])
-    int8_onnx = quantize_onnx_static(fp32_onnx, out_dir / "consensus.int8.onnx", calibration)
+    net, meta = export.load_consensus(model_file)
+    stem = Path(model_file).stem
+    fp32_onnx = export.export_onnx(net, out_dir / f"{stem}.onnx", meta["model_args"]["input_size"])
+    int8_onnx = quantize_onnx_static(fp32_onnx, out_dir / f"{stem}.int8.onnx", calibration)
     fx = quantize_torch_fx(net, calibration)
     dyn = quantize_dynamic(net)
     qdir = out_dir / "quantized"
@@ -173,20 +250,24 @@ def compare(consensus: Path, out_dir: Path, calibration: torch.Tensor, test_imag
     ops = sorted({n.op_type for n in onnx.load(str(int8_onnx)).graph.node})
     return {"rows": measured, "threads": threads, "calibration_images": len(calibration),
             "test_images": len(test_images), "int8_onnx_ops": ops,
+            "int8_onnx_runtime_ops": runtime_ops(int8_onnx, threads),
             "order": ["fp32 torch", "fp32 onnx", "int8 onnx static", "int8 torch static", "int8 dynamic (baseline)"]}
 
 
-def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 2000) -> dict:
-    """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json."""
+def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 2000, model_file: Path | None = None) -> dict:
+    """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json
+    (STEM.quantization.json for a model file other than consensus.pt)."""
+    model_file = model_file or run_dir / "consensus.pt"
     n_cal = min(cfg.output.calibration_images, len(calibration))
     cal = data.normalize(calibration.subset(np.arange(n_cal)).images, cfg.model.input_size)
     test = data.load_split(cfg.data, "test")
     # a fixed random subset: image folders list files class by class, so the first N would be 2 classes
     idx = np.sort(np.random.default_rng(cfg.data.seed + 11).permutation(len(test))[:n_test])
     sub = test.subset(idx)
-    result = compare(run_dir / "consensus.pt", run_dir, cal, data.normalize(sub.images, cfg.model.input_size),
+    result = compare(model_file, run_dir, cal, data.normalize(sub.images, cfg.model.input_size),
                      sub.labels, threads=max(1, cfg.train.threads or 1))
-    atomic.write_text(run_dir / "quantization.json", json.dumps(result, indent=2) + "\n")
+    name = "quantization.json" if model_file.stem == "consensus" else f"{model_file.stem}.quantization.json"
+    atomic.write_text(run_dir / name, json.dumps(result, indent=2) + "\n")
     log.info("quantization:\n%s", format_table(result))
     return result
 
@@ -194,16 +275,18 @@ def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 2000) -> dict
 def run_target(target: str, calibration_images: int | None = None) -> dict:
     """`p2pfed quantize RUN_DIR|consensus.pt`: calibrate on the writer's partition from the run's config."""
     path = Path(target)
-    run_dir = path if path.is_dir() else path.parent
+    if path.is_dir():
+        path = path / "consensus.pt"
+    run_dir = path.parent
     _, meta = export.load_consensus(path)
     cfg = export.config_of(meta)
     if calibration_images:
         from . import config as config_mod
         cfg = config_mod.override(cfg, output={"calibration_images": calibration_images})
-    writer = meta.get("written_by", min(meta["peers"]))
+    writer = meta.get("written_by", -1)
     ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
     split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, max(1, len(ids)))
-    return run(run_dir, split, cfg)
+    return run(run_dir, split, cfg, model_file=path)
 
 
 def format_table(result: dict) -> str:

@@ -204,11 +204,18 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
     if q:
         from .quantize import format_table
         out += ["## Quantization", "", "```", format_table(q), "```", "",
-                f"Latency: median ms at batch 1 and 64, {q['threads']} thread(s). INT8 ONNX ops: "
-                f"{', '.join(q['int8_onnx_ops'])}.", "", "![sizes](plots/sizes.png)", "",
+                f"Latency: median ms at batch 1 and 64, {q['threads']} thread(s). INT8 ONNX ops in the file: "
+                f"{', '.join(q['int8_onnx_ops'])}." + _runtime_ops_text(q), "", "![sizes](plots/sizes.png)", "",
                 "![quantized accuracy](plots/quant_accuracy.png)", ""]
     out += ["## Config", "", "```toml", cfg_text.strip(), "```", ""]
     return "\n".join(out)
+
+
+def _runtime_ops_text(q: dict) -> str:
+    ops = q.get("int8_onnx_runtime_ops")     # absent in files written before it was recorded
+    if not ops:
+        return ""
+    return " ONNX Runtime runs, after fusing: " + ", ".join(f"{n} {k}" for k, n in sorted(ops.items())) + "."
 
 
 def status_text(run_dir: Path) -> str:

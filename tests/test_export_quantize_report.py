@@ -37,6 +37,8 @@ def test_int8_onnx_runs_is_qdq_not_convinteger_smaller_and_agrees(run_dir):
     q = json.loads((run_dir / "quantization.json").read_text())
     ops = {n.op_type for n in onnx.load(str(run_dir / "consensus.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvInteger" not in ops
+    ran = q["int8_onnx_runtime_ops"]               # after ONNX Runtime's fusions: no fp32 conv left
+    assert ran.get("QLinearConv", 0) > 20 and "Conv" not in ran and "ConvInteger" not in ran, ran
     import onnxruntime as ort
     sess = ort.InferenceSession(str(run_dir / "consensus.int8.onnx"), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
