@@ -1,6 +1,6 @@
 """fp32 vs INT8 on a consensus model: size, accuracy, agreement and latency, measured side by side.
 
-    python bench/quantize.py RUN_DIR [--threads 1] [--test-images 2000] [--calibration-images 256]
+    python bench/quantize.py RUN_DIR [--threads 1] [--test-images 10000] [--calibration-images 256]
 
 Runs p2pfed's own quantization (the same code as `p2pfed quantize`) into RUN_DIR, then prints the
 table, which ONNX ops remain in the INT8 model before and after ONNX Runtime's optimiser, and a
@@ -20,7 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--test-images", type=int, default=2000)
+    ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--calibration-images", type=int, default=256)
     args = ap.parse_args()
     import numpy as np

@@ -254,7 +254,7 @@ def compare(model_file: Path, out_dir: Path, calibration: torch.Tensor, test_ima
             "order": ["fp32 torch", "fp32 onnx", "int8 onnx static", "int8 torch static", "int8 dynamic (baseline)"]}
 
 
-def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 2000, model_file: Path | None = None) -> dict:
+def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 10000, model_file: Path | None = None) -> dict:
     """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json
     (STEM.quantization.json for a model file other than consensus.pt)."""
     model_file = model_file or run_dir / "consensus.pt"
