@@ -1,8 +1,9 @@
 """Why a default QDQ model is barely faster than fp32, and what closes the gap.
 
-    python bench/quantize_variants.py RUN_DIR [--threads 1] [--calibration-images 128]
+    python bench/quantize_variants.py RUN_DIR|MODEL.pt [--threads 1] [--calibration-images 128] [--passes 3]
 
-Quantizes RUN_DIR/consensus.onnx (written by `p2pfed quantize` or bench/quantize.py) several ways
+Quantizes RUN_DIR/consensus.onnx, or MODEL.onnx beside MODEL.pt (written by `p2pfed quantize` or
+bench/quantize.py), several ways
 and runs each in ONNX Runtime beside the fp32 model, in this process, round-robin:
     variant   what differs
     default   quantize_static's defaults: QDQ, int8 activations and weights (S8S8), per-tensor
@@ -66,7 +67,7 @@ def runtime_ops(path: Path, threads: int, level: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
+    ap.add_argument("target", help="a run directory (its consensus.pt) or a model file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calibration-images", type=int, default=128)
     ap.add_argument("--passes", type=int, default=3)
@@ -77,14 +78,14 @@ def main() -> None:
 
     from p2pfed import data, export, logs, quantize
     logs.setup("bench")
-    run = Path(args.run_dir)
-    fp32 = run / "consensus.onnx"
+    model_file = quantize.model_file_of(args.target)
+    fp32 = model_file.with_suffix(".onnx")
     if not fp32.exists():
-        sys.exit(f"{fp32} is missing: run `p2pfed quantize {run}` (or bench/quantize.py) first")
-    _, meta = export.load_consensus(run)
+        sys.exit(f"{fp32} is missing: run `p2pfed quantize {args.target}` (or bench/quantize.py) first")
+    _, meta = export.load_consensus(model_file)
     cfg = export.config_of(meta)
     torch.set_num_threads(args.threads)
-    split, _ = data.peer_partition(cfg.data, 0, max(1, len(cfg.peers)))
+    split = quantize.writer_partition(meta, cfg)
     cal = data.normalize(split.subset(np.arange(min(args.calibration_images, len(split)))).images,
                          cfg.model.input_size)
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-qvariants-"))
@@ -123,7 +124,8 @@ def main() -> None:
         print(f"{name:<22}{path.stat().st_size:>11,}{best[name, 1] / best['fp32', 1]:>7.2f}"
               f"{best[name, 64] / best['fp32', 64]:>7.2f}{agree:>7.2f}  {shown}")
     print(f"(latency: best of {args.passes} medians, over fp32 ONNX at level ALL; {args.threads} thread(s); "
-          f"fp32 b1 {1000 * best['fp32', 1]:.2f} ms, b64 {1000 * best['fp32', 64]:.1f} ms)")
+          f"fp32 b1 {1000 * best['fp32', 1]:.2f} ms, b64 {1000 * best['fp32', 64]:.1f} ms; "
+          f"agree: top-1 agreement with fp32 on the 64 timing images)")
     print(f"RESULT default_b64={best['default', 64] / best['fp32', 64]:.2f} default_b1={best['default', 1] / best['fp32', 1]:.2f} "
           f"p2pfed_b64={best['p2pfed', 64] / best['fp32', 64]:.2f} p2pfed_b1={best['p2pfed', 1] / best['fp32', 1]:.2f} "
           f"p2pfed_noopt_b64={best['p2pfed, opt none', 64] / best['fp32', 64]:.2f} threads={args.threads}")

@@ -272,21 +272,29 @@ def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 10000, model_
     return result
 
 
+def model_file_of(target: str | Path) -> Path:
+    """RUN_DIR means RUN_DIR/consensus.pt; anything else is taken as a model file in that format."""
+    path = Path(target)
+    return path / "consensus.pt" if path.is_dir() else path
+
+
+def writer_partition(meta: dict, cfg) -> data.Split:
+    """The training partition of the peer that wrote the model (the first peer's if unknown)."""
+    writer = meta.get("written_by", -1)
+    ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
+    split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, max(1, len(ids)))
+    return split
+
+
 def run_target(target: str, calibration_images: int | None = None) -> dict:
     """`p2pfed quantize RUN_DIR|consensus.pt`: calibrate on the writer's partition from the run's config."""
-    path = Path(target)
-    if path.is_dir():
-        path = path / "consensus.pt"
-    run_dir = path.parent
+    path = model_file_of(target)
     _, meta = export.load_consensus(path)
     cfg = export.config_of(meta)
     if calibration_images:
         from . import config as config_mod
         cfg = config_mod.override(cfg, output={"calibration_images": calibration_images})
-    writer = meta.get("written_by", -1)
-    ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
-    split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, max(1, len(ids)))
-    return run(run_dir, split, cfg, model_file=path)
+    return run(path.parent, writer_partition(meta, cfg), cfg, model_file=path)
 
 
 def format_table(result: dict) -> str:

@@ -58,10 +58,10 @@ def plot_accuracy(summ: dict, reference: list[dict] | None, out: Path) -> dict:
     data = {"rounds": rounds, "accuracy": acc}
     if reference:
         ref = [(r["round"], 100 * r["correct"] / r["total"]) for r in reference if r["type"] == "round"]
-        ax.plot([r for r, _ in ref], [a for _, a in ref], "s--", label="centralized reference")
+        ax.plot([r for r, _ in ref], [a for _, a in ref], "s--", label="centralized reference (x: epoch)")
         data["reference"] = ref
     ax.set(title="Test accuracy of the consensus model", xlabel="round", ylabel="accuracy (%)")
-    ax.set_xticks(rounds)
+    ax.set_xticks(sorted(set(rounds) | {r for r, _ in data.get("reference", [])}))
     ax.legend()
     _save(fig, out)
     return data
