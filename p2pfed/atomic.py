@@ -1,17 +1,28 @@
-"""Atomic file writes: write a temporary file, fsync, rename. A kill mid-write leaves the old file."""
+"""Atomic file writes: write a temporary file, fsync, rename. A kill mid-write leaves the old file.
+
+Temporaries are named .NAME.tmp-HOST-PID (or .part-) beside the target, so that sweep_stale can
+remove the ones whose writer on this host has died, and never touches another host's.
+"""
 from __future__ import annotations
 
 import io
 import os
+import socket
 from pathlib import Path
 from typing import Callable
+
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _temp(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{_HOST}-{os.getpid()}")
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call write(f) on a temporary file beside path, then atomically replace path with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp(path, "tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -46,7 +57,7 @@ def temp_path(path: str | os.PathLike) -> Path:
     """A temporary name beside path for a writer that needs a file name (e.g. an exporter)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.part-{os.getpid()}")
+    return _temp(path, "part")
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -63,3 +74,34 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     finally:
         os.close(dir_fd)
     return Path(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_stale(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporaries in directory left by writers on this host that no longer run (killed
+    mid-write). A temporary whose PID is alive, or that another host wrote, is kept."""
+    removed = []
+    d = Path(directory)
+    if not d.is_dir():
+        return removed
+    for f in d.iterdir():
+        for kind in ("tmp", "part"):
+            marker = f".{kind}-{_HOST}-"
+            at = f.name.rfind(marker)
+            pid = f.name[at + len(marker):] if at > 0 else ""
+            if f.name.startswith(".") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                try:
+                    f.unlink()
+                    removed.append(f)
+                except FileNotFoundError:
+                    pass
+    return removed

@@ -75,6 +75,9 @@ class Peer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        for d in (self.run_dir, self.run_dir / "checkpoints"):
+            for f in atomic.sweep_stale(d):
+                log.info("removed %s, left by a writer killed mid-write", f)
         local = sum(1 for p in cfg.peers if p.host == self.spec.host)
         torch.set_num_threads(cfg.train.threads or model.default_threads(local))
         self.net = model.build(cfg.model, seed=cfg.data.seed)

@@ -43,6 +43,21 @@ def test_kill_during_write_keeps_the_old_file(tmp_path):
             p.kill()
             p.wait()
     assert target.read_bytes() == b"OLD" * 1000
+    # the dead writer's temporary is swept; a live writer's and another host's are not
+    from p2pfed import atomic
+    left = list(tmp_path.glob(".checkpoint.pt.tmp-*"))
+    assert len(left) == 1
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine_live = tmp_path / f".summary.json.tmp-{atomic._HOST}-{live.pid}"
+        other_host = tmp_path / f".summary.json.part-{atomic._HOST}x-{p.pid}"
+        mine_live.write_bytes(b"x")
+        other_host.write_bytes(b"x")
+        assert atomic.sweep_stale(tmp_path) == left
+    finally:
+        live.kill()
+        live.wait()
+    assert {f.name for f in tmp_path.iterdir()} == {other_host.name, mine_live.name, "checkpoint.pt"}
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
