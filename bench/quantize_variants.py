@@ -76,7 +76,7 @@ def main() -> None:
     import torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from p2pfed import data, export, logs, quantize
+    from p2pfed import export, logs, quantize
     logs.setup("bench")
     model_file = quantize.model_file_of(args.target)
     fp32 = model_file.with_suffix(".onnx")
@@ -86,8 +86,7 @@ def main() -> None:
     cfg = export.config_of(meta)
     torch.set_num_threads(args.threads)
     split = quantize.writer_partition(meta, cfg)
-    cal = data.normalize(split.subset(np.arange(min(args.calibration_images, len(split)))).images,
-                         cfg.model.input_size)
+    cal = quantize.calibration_batch(split, args.calibration_images, cfg.model.input_size)
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-qvariants-"))
     prep = tmp / "prep.onnx"
     quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)

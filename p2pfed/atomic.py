@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Callable
@@ -82,26 +83,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:          # someone else's process: alive
-        return True
+        pass
     return True
 
 
 def sweep_stale(directory: str | os.PathLike) -> list[Path]:
     """Delete temporaries in directory left by writers on this host that no longer run (killed
     mid-write). A temporary whose PID is alive, or that another host wrote, is kept."""
-    removed = []
     d = Path(directory)
-    if not d.is_dir():
-        return removed
-    for f in d.iterdir():
-        for kind in ("tmp", "part"):
-            marker = f".{kind}-{_HOST}-"
-            at = f.name.rfind(marker)
-            pid = f.name[at + len(marker):] if at > 0 else ""
-            if f.name.startswith(".") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                try:
-                    f.unlink()
-                    removed.append(f)
-                except FileNotFoundError:
-                    pass
+    mine = re.compile(rf"\..+\.(?:tmp|part)-{re.escape(_HOST)}-(\d+)")
+    removed = []
+    for f in d.iterdir() if d.is_dir() else ():
+        m = mine.fullmatch(f.name)
+        if m and not _alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed.append(f)
     return removed

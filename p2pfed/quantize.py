@@ -254,18 +254,23 @@ def compare(model_file: Path, out_dir: Path, calibration: torch.Tensor, test_ima
             "order": ["fp32 torch", "fp32 onnx", "int8 onnx static", "int8 torch static", "int8 dynamic (baseline)"]}
 
 
-def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 10000, model_file: Path | None = None) -> dict:
+def calibration_batch(split: data.Split, n: int, input_size: int) -> torch.Tensor:
+    """The first n images of split (at most all of them), normalized for the model."""
+    return data.normalize(split.subset(np.arange(min(n, len(split)))).images, input_size)
+
+
+def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 10000, model_file: Path | None = None,
+        threads: int | None = None) -> dict:
     """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json
-    (STEM.quantization.json for a model file other than consensus.pt)."""
+    (STEM.quantization.json for a model file other than consensus.pt). threads: cfg.train.threads or 1."""
     model_file = model_file or run_dir / "consensus.pt"
-    n_cal = min(cfg.output.calibration_images, len(calibration))
-    cal = data.normalize(calibration.subset(np.arange(n_cal)).images, cfg.model.input_size)
+    cal = calibration_batch(calibration, cfg.output.calibration_images, cfg.model.input_size)
     test = data.load_split(cfg.data, "test")
     # a fixed random subset: image folders list files class by class, so the first N would be 2 classes
     idx = np.sort(np.random.default_rng(cfg.data.seed + 11).permutation(len(test))[:n_test])
     sub = test.subset(idx)
     result = compare(model_file, run_dir, cal, data.normalize(sub.images, cfg.model.input_size),
-                     sub.labels, threads=max(1, cfg.train.threads or 1))
+                     sub.labels, threads=threads or max(1, cfg.train.threads or 1))
     name = "quantization.json" if model_file.stem == "consensus" else f"{model_file.stem}.quantization.json"
     atomic.write_text(run_dir / name, json.dumps(result, indent=2) + "\n")
     log.info("quantization:\n%s", format_table(result))
@@ -282,11 +287,12 @@ def writer_partition(meta: dict, cfg) -> data.Split:
     """The training partition of the peer that wrote the model (the first peer's if unknown)."""
     writer = meta.get("written_by", -1)
     ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
-    split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, max(1, len(ids)))
+    split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, len(ids))
     return split
 
 
-def run_target(target: str, calibration_images: int | None = None) -> dict:
+def run_target(target: str | Path, calibration_images: int | None = None, n_test: int = 10000,
+               threads: int | None = None) -> dict:
     """`p2pfed quantize RUN_DIR|consensus.pt`: calibrate on the writer's partition from the run's config."""
     path = model_file_of(target)
     _, meta = export.load_consensus(path)
@@ -294,7 +300,7 @@ def run_target(target: str, calibration_images: int | None = None) -> dict:
     if calibration_images:
         from . import config as config_mod
         cfg = config_mod.override(cfg, output={"calibration_images": calibration_images})
-    return run(path.parent, writer_partition(meta, cfg), cfg, model_file=path)
+    return run(path.parent, writer_partition(meta, cfg), cfg, n_test=n_test, model_file=path, threads=threads)
 
 
 def format_table(result: dict) -> str:
