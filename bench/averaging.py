@@ -3,9 +3,11 @@ p2pfed's butterfly all-reduce over ZeroMQ against torch.distributed gloo all_red
 
     python bench/averaging.py --peers 5 [--rounds 7] [--width-mult 1.0]
 
-p2pfed time per round = from the group being accepted to the commit (scatter, reduce, gather,
-digest agreement), the maximum over peers, median over rounds. gloo time = one all_reduce of
-the same float32 vector plus the division, after a barrier, max over ranks, median over rounds.
+p2pfed time per round = ready -> commit with all peers ready together: from the moment the last
+peer is ready (it broadcasts `ready`) to the moment the last peer has committed (group, scatter,
+reduce, gather, digest agreement), wall clock across the processes, median over rounds. Also
+printed: group -> commit alone (max over peers). gloo time = one all_reduce of the same float32
+vector plus the division, after a barrier, max over ranks, median over rounds.
 Last line: RESULT peers=N p2pfed_ms=.. gloo_ms=.. ratio=.. bytes_per_peer=.. model_bytes=..
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ def _state(width: float, seed: int):
 def worker_p2pfed(args) -> None:
     import logging
     import torch
-    from p2pfed import allreduce, averaging, config
+    from p2pfed import allreduce, averaging, config, protocol
+    from p2pfed.mailbox import Mailbox
     from p2pfed.transport import Transport
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -45,30 +48,36 @@ def worker_p2pfed(args) -> None:
     acfg = config.AveragingConfig(heartbeat_interval_s=0.2, dead_after_s=5.0)
     state = _state(args.width_mult, args.rank)
     model_bytes = sum(a.nbytes for a in state.values())
-    t = Transport(peers[args.rank], peers, max_message_bytes=int(model_bytes * 1.25) + (1 << 20),
+    t = Transport(peers[args.rank], peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
                   heartbeat_interval_s=acfg.heartbeat_interval_s, dead_after_s=acfg.dead_after_s)
     t.start()
-    mb = allreduce.Mailbox(t)
-    ar = allreduce.AllReduce(t, mb, acfg, [p.id for p in peers])
+    mb = Mailbox(t)
+    ids = [p.id for p in peers]
+    ar = allreduce.AllReduce(t, mb, acfg, ids)
     deadline = time.monotonic() + 60
-    while len(t.live_peers()) < len(peers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    times, sent = [], []
+    while len(mb.live(ids)) < len(peers) and time.monotonic() < deadline:
+        mb.pump(0.05)
+    times, sent, ready_at, commit_at, members = [], [], [], [], None
+    import resource
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF); th0=time.thread_time()
     for r in range(1, args.rounds + 1):
-        res = ar.run(r, state, 1000 + args.rank)
+        ready_at.append(time.time())
+        res = ar.run(r, state, 1000 + args.rank, members)
+        commit_at.append(time.time())
         times.append(res.averaging_s)
         sent.append(res.bytes_sent)
-        state = res.state
+        state, members = res.state, res.members
         t.set_status(committed=r)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF); th1=time.thread_time()
+    print("CPU p2pfed user %.1f sys %.1f main-thread %.1f ms/round" % (1000*(cpu1.ru_utime-cpu0.ru_utime)/args.rounds, 1000*(cpu1.ru_stime-cpu0.ru_stime)/args.rounds, 1000*(th1-th0)/args.rounds), file=sys.stderr)
     # stay until every peer has committed the last round (late peers may still need my slices)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(
-            t.alive(p.id) and int(t.info.get(p.id, {}).get("committed", 0)) < args.rounds
-            for p in peers if p.id != args.rank):
-        time.sleep(0.1)
+    while time.monotonic() < deadline and any(mb.committed(p) < args.rounds for p in mb.live(ids) if p != args.rank):
+        mb.pump(0.1)
     time.sleep(0.5)
     t.close()
-    print(json.dumps({"times": times, "bytes": sent, "model_bytes": model_bytes,
+    print(json.dumps({"times": times, "bytes": sent, "ready_at": ready_at, "commit_at": commit_at,
+                      "model_bytes": model_bytes,
                       "float_bytes": averaging.flatten(state).nbytes}), flush=True)
 
 
@@ -132,16 +141,19 @@ def main() -> None:
     p = run_workers("p2pfed", n, args.rounds, args.width_mult)
     g = run_workers("gloo", n, args.rounds, args.width_mult)
     skip = 1   # the first round includes connection warm-up
-    p_ms = 1000 * statistics.median(max(w["times"][r] for w in p) for r in range(skip, args.rounds))
+    p_ms = 1000 * statistics.median(max(w["commit_at"][r] for w in p) - max(w["ready_at"][r] for w in p)
+                                    for r in range(skip, args.rounds))
+    group_ms = 1000 * statistics.median(max(w["times"][r] for w in p) for r in range(skip, args.rounds))
     g_ms = 1000 * statistics.median(max(w["times"][r] for w in g) for r in range(skip, args.rounds))
     per_peer = statistics.median(w["bytes"][-1] for w in p)
     mb = p[0]["model_bytes"]
     print(f"{n} peers, model {mb / 1e6:.2f} MB ({p[0]['float_bytes'] / 1e6:.2f} MB floats), {args.rounds} rounds "
           f"(first skipped), 2 cores shared by all processes")
-    print(f"p2pfed butterfly all-reduce + digest agreement: {p_ms:.1f} ms median per round")
+    print(f"p2pfed ready -> commit (all ready together):  {p_ms:.1f} ms median per round")
+    print(f"p2pfed group -> commit (max over peers):      {group_ms:.1f} ms")
     print(f"torch.distributed gloo all_reduce:               {g_ms:.1f} ms median per round")
     print(f"bytes sent per peer per round: {per_peer / 1e6:.2f} MB = {per_peer / mb:.2f} x model")
-    print(f"RESULT peers={n} p2pfed_ms={p_ms:.1f} gloo_ms={g_ms:.1f} ratio={p_ms / g_ms:.2f} "
+    print(f"RESULT peers={n} p2pfed_ms={p_ms:.1f} group_commit_ms={group_ms:.1f} gloo_ms={g_ms:.1f} ratio={p_ms / g_ms:.2f} "
           f"bytes_per_peer={per_peer:.0f} model_bytes={mb}")
 
 

@@ -66,16 +66,20 @@ def weighted_mean(shards: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """sum_i w_i x_i / sum_i w_i, accumulated in float64, returned as float32.
 
     Accumulating in float64 makes the result the float64 mean rounded once, so it is
-    within float32 rounding (6e-8 relative) of the exact mean, whatever the order.
+    within float32 rounding (6e-8 relative) of the exact mean, whatever the order. Two
+    float64 buffers of one shard's size are the only temporaries.
     """
     if len(shards) != len(weights) or not shards:
         raise ValueError(f"{len(shards)} shards but {len(weights)} weights")
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"weights must sum to > 0, got {weights}")
-    acc = np.zeros(shards[0].shape, dtype=np.float64)
-    for x, w in zip(shards, weights):
-        acc += np.asarray(x, dtype=np.float64) * (float(w) / total)
+    acc = np.empty(shards[0].shape, dtype=np.float64)
+    tmp = np.empty_like(acc)
+    for i, (x, w) in enumerate(zip(shards, weights)):
+        np.multiply(x, float(w) / total, out=acc if i == 0 else tmp, dtype=np.float64)
+        if i:
+            acc += tmp
     return acc.astype(np.float32)
 
 
@@ -84,15 +88,82 @@ def integer_source(members: list[int]) -> int:
     return min(members)
 
 
-def digest(state: dict) -> str:
-    """SHA-256 over a canonical serialization: per array, name, dtype, shape, then C-order bytes."""
-    h = hashlib.sha256()
-    for name, arr in state.items():
-        a = np.asarray(arr)
-        a = a if a.flags.c_contiguous else a.copy(order="C")
-        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}\n".encode())
-        h.update(memoryview(a).cast("B"))
+# ---------------------------------------------------------------- digest
+# SHA-256 of: the tag, one layout line per tensor ("name|dtype|shape\n", state order), the
+# SHA-256 of every CHUNK_FLOATS-long chunk of the flat float32 vector (in order), and the raw
+# bytes of the integer buffers (state order). Chunks let a peer hash the model while its
+# shards arrive, in any order, and the result does not depend on how many shards there were.
+DIGEST_TAG = b"p2pfed-digest-2\n"
+CHUNK_FLOATS = 1 << 18          # 1 MiB of float32
+
+
+def layout(state: dict) -> bytes:
+    return "".join(f"{name}|{np.asarray(a).dtype.str}|{list(np.shape(a))}\n" for name, a in state.items()).encode()
+
+
+def chunk_bounds(n: int) -> list[tuple[int, int]]:
+    return [(lo, min(n, lo + CHUNK_FLOATS)) for lo in range(0, n, CHUNK_FLOATS)]
+
+
+def chunk_digest(flat_part: np.ndarray) -> bytes:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(flat_part, dtype=np.float32)).cast("B")).digest()
+
+
+def combine_digest(layout_bytes: bytes, chunk_digests: list[bytes], ints: list[np.ndarray]) -> str:
+    h = hashlib.sha256(DIGEST_TAG)
+    h.update(layout_bytes)
+    for d in chunk_digests:
+        h.update(d)
+    for a in ints:
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
     return h.hexdigest()
+
+
+def digest(state: dict) -> str:
+    """The model's digest (see above): equal digests mean bit-identical models."""
+    flat = flatten(state)
+    chunks = [chunk_digest(flat[lo:hi]) for lo, hi in chunk_bounds(flat.size)]
+    return combine_digest(layout(state), chunks, [np.asarray(v) for v in state.values() if not is_float(v)])
+
+
+class IncrementalDigest:
+    """Hashes a flat vector while its pieces arrive, in any order: a chunk is hashed as soon
+    as all of it has been placed. digest() once every float has been placed."""
+
+    def __init__(self, flat: np.ndarray):
+        self.flat = flat
+        self.bounds = chunk_bounds(flat.size)
+        self.missing = [hi - lo for lo, hi in self.bounds]
+        self.chunks: list[bytes | None] = [None] * len(self.bounds)
+
+    def placed(self, lo: int, hi: int) -> None:
+        """flat[lo:hi] now holds its final values (each float is placed once)."""
+        for c in range(lo // CHUNK_FLOATS, (hi - 1) // CHUNK_FLOATS + 1 if hi > lo else 0):
+            clo, chi = self.bounds[c]
+            self.missing[c] -= min(hi, chi) - max(lo, clo)
+            if self.missing[c] == 0:
+                self.chunks[c] = chunk_digest(self.flat[clo:chi])
+
+    def digest(self, layout_bytes: bytes, ints: list[np.ndarray]) -> str:
+        if any(c is None for c in self.chunks):
+            raise ValueError("not every chunk has been placed")
+        return combine_digest(layout_bytes, self.chunks, ints)
+
+
+def unflatten_views(flat: np.ndarray, ints: dict, like: dict) -> "OrderedDict[str, np.ndarray]":
+    """Like unflatten, but float32 tensors are views of flat (no copy): flat must not change."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    offset = 0
+    for name, ref in like.items():
+        if is_float(ref):
+            n = ref.size
+            out[name] = flat[offset:offset + n].reshape(ref.shape).astype(ref.dtype, copy=False)
+            offset += n
+        else:
+            out[name] = np.array(ints[name], dtype=ref.dtype).reshape(ref.shape)
+    if offset != flat.size:
+        raise ValueError(f"flat vector has {flat.size} values, the model needs {offset}")
+    return out
 
 
 def reference_mean(states: list[dict], weights: list[float]) -> "OrderedDict[str, np.ndarray]":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, config, data, model
+from . import checkpoint, config, data, model
 from .metrics import MetricsWriter
 
 log = logging.getLogger("p2pfed.centralized")
@@ -44,7 +44,6 @@ def run(cfg: config.Config, run_dir: Path) -> dict:
                       train_loss=sum(losses) / len(losses), **ev)
         log.info("round %d: accuracy %.2f%%", rnd, 100 * last["accuracy"])
     metrics.close()
-    atomic.save_torch(run_dir / "central.pt", {
-        "format": "p2pfed-consensus-1", "state_dict": net.state_dict(), "model_args": model.model_args(cfg.model),
-        "config": config.to_dict(cfg), "round": cfg.train.rounds, "peers": [], "digest": "", "written_by": -1})
+    checkpoint.save_consensus(run_dir / "central.pt", state_dict=net.state_dict(), model_args=model.model_args(cfg.model),
+                              config=config.to_dict(cfg), rnd=cfg.train.rounds, peers=[], digest="", written_by=-1)
     return last

@@ -54,16 +54,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rounds: int = 5              # federated rounds
-    local_epochs: float = 1.0    # local epochs per round (fractions allowed)
+    epochs: float = 5.0          # run length: passes over the (average) partition; rounds follow from it
+    rounds: int = 0              # > 0: run exactly this many rounds instead (tests, demos); 0 = from epochs
+    local_steps: tuple[int, ...] = (4,)  # local optimiser steps per round; a list grows k over equal parts of the run
+    local_epochs: float = 0.0    # or: local epochs per round (fractions allowed); set exactly one of the two
     batch_size: int = 128        # local mini-batch size
     optimizer: Literal["adamw", "sgd"] = "adamw"  # local optimizer
     lr: float = 3e-3             # peak learning rate
     weight_decay: float = 5e-4   # weight decay
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"  # LR over all rounds' steps
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"  # LR over the whole run's steps
     augment: bool = True         # random crop (pad 4) + horizontal flip
     threads: int = 0             # torch threads per peer; 0 = cores / local peers
-    max_steps: int = 0           # cap local steps per round (0 = no cap); for tests and demos
+    max_steps: int = 0           # with local_epochs: cap local steps per round (0 = no cap); tests and demos
+    eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
     eval_batch_size: int = 256   # batch size for evaluation
 
 
@@ -91,6 +94,7 @@ class OutputConfig:
     writer: int = -1             # peer that writes consensus.pt and summary; -1 = lowest live id
     quantize: bool = False       # the writer also exports ONNX and quantizes to INT8 at the end
     calibration_images: int = 256  # images from the writer's partition used to calibrate INT8
+    checkpoint_every: int = 0    # checkpoint every N rounds; 0 = at every evaluation (a restarted peer downloads anyway)
     dump_round_models: bool = False  # write each peer's model before and after averaging, per round (tests)
 
 
@@ -150,6 +154,11 @@ def _coerce(where: str, typ: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} = {value!r} must be a number")
         return float(value)
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+            raise ConfigError(f"{where} = {value!r} must be an integer or a non-empty list of integers")
+        return tuple(items)
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r} must be a string")
@@ -157,16 +166,28 @@ def _coerce(where: str, typ: Any, value: Any) -> Any:
     raise AssertionError(f"unsupported config type {typ}")
 
 
+# keys of which exactly one is set: setting one switches the other's default off
+_EITHER = {"train": ("local_steps", "local_epochs")}
+_UNSET = {"local_steps": (), "local_epochs": 0.0}
+
+
 def _build(cls: type, where: str, table: Any) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(table).__name__}")
+    pair = _EITHER.get(where)
+    if pair:
+        given = [k for k in pair if k in table]
+        if len(given) == 1:
+            other = pair[1 - pair.index(given[0])]
+            table = {**table, other: _UNSET[other]}
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in table.items():
         if key not in names:
             raise ConfigError(f"unknown key {where}.{key}; allowed keys in [{where}]: {', '.join(names)}")
-        kwargs[key] = _coerce(f"{where}.{key}", hints[key], value)
+        unset = pair and key in pair and not isinstance(value, bool) and value in (0, [], ())
+        kwargs[key] = _UNSET[key] if unset else _coerce(f"{where}.{key}", hints[key], value)
     return cls(**kwargs)
 
 
@@ -182,8 +203,25 @@ def _validate(cfg: Config) -> None:
         if cfg.security.curve and not p.public_key:
             raise ConfigError(f"security.curve is on but peer {p.id} has no public_key; "
                               f"run `p2pfed keygen` and list its public key")
-    positive = [("train.rounds", cfg.train.rounds), ("train.batch_size", cfg.train.batch_size),
-                ("train.local_epochs", cfg.train.local_epochs), ("train.lr", cfg.train.lr),
+    t = cfg.train
+    if bool(t.local_steps) == bool(t.local_epochs):
+        raise ConfigError(f"set exactly one of train.local_steps (optimiser steps per round) and train.local_epochs "
+                          f"(epochs per round); got local_steps = {list(t.local_steps)}, local_epochs = "
+                          f"{t.local_epochs}")
+    if any(k < 1 for k in t.local_steps):
+        raise ConfigError(f"train.local_steps = {list(t.local_steps)}: every entry must be >= 1")
+    if t.local_epochs < 0:
+        raise ConfigError(f"train.local_epochs = {t.local_epochs} must be > 0 (or 0 with train.local_steps set)")
+    non_negative = [("train.rounds", t.rounds), ("train.threads", t.threads), ("train.max_steps", t.max_steps),
+                    ("train.eval_every", t.eval_every), ("train.weight_decay", t.weight_decay),
+                    ("output.checkpoint_every", cfg.output.checkpoint_every)]
+    for key, value in non_negative:
+        if value < 0:
+            raise ConfigError(f"{key} = {value} must be >= 0")
+    positive = [("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.lr", t.lr),
+                ("train.eval_batch_size", t.eval_batch_size), ("averaging.startup_timeout_s",
+                                                                cfg.averaging.startup_timeout_s),
+                ("averaging.fetch_timeout_s", cfg.averaging.fetch_timeout_s),
                 ("averaging.heartbeat_interval_s", cfg.averaging.heartbeat_interval_s),
                 ("averaging.dead_after_s", cfg.averaging.dead_after_s),
                 ("averaging.ready_timeout_s", cfg.averaging.ready_timeout_s),
@@ -203,8 +241,8 @@ def _validate(cfg: Config) -> None:
     for f in cfg.faults:
         if f.peer not in ids:
             raise ConfigError(f"faults.peer = {f.peer} is not a peer id (ids: {sorted(ids)})")
-        if not 1 <= f.round <= cfg.train.rounds:
-            raise ConfigError(f"faults.round = {f.round} must be in 1..{cfg.train.rounds}")
+        if f.round < 1 or (cfg.train.rounds and f.round > cfg.train.rounds):
+            raise ConfigError(f"faults.round = {f.round} must be in 1..{cfg.train.rounds or 'the last round'}")
 
 
 def from_dict(raw: dict) -> Config:
@@ -251,6 +289,11 @@ def override(cfg: Config, **sections: dict) -> Config:
     """
     raw = to_dict(cfg)
     for section, values in sections.items():
+        pair = _EITHER.get(section, ())
+        given = [k for k in pair if values.get(k) is not None]
+        if len(given) == 1:
+            other = pair[1 - pair.index(given[0])]
+            raw[section][other] = _UNSET[other]
         for key, value in values.items():
             if value is not None:
                 raw[section][key] = value
@@ -264,6 +307,8 @@ def dumps_toml(cfg: Config) -> str:
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     d = to_dict(cfg)

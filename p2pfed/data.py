@@ -225,12 +225,13 @@ def load_split(cfg, split: str) -> Split:
     return s
 
 
-def peer_partition(cfg, peer_index: int, n_peers: int) -> tuple[Split, np.ndarray]:
-    """This peer's training images (decoded) and their indices in the full training split."""
+def peer_partition(cfg, peer_index: int, n_peers: int) -> tuple[Split, np.ndarray, int]:
+    """This peer's training images (decoded), their indices in the full training split, and
+    the size of the full training split."""
     full = load_split(cfg, "train")
     parts = partition(full.labels, n_peers, cfg.partition, cfg.alpha, cfg.seed)
     idx = parts[peer_index]
-    return full.subset(idx), idx
+    return full.subset(idx), idx, len(full)
 
 
 # ---------------------------------------------------------------- tensors for the model
@@ -273,3 +274,10 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None, tr
         if train and do_augment:
             imgs = augment(imgs, generator)
         yield normalize(imgs, size), labels[idx]
+
+
+def stream(split: Split, batch_size: int, generator: torch.Generator, do_augment: bool, size: int | None):
+    """Endless training batches: epoch after epoch, each reshuffled. Rounds of a few steps take
+    the next batches of the same epoch, so every image is seen once per epoch."""
+    while True:
+        yield from batches(split, batch_size, generator, train=True, do_augment=do_augment, size=size)

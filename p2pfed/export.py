@@ -23,17 +23,14 @@ class ExportError(RuntimeError):
 
 def load_consensus(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from a self-describing consensus.pt (our own file, weights_only)."""
+    from . import checkpoint
     path = Path(path)
     if path.is_dir():
         path = path / "consensus.pt"
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist; run the peers first (it is written at the end of a run)")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ExportError(f"{path} is not a readable consensus file ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or ck.get("format") != "p2pfed-consensus-1":
-        raise ExportError(f"{path} is not a p2pfed consensus file (no format 'p2pfed-consensus-1')")
+        ck = checkpoint.read(path, checkpoint.CONSENSUS_FORMAT)
+    except checkpoint.FormatError as e:
+        raise ExportError(str(e)) from None
     mcfg = config.ModelConfig(**{**ck["model_args"], "pretrained": False, "weights_file": ""})
     net = model.build(mcfg)
     net.load_state_dict(ck["state_dict"])

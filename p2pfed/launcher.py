@@ -22,6 +22,7 @@ from .config import ConfigError
 from .faults import CRASH_EXIT_CODE
 
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
+PLAIN_EVERY_S = 30.0     # without a terminal, print each peer's progress this often
 
 
 # Named settings, applied before the other options. "cpu" is the default recipe (measured
@@ -58,8 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="cpu: the default CPU recipe; seed: the notebook's setup (ImageNet weights, 224 px input, "
                         "1 round of 1 epoch; needs internet or cached weights, meant for a GPU)")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--local-epochs", type=float)
+    p.add_argument("--epochs", type=float, help="run length in epochs over each peer's partition")
+    p.add_argument("--rounds", type=int, help="run exactly this many rounds instead of --epochs")
+    p.add_argument("--local-steps", help="local optimiser steps per round, e.g. 4, or 2,4,8 to grow over the run")
+    p.add_argument("--local-epochs", type=float, help="or: local epochs per round")
+    p.add_argument("--eval-every", type=int, help="evaluate every N rounds (default: once per epoch)")
     p.add_argument("--dataset", choices=["cifar10", "folder", "synthetic"])
     p.add_argument("--data-dir")
     p.add_argument("--partition", choices=["iid", "dirichlet"])
@@ -86,6 +90,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _int_list(flag: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be an integer or a comma-separated list, e.g. 4 or 2,4,8") from None
+
+
 def resolve_config(args) -> tuple[config_mod.Config, Path]:
     base_path = args.config or ("peers.toml" if Path("peers.toml").exists() else None)
     cfg = config_mod.load(base_path) if base_path else config_mod.Config()
@@ -94,8 +107,9 @@ def resolve_config(args) -> tuple[config_mod.Config, Path]:
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = config_mod.override(
         cfg,
-        train={"rounds": args.rounds, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
-               "max_steps": args.max_steps, "threads": args.threads},
+        train={"epochs": args.epochs, "rounds": args.rounds, "local_epochs": args.local_epochs,
+               "local_steps": _int_list("--local-steps", args.local_steps), "eval_every": args.eval_every,
+               "batch_size": args.batch_size, "max_steps": args.max_steps, "threads": args.threads},
         data={"dataset": args.dataset, "data_dir": args.data_dir, "partition": args.partition, "alpha": args.alpha,
               "seed": args.seed, "train_limit": args.train_limit, "test_limit": args.test_limit},
         model={"width_mult": args.width_mult},
@@ -117,27 +131,30 @@ class PeerView:
     proc: subprocess.Popen | None = None
     offset: int = 0
     round: int = 0
+    rounds: int = 0              # from the peer's "plan" record
+    epoch: float = 0.0
+    epochs: float = 0.0
     phase: str = "starting"
-    step: int = 0
-    steps: int = 0
     loss: float | None = None
     accuracy: float | None = None
+    evaluations: int = 0
     restarts: int = 0
     exit_code: int | None = None
     events: list = field(default_factory=list)
 
-    def line(self, rounds: int) -> str:
+    def line(self) -> str:
         if self.exit_code is not None:
             state = "finished" if self.exit_code == 0 else (
                 "crashed (injected)" if self.exit_code == CRASH_EXIT_CODE else f"exited {self.exit_code}")
-            return f"peer {self.id}: {state} (round {min(self.round, rounds)})"
+            return f"peer {self.id}: {state} (round {self.round}, epoch {self.epoch:.2f})"
         bar = ""
-        if self.phase == "train" and self.steps:
-            done = int(20 * self.step / self.steps)
-            bar = f" [{'#' * done}{'.' * (20 - done)}] {100 * self.step / self.steps:3.0f}%"
+        if self.epochs:
+            done = min(20, int(20 * self.epoch / self.epochs))
+            bar = f" [{'#' * done}{'.' * (20 - done)}]"
         loss = f"  loss {self.loss:.3f}" if self.loss is not None else ""
         acc = f"  acc {100 * self.accuracy:.1f}%" if self.accuracy is not None else ""
-        return f"peer {self.id}: round {min(self.round, rounds)}/{rounds} {self.phase:<8}{bar}{loss}{acc}"
+        return (f"peer {self.id}: epoch {self.epoch:5.2f}/{self.epochs:g}  round {self.round}/{self.rounds or '?'} "
+                f"{self.phase:<8}{bar}{loss}{acc}")
 
     def poll_metrics(self, run_dir: Path) -> list[dict]:
         path = run_dir / f"metrics-{self.id}.jsonl"
@@ -157,13 +174,18 @@ class PeerView:
                 continue
         for r in recs:
             self.round = r.get("round", self.round)
-            if r["type"] == "step":
-                self.step, self.steps, self.loss = r["step"], r["steps"], r["loss"]
+            if r["type"] == "plan":
+                self.rounds, self.epochs = r["rounds"], r["epochs"]
+            elif r["type"] == "step":
+                self.loss, self.epoch = r["loss"], r.get("epoch", self.epoch)
                 self.phase = "train"
             elif r["type"] == "phase":
                 self.phase = r["phase"]
             elif r["type"] == "round":
-                self.accuracy = r["correct"] / r["total"] if r["total"] else None
+                self.epoch = r.get("epoch", self.epoch)
+                if r.get("total"):
+                    self.accuracy = r["correct"] / r["total"]
+                    self.evaluations += 1
             elif r["type"] in ("fault", "event"):
                 self.events.append(r)
         return recs
@@ -194,7 +216,10 @@ class Launcher:
         from . import atomic
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(self.config_path, config_mod.dumps_toml(self.cfg))
-        print(f"p2pfed: {len(self.cfg.peers)} peers, {self.cfg.train.rounds} rounds, data {self.cfg.data.dataset}, "
+        t = self.cfg.train
+        length = f"{t.rounds} rounds" if t.rounds else f"{t.epochs:g} epochs"
+        size = f"{list(t.local_steps)} local steps" if t.local_steps else f"{t.local_epochs:g} local epochs"
+        print(f"p2pfed: {len(self.cfg.peers)} peers, {length} in rounds of {size}, data {self.cfg.data.dataset}, "
               f"run dir {self.run_dir}", flush=True)
         started = time.monotonic()
         interrupted = False
@@ -242,18 +267,20 @@ class Launcher:
                 self._start(pid, resume=True)
 
     def _render(self, final: bool = False) -> None:
-        rounds = self.cfg.train.rounds
-        lines = [v.line(rounds) for v in self.views.values()]
+        lines = [v.line() for v in self.views.values()]
         if self.tty:
             out = (f"\x1b[{self._drawn}F" if self._drawn else "") + "".join(f"\x1b[2K{l}\n" for l in lines)
             sys.stdout.write(out)
             sys.stdout.flush()
             self._drawn = len(lines)
             return
-        for v, line in zip(self.views.values(), lines):   # plain: one line per change of round/phase
-            key = (v.round, v.phase, v.exit_code)
-            if self._last_plain.get(v.id) != key:
-                self._last_plain[v.id] = key
+        # plain output (a log): a line per peer every PLAIN_EVERY_S, at each evaluation and at exit
+        now = time.monotonic()
+        for v, line in zip(self.views.values(), lines):
+            key = (v.evaluations, v.exit_code, v.restarts)
+            last_key, last_t = self._last_plain.get(v.id, (None, -PLAIN_EVERY_S))
+            if key != last_key or now - last_t >= PLAIN_EVERY_S or final:
+                self._last_plain[v.id] = (key, now)
                 print(line, flush=True)
 
     def stop_all(self) -> None:

@@ -287,7 +287,7 @@ def writer_partition(meta: dict, cfg) -> data.Split:
     """The training partition of the peer that wrote the model (the first peer's if unknown)."""
     writer = meta.get("written_by", -1)
     ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
-    split, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, len(ids))
+    split, _, _ = data.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, len(ids))
     return split
 
 

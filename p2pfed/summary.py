@@ -10,12 +10,13 @@ from . import atomic
 log = logging.getLogger("p2pfed.summary")
 
 _REPORT_TYPES = {"members": list, "digest": str, "averaging_s": (int, float), "bytes_sent": int,
-                 "correct": int, "total": int, "loss_sum": (int, float), "attempt": int, "events": list,
-                 "train_loss": (int, float), "n_samples": int}
+                 "attempt": int, "events": list, "train_loss": (int, float), "n_samples": int}
+_EVAL_TYPES = {"correct": int, "total": int, "loss_sum": (int, float)}     # only in rounds that evaluated
 
 
 def _valid(stats) -> bool:
-    return isinstance(stats, dict) and all(isinstance(stats.get(k), t) for k, t in _REPORT_TYPES.items())
+    return (isinstance(stats, dict) and all(isinstance(stats.get(k), t) for k, t in _REPORT_TYPES.items())
+            and all(isinstance(stats.get(k), t) for k, t in _EVAL_TYPES.items() if k in stats))
 
 
 def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_round: int, model_bytes: int,
@@ -29,11 +30,14 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
         if not by:
             continue
         members = sorted({int(m) for s in by.values() for m in s["members"]})
-        correct = sum(s["correct"] for s in by.values())
-        total = sum(s["total"] for s in by.values())
+        evaluated = all("total" in s for s in by.values())
+        correct = sum(s["correct"] for s in by.values()) if evaluated else 0
+        total = sum(s["total"] for s in by.values()) if evaluated else 0
         digests = {str(p): s["digest"] for p, s in sorted(by.items())}
         rounds.append({
             "round": r,
+            "epoch": max((s.get("epoch", 0) for s in by.values() if isinstance(s.get("epoch", 0), (int, float))),
+                         default=0),
             "members": members,
             "digests": digests,
             "digests_agree": len(set(digests.values())) == 1,
@@ -43,6 +47,8 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
             "eval_samples": total,
             "train_loss": {str(p): s["train_loss"] for p, s in sorted(by.items())},
             "averaging_s": max(s["averaging_s"] for s in by.values()),
+            "sync_s": max((s.get("sync_s", 0) for s in by.values() if isinstance(s.get("sync_s", 0), (int, float))),
+                          default=0),
             "bytes_sent": {str(p): s["bytes_sent"] for p, s in sorted(by.items())},
             "attempts": max(s["attempt"] for s in by.values()),
             "dropped": sorted(set(prev) - set(members)),
@@ -53,8 +59,15 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
     faults = [{"peer": f.peer, "round": f.round, "phase": f.phase, "action": f.action,
                "handled": _handled(f.peer, f.round, f.phase, rounds)} for f in cfg.faults]
     final_acc = rounds[-1]["accuracy"] if rounds else None
+    evaluations = [{"epoch": r["epoch"], "round": r["round"], "accuracy": r["accuracy"], "test_loss": r["test_loss"]}
+                   for r in rounds if r["accuracy"] is not None]
+    sync = sorted(r["sync_s"] for r in rounds)
     return {
         "peers": list(cfg.peer_ids),
+        "evaluations": evaluations,
+        "sync": {"rounds": len(rounds), "median_s": sync[len(sync) // 2] if sync else None,
+                 "p90_s": sync[int(0.9 * (len(sync) - 1))] if sync else None,
+                 "all_agree": all(r["digests_agree"] for r in rounds)},
         "rounds": rounds,
         "faults": faults,
         "final": {"round": final_round, "digest": final_digest, "accuracy": final_acc, "model_bytes": model_bytes,
@@ -77,4 +90,15 @@ def _handled(peer: int, rnd: int, phase: str, rounds: list[dict]) -> str:
 
 
 def write(run_dir: Path, summ: dict) -> Path:
-    return atomic.write_text(Path(run_dir) / "summary.json", json.dumps(summ, indent=2) + "\n")
+    """summary.json, compact for runs of 1,000+ rounds: one line per round, per evaluation and
+    per field of the other sections."""
+    def block(value, indent: str) -> str:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return "[\n" + ",\n".join(indent + "  " + json.dumps(v) for v in value) + "\n" + indent + "]"
+        if isinstance(value, dict) and value:
+            return "{\n" + ",\n".join(f"{indent}  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()) \
+                + "\n" + indent + "}"
+        return json.dumps(value)
+
+    body = ",\n".join(f"  {json.dumps(k)}: {block(v, '  ')}" for k, v in summ.items())
+    return atomic.write_text(Path(run_dir) / "summary.json", "{\n" + body + "\n}\n")

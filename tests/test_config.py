@@ -25,8 +25,8 @@ def test_every_dataclass_field_is_documented_in_peers_toml_and_docs():
 
 
 def test_unknown_key_is_named_with_the_allowed_keys():
-    with pytest.raises(ConfigError, match=r"unknown key train\.epochs.*allowed keys in \[train\]: rounds"):
-        config.from_dict({"train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key train\.epoch.*allowed keys in \[train\]: epochs, rounds"):
+        config.from_dict({"train": {"epoch": 3}})
 
 
 def test_bad_choice_names_key_and_allowed_values():
@@ -37,8 +37,17 @@ def test_bad_choice_names_key_and_allowed_values():
 def test_wrong_type_and_range_are_rejected():
     with pytest.raises(ConfigError, match="train.rounds = 'two' must be an integer"):
         config.from_dict({"train": {"rounds": "two"}})
-    with pytest.raises(ConfigError, match="train.rounds = 0 must be > 0"):
-        config.from_dict({"train": {"rounds": 0}})
+    with pytest.raises(ConfigError, match="train.rounds = -1 must be >= 0"):
+        config.from_dict({"train": {"rounds": -1}})
+    for key in ("threads", "max_steps", "eval_every"):
+        with pytest.raises(ConfigError, match=f"train.{key} = -2 must be >= 0"):
+            config.from_dict({"train": {key: -2}})
+    with pytest.raises(ConfigError, match="output.checkpoint_every = -1 must be >= 0"):
+        config.from_dict({"output": {"checkpoint_every": -1}})
+    with pytest.raises(ConfigError, match=r"train.local_steps = \[4, 0\]: every entry must be >= 1"):
+        config.from_dict({"train": {"local_steps": [4, 0]}})
+    with pytest.raises(ConfigError, match="train.local_steps = 'x' must be an integer or a non-empty list"):
+        config.from_dict({"train": {"local_steps": "x"}})
     with pytest.raises(ConfigError, match="ids must be unique"):
         config.from_dict({"peers": [{"id": 1, "port": 5000}, {"id": 1, "port": 5001}]})
 
@@ -75,7 +84,7 @@ def test_launch_presets_apply_before_explicit_options(tmp_path):
     cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--peers", "2",
                                                           "--run-dir", str(tmp_path)]))
     assert (cfg.model.pretrained, cfg.model.input_size, cfg.model.cifar_stem) == (True, 224, False)
-    assert (cfg.train.rounds, cfg.train.local_epochs) == (1, 1.0)
+    assert (cfg.train.rounds, cfg.train.local_epochs, cfg.train.local_steps) == (1, 1.0, ())
     cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--rounds", "4", "--peers", "3",
                                                           "--run-dir", str(tmp_path)]))
     assert cfg.train.rounds == 4 and len(cfg.peers) == 3 and len({p.port for p in cfg.peers}) == 3
@@ -86,3 +95,17 @@ def test_launch_lets_any_survivors_finish_on_one_host(tmp_path):
     cfg, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--run-dir", str(tmp_path)]))
     assert cfg.averaging.min_peers == 1
     assert config.load(ROOT / "peers.toml").averaging.min_peers == 0     # multi-host default: a majority
+
+
+def test_round_size_is_exactly_one_of_local_steps_and_local_epochs():
+    # the default sizes rounds in steps; setting local_epochs alone switches that default off
+    assert config.Config().train.local_steps and not config.Config().train.local_epochs
+    cfg = config.from_dict({"train": {"local_epochs": 0.5}})
+    assert (cfg.train.local_steps, cfg.train.local_epochs) == ((), 0.5)
+    assert config.override(cfg, train={"local_steps": [2, 4]}).train.local_steps == (2, 4)
+    assert config.from_dict({"train": {"local_steps": 3}}).train.local_steps == (3,)
+    both = r"set exactly one of train.local_steps .* and train.local_epochs"
+    with pytest.raises(ConfigError, match=both + r".*got local_steps = \[2\], local_epochs = 1.0"):
+        config.from_dict({"train": {"local_steps": 2, "local_epochs": 1.0}})
+    with pytest.raises(ConfigError, match=both + r".*got local_steps = \[\], local_epochs = 0.0"):
+        config.from_dict({"train": {"local_steps": 0, "local_epochs": 0}})

@@ -65,7 +65,7 @@ def test_folder_loader_reads_the_dev_archive(dev_data, tmp_path):
     assert np.array_equal(np.bincount(train.labels), [4000] * 10)
     assert all(f"/{train.classes[l]}/" in f for f, l in zip(train.files[::997], train.labels[::997]))
     # a peer decodes only its own partition
-    part, idx = data.peer_partition(dcfg, 2, 5)
+    part, idx, n_total = data.peer_partition(dcfg, 2, 5)
     assert len(part) == 8000 and part.images.shape == (8000, 3, 32, 32)
     mean = part.images.float().div(255).mean(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.tensor([0.491, 0.482, 0.447]), atol=0.02)

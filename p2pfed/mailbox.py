@@ -1,0 +1,146 @@
+"""The main thread's view of the network: validated messages filed by (kind, round, attempt),
+and the one definition of which peers are alive.
+
+The transport's network thread queues every valid inbound message; `pump` blocks until the
+next one arrives (or a deadline passes) and files it here, so waiting loops are driven by
+messages, never by fixed sleeps. Heartbeats do not wake the main thread: they only refresh
+`Transport.last_seen`, and `next_expiry` says when a silent peer would turn dead.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from . import wire
+
+log = logging.getLogger("p2pfed.mailbox")
+
+
+class Mailbox:
+    """Keeps the current round and the next two; older rounds are dropped as stale, except
+    `report`, `done` and `bye`, which the writer collects for the whole run."""
+    KEEP_ALL = ("report", "done", "bye")          # kept for the whole run (small)
+    ANY_ROUND = KEEP_ALL + ("model",)              # a downloaded model may be of any round
+    AHEAD_OK = ANY_ROUND + ("commit",)             # commits far ahead tell me I am behind
+
+    def __init__(self, transport, validate: Callable[[wire.Message], None] = lambda msg: None):
+        self.transport = transport
+        self.me = transport.me.id
+        self.dead_after_s = transport.dead_after_s
+        self.validate = validate          # schema check against the local model; raises WireError
+        self.round = 0
+        self._box: dict[tuple, dict[int, wire.Message]] = defaultdict(dict)
+        self._departed: set[int] = set()
+        self._suspects: dict[int, float] = {}   # peer -> when a member reported it dead
+
+    # ------------------------------------------------------------------ receiving
+    def pump(self, timeout_s: float) -> int:
+        """Wait up to timeout_s for one message, then file whatever else is queued. Returns how
+        many messages were filed (0: the timeout passed)."""
+        n = 0
+        msg = self.transport.recv(timeout_s)
+        while msg is not None:
+            self.file(msg)
+            n += 1
+            msg = self.transport.recv(0)
+        return n
+
+    def wait(self, deadline: float, watch: Iterable[int] = ()) -> None:
+        """Block until a message arrives, `deadline` (monotonic) passes, or a watched peer may
+        have turned dead: whichever comes first."""
+        until = min(deadline, self.next_expiry(watch))
+        self.pump(max(0.0, until - time.monotonic()))
+
+    def file(self, msg: wire.Message) -> None:
+        r = msg.header.get("round", 0)
+        if msg.kind == "bye":
+            self._departed.add(msg.sender)
+        else:
+            self._departed.discard(msg.sender)
+        try:
+            self.validate(msg)
+        except wire.WireError as e:
+            log.warning("rejected %s from peer %s: %s", msg.kind, msg.sender, e)
+            return
+        if msg.kind == "abort":
+            for d in msg["dead"]:
+                if isinstance(d, int) and not isinstance(d, bool) and d != self.me:
+                    self._suspects[d] = time.monotonic()
+        if r < self.round and msg.kind not in self.ANY_ROUND:
+            log.debug("dropped stale %s from peer %s: round %s < current round %s", msg.kind, msg.sender, r,
+                      self.round)
+            return
+        if r > self.round + 2 and msg.kind not in self.AHEAD_OK:
+            log.warning("dropped %s from peer %s for round %s, too far ahead of round %s", msg.kind, msg.sender, r,
+                        self.round)
+            return
+        self._box[(msg.kind, r, msg.header.get("attempt", -1))][msg.sender] = msg
+
+    # ------------------------------------------------------------------ queries
+    def get(self, kind: str, rnd: int, attempt: int = -1) -> dict[int, wire.Message]:
+        """sender -> message of this kind, round and attempt (-1: kinds without attempts)."""
+        return self._box.get((kind, rnd, attempt), {})
+
+    def all_of(self, kind: str) -> list[wire.Message]:
+        return [m for (k, _, _), d in self._box.items() if k == kind for m in d.values()]
+
+    def by_round(self, kind: str) -> dict[int, dict[int, wire.Message]]:
+        """round -> sender -> message, for kinds kept for the whole run (reports)."""
+        out: dict[int, dict[int, wire.Message]] = {}
+        for (k, r, _), d in self._box.items():
+            if k == kind:
+                out.setdefault(r, {}).update(d)
+        return out
+
+    def commits(self, min_round: int) -> list[wire.Message]:
+        return [m for (k, r, _), d in self._box.items() if k == "commit" and r >= min_round for m in d.values()]
+
+    def groups(self, rnd: int, after_attempt: int) -> list[tuple[int, wire.Message]]:
+        """(attempt, message) of group proposals for rnd newer than after_attempt, newest first."""
+        out = [(a, m) for (k, r, a), d in self._box.items() if k == "group" and r == rnd and a > after_attempt
+               for m in d.values()]
+        return sorted(out, key=lambda am: am[0], reverse=True)
+
+    def max_attempt(self, rnd: int) -> int:
+        return max((a for (_, r, a) in self._box if r == rnd and a >= 0), default=0)
+
+    def put(self, msg: wire.Message) -> None:
+        """File one of my own messages (e.g. my report), without validation."""
+        self._box[(msg.kind, msg.header.get("round", 0), msg.header.get("attempt", -1))][msg.sender] = msg
+
+    def discard(self, msg: wire.Message) -> None:
+        self._box.get((msg.kind, msg.header.get("round", 0), msg.header.get("attempt", -1)), {}).pop(msg.sender, None)
+
+    def advance(self, rnd: int) -> None:
+        """Round rnd starts: drop what belongs to earlier rounds (except KEEP_ALL)."""
+        self.round = rnd
+        for key in [k for k in self._box if k[1] < rnd and k[0] not in self.KEEP_ALL]:
+            del self._box[key]
+
+    # ------------------------------------------------------------------ liveness: the one definition
+    def alive(self, peer: int) -> bool:
+        """Heard from within dead_after_s, has not said bye, and not reported dead by a member
+        since it was last heard from. I am always alive."""
+        if peer == self.me:
+            return True
+        seen = self.transport.last_seen.get(peer)
+        if seen is None or peer in self._departed or time.monotonic() - seen >= self.dead_after_s:
+            return False
+        suspected = self._suspects.get(peer)
+        return suspected is None or seen > suspected
+
+    def live(self, peers: Iterable[int]) -> list[int]:
+        return sorted(p for p in peers if self.alive(p))
+
+    def next_expiry(self, peers: Iterable[int]) -> float:
+        """The monotonic time at which the first of these live peers turns dead if it stays silent."""
+        times = [self.transport.last_seen[p] + self.dead_after_s for p in peers
+                 if p != self.me and self.alive(p)]
+        return min(times, default=float("inf"))
+
+    def committed(self, peer: int) -> int:
+        """The last round this peer says (by heartbeat) it has committed; 0 if unknown."""
+        value = self.transport.info.get(peer, {}).get("committed", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
