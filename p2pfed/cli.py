@@ -90,16 +90,19 @@ def launch(ctx) -> None:
 @main.command()
 @click.option("--config", "config_path", default=None, type=click.Path(), help="peers.toml (data/model/train)")
 @click.option("--run-dir", required=True, help="where metrics-central.jsonl and central.pt go")
-@click.option("--rounds", type=int, default=None, help="overrides train.rounds")
+@click.option("--epochs", type=float, default=None, help="overrides train.epochs")
+@click.option("--batch-size", type=int, default=0, help="default: the federation's global batch (peers x batch_size)")
 @click.option("--dataset", type=click.Choice(["cifar10", "folder", "synthetic"]), default=None)
 @click.option("--data-dir", default=None)
 @click.option("--width-mult", type=float, default=None)
-def centralized(config_path, run_dir, rounds, dataset, data_dir, width_mult) -> None:
+@click.option("--train-limit", type=int, default=None, help="use only N training images")
+def centralized(config_path, run_dir, epochs, batch_size, dataset, data_dir, width_mult, train_limit) -> None:
     """Train one model on the union of all partitions: the reference for a federated run."""
     from . import centralized as central, logs
     cfg = _load(config_path)
     try:
-        cfg = config_mod.override(cfg, train={"rounds": rounds}, data={"dataset": dataset, "data_dir": data_dir},
+        cfg = config_mod.override(cfg, train={"epochs": epochs},
+                                  data={"dataset": dataset, "data_dir": data_dir, "train_limit": train_limit},
                                   model={"width_mult": width_mult})
     except ConfigError as e:
         _fail(str(e))
@@ -108,7 +111,7 @@ def centralized(config_path, run_dir, rounds, dataset, data_dir, width_mult) -> 
     from .data import DataError
     from .model import ModelError
     try:
-        result = central.run(cfg, Path(run_dir))
+        result = central.run(cfg, Path(run_dir), batch_size)
     except (DataError, ModelError) as e:
         _fail(str(e), 1)
     click.echo(f"centralized: final accuracy {100 * result['accuracy']:.2f}%; metrics in {run_dir}")

@@ -60,7 +60,10 @@ class TrainConfig:
     local_epochs: float = 0.0    # or: local epochs per round (fractions allowed); set exactly one of the two
     batch_size: int = 128        # local mini-batch size
     optimizer: Literal["adamw", "sgd"] = "adamw"  # local optimizer
-    lr: float = 3e-3             # peak learning rate
+    lr: float = 3e-3             # peak learning rate at a global batch of lr_base_batch images
+    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"  # lr x sqrt(global batch / lr_base_batch), x the ratio, or as given
+    lr_base_batch: int = 128     # the global batch (peers x batch_size) at which `lr` applies as given
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
     weight_decay: float = 5e-4   # weight decay
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"  # LR over the whole run's steps
     augment: bool = True         # random crop (pad 4) + horizontal flip
@@ -68,6 +71,7 @@ class TrainConfig:
     max_steps: int = 0           # with local_epochs: cap local steps per round (0 = no cap); tests and demos
     eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
     eval_batch_size: int = 256   # batch size for evaluation
+    bn_pool_images: int = 1024   # images per peer for pooled BatchNorm statistics before eval/export; 0 = off
 
 
 @dataclass(frozen=True)
@@ -212,13 +216,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.local_steps = {list(t.local_steps)}: every entry must be >= 1")
     if t.local_epochs < 0:
         raise ConfigError(f"train.local_epochs = {t.local_epochs} must be > 0 (or 0 with train.local_steps set)")
-    non_negative = [("train.rounds", t.rounds), ("train.threads", t.threads), ("train.max_steps", t.max_steps),
+    non_negative = [("train.rounds", t.rounds), ("train.bn_pool_images", t.bn_pool_images), ("train.threads", t.threads), ("train.max_steps", t.max_steps),
                     ("train.eval_every", t.eval_every), ("train.weight_decay", t.weight_decay),
                     ("output.checkpoint_every", cfg.output.checkpoint_every)]
     for key, value in non_negative:
         if value < 0:
             raise ConfigError(f"{key} = {value} must be >= 0")
-    positive = [("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("train.lr", t.lr),
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing = {t.label_smoothing} must be in [0, 1)")
+    positive = [("train.epochs", t.epochs), ("train.lr_base_batch", t.lr_base_batch), ("train.batch_size", t.batch_size), ("train.lr", t.lr),
                 ("train.eval_batch_size", t.eval_batch_size), ("averaging.startup_timeout_s",
                                                                 cfg.averaging.startup_timeout_s),
                 ("averaging.fetch_timeout_s", cfg.averaging.fetch_timeout_s),
@@ -353,3 +359,26 @@ def parse_fault(spec: str, action: str = "crash") -> Fault:
         if isinstance(e, ConfigError):
             raise ConfigError(f"fault {spec!r}: {e}") from None
         raise ConfigError(f"fault {spec!r} must look like ID@ROUND:PHASE, e.g. 2@2:exchange") from None
+
+
+def markdown_table(cls: type, section: str) -> str:
+    """The docs/configuration.md table of one section: key, type, default, and the field's comment."""
+    import inspect
+    import re
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        name = getattr(typ, "__name__", None) if typing.get_origin(typ) is None else None
+        if typing.get_origin(typ) is Literal:
+            name = "one of " + ", ".join(f'"{a}"' for a in typing.get_args(typ))
+        elif typing.get_origin(typ) is tuple:
+            name = "int or list of int"
+        default = "(required)" if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, tuple):
+            default = list(default)
+        shown = "(required)" if default == "(required)" else (
+            str(default).lower() if isinstance(default, bool) else repr(default).replace("'", '"'))
+        rows.append(f"| `{section}.{f.name}` | {name} | `{shown}` | {comments.get(f.name, '')} |")
+    return "\n".join(rows)

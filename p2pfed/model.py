@@ -73,6 +73,13 @@ def lr_at(step: int, total_steps: int, peak_lr: float, schedule: str) -> float:
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def peak_lr(tcfg, global_batch: int) -> float:
+    """train.lr scaled from lr_base_batch to this global batch: square root (AdamW; Malladi et al.
+    2022), linear (SGD; Goyal et al. 2017) or not at all."""
+    ratio = global_batch / tcfg.lr_base_batch
+    return tcfg.lr * {"sqrt": ratio ** 0.5, "linear": ratio, "none": 1.0}[tcfg.lr_scaling]
+
+
 def make_optimizer(net: nn.Module, tcfg) -> torch.optim.Optimizer:
     decay = [p for n, p in net.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]
@@ -89,17 +96,18 @@ def channels_last(net: nn.Module) -> nn.Module:
 
 
 def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, tcfg, n_steps: int,
-                first_global_step: int, total_steps: int,
+                first_global_step: int, total_steps: int, global_batch: int,
                 on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Run n_steps optimiser steps on the next batches of an endless batch stream (see
-    data.stream); returns the losses."""
+    data.stream); returns the losses. global_batch sizes the learning rate (peak_lr)."""
     net.train()
     losses: list[float] = []
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+    top = peak_lr(tcfg, global_batch)
     for _ in range(n_steps):
         x, y = next(batches)
         x = x.contiguous(memory_format=torch.channels_last)
-        lr = lr_at(first_global_step + len(losses), total_steps, tcfg.lr, tcfg.schedule)
+        lr = lr_at(first_global_step + len(losses), total_steps, top, tcfg.schedule)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import allreduce, atomic, averaging, checkpoint, config, data, model, protocol, schedule, summary, wire
+from . import allreduce, atomic, averaging, bnstats, checkpoint, config, data, model, protocol, schedule, summary, wire
 from . import writer as writer_mod
 from .download import download
 from .faults import FaultInjector
@@ -59,6 +59,7 @@ class Peer:
         self.faults = FaultInjector(() if resume else cfg.faults, peer_id, on_fire=self._fault_fired)
         self.round = 1
         self.committed: dict | None = None   # {"round", "digest", "members", "state"} of the last consensus
+        self.evaluated: dict | None = None   # {"round", "state", "digest", "bn_pooled"}: the last evaluated model
         self.global_step = 0
 
     # ------------------------------------------------------------------ setup
@@ -219,7 +220,7 @@ class Peer:
                                epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4))
 
         losses = model.train_steps(self.net, self.opt, self.batches, self.cfg.train, steps, self.global_step,
-                                   self.plan.total_steps, on_step)
+                                   self.plan.total_steps, self.cfg.train.batch_size * len(self.ids), on_step)
         self.global_step += len(losses)
         return losses
 
@@ -237,6 +238,22 @@ class Peer:
         path = self.run_dir / "pre" / f"round{rnd}-peer{self.id}{'' if when == 'pre' else '-post'}.npz"
         path.parent.mkdir(exist_ok=True)
         atomic.write_atomic(path, lambda f: np.savez(f, n_samples=self.n_samples, **arrays))
+
+    def _pool_bn(self, rnd: int, res: allreduce.RoundResult) -> dict:
+        """The model to evaluate and export: the consensus with BatchNorm statistics pooled over
+        all members' data (bnstats.py), or the plain consensus if that is off or fails."""
+        plain = {"round": rnd, "state": res.state, "digest": res.digest, "bn_pooled": False}
+        n = self.cfg.train.bn_pool_images
+        if not n:
+            return plain
+        sample = self.train_split.subset(np.arange(min(n, self.n_samples)))
+        batches = data.batches(sample, self.cfg.train.batch_size, None, train=False, do_augment=False,
+                               size=self.cfg.model.input_size)
+        got = bnstats.pool(self.net, res.state, batches, self.transport, self.mailbox, res.members, rnd,
+                           self.cfg.averaging.exchange_timeout_s)
+        if got is None:
+            return plain
+        return {"round": rnd, "state": got[0], "digest": got[1], "bn_pooled": True}
 
     def _average(self, rnd: int, state) -> allreduce.RoundResult | None:
         """The round's all-reduce; None if I downloaded the consensus instead."""
@@ -285,8 +302,14 @@ class Peer:
         if evaluates:
             self.set_phase(Phase.EVAL)
             eval_started = time.monotonic()
+            self.evaluated = self._pool_bn(rnd, res)
+            if self.evaluated["bn_pooled"]:
+                self.net.load_state_dict(to_torch(self.evaluated["state"]))
             stats.update(model.evaluate(self.net, self._eval_split(res.members), self.cfg.train.eval_batch_size,
                                         self.cfg.model.input_size))
+            if self.evaluated["bn_pooled"]:
+                self.net.load_state_dict(to_torch(res.state))      # training goes on from the exact mean
+            stats["bn_pooled"] = self.evaluated["bn_pooled"]
             stats["eval_s"] = round(time.monotonic() - eval_started, 3)
             log.info("round %d (epoch %.2f): members %s, digest %s, local accuracy %.2f%%", rnd,
                      self.plan.epoch_after(rnd), res.members, res.digest[:16],
@@ -321,6 +344,9 @@ class Peer:
                 self.transport.broadcast(self.ids, wire.encode("bye", self.id, round=self.round))
             finally:
                 self.transport.close(flush_s=protocol.BYE_FLUSH_S)
+                import resource
+                self.metrics.write("exit", round=self.round,
+                                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
                 self.metrics.close()
 
     # ------------------------------------------------------------------ end of run
@@ -345,7 +371,7 @@ class Peer:
         checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in to_torch(c["state"]).items()}, model_args=model.model_args(self.cfg.model),
                                   config=config.to_dict(self.cfg), rnd=c["round"], peers=c["members"],
                                   digest=c["digest"], written_by=self.id)
-        summ = summary.build(self.cfg, reports, final_digest=c["digest"], final_round=c["round"],
+        summ = summary.build(self.cfg, reports, final_digest=ev["digest"], final_round=c["round"],
                              model_bytes=model_bytes, run_dir=self.run_dir)
         summary.write(self.run_dir, summ)
         log.info("wrote %s and summary.json (final digest %s)", path, c["digest"][:16])

@@ -24,6 +24,13 @@ def test_every_dataclass_field_is_documented_in_peers_toml_and_docs():
             assert f"`{name}.{f.name}`" in docs, f"docs/configuration.md lacks {name}.{f.name}"
 
 
+def test_docs_key_tables_are_generated_from_the_code():
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    for name, cls in {"peers": config.PeerSpec, "faults": config.Fault, **config._SECTIONS}.items():
+        assert config.markdown_table(cls, name) in docs, f"docs/configuration.md: regenerate the [{name}] table " \
+            f"with config.markdown_table"
+
+
 def test_unknown_key_is_named_with_the_allowed_keys():
     with pytest.raises(ConfigError, match=r"unknown key train\.epoch.*allowed keys in \[train\]: epochs, rounds"):
         config.from_dict({"train": {"epoch": 3}})
