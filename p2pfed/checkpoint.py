@@ -41,14 +41,16 @@ def save_checkpoint(path: str | os.PathLike, *, state_dict, optimizer: dict, rnd
 def read(path: str | os.PathLike, fmt: str = CONSENSUS_FORMAT) -> dict:
     """Load a file of the given format; FormatError says what is wrong and what to do."""
     path = Path(path)
+    kind = "consensus" if fmt == CONSENSUS_FORMAT else "checkpoint"
     if not path.is_file():
         raise FormatError(f"{path} does not exist" + ("; run the peers first (it is written at the end of a run)"
                                                         if fmt == CONSENSUS_FORMAT else ""))
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FormatError(f"{path} is not a readable {fmt} file ({type(e).__name__}: {e})") from None
+        raise FormatError(f"{path} is not a readable {kind} file ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != fmt:
-        raise FormatError(f"{path} is not a {fmt} file (format {ck.get('format') if isinstance(ck, dict) else '?'!r});"
-                          f" delete it or pass the right file")
+        found = ck.get("format") if isinstance(ck, dict) else None
+        raise FormatError(f"{path} is not a p2pfed {kind} file (format {found!r}, expected {fmt!r}); "
+                          f"pass a file written by p2pfed")
     return ck

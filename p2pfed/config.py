@@ -54,11 +54,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 5.0          # run length: passes over the (average) partition; rounds follow from it
+    epochs: float = 8.0          # run length: passes over the (average) partition; rounds follow from it
     rounds: int = 0              # > 0: run exactly this many rounds instead (tests, demos); 0 = from epochs
     local_steps: tuple[int, ...] = (4,)  # local optimiser steps per round; a list grows k over equal parts of the run
     local_epochs: float = 0.0    # or: local epochs per round (fractions allowed); set exactly one of the two
-    batch_size: int = 128        # local mini-batch size
+    batch_size: int = 32         # local mini-batch size (per peer; the global batch is peers x this)
     optimizer: Literal["adamw", "sgd"] = "adamw"  # local optimizer
     lr: float = 3e-3             # peak learning rate at a global batch of lr_base_batch images
     lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"  # lr x sqrt(global batch / lr_base_batch), x the ratio, or as given

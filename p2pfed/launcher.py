@@ -25,11 +25,15 @@ GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKI
 PLAIN_EVERY_S = 30.0     # without a terminal, print each peer's progress this often
 
 
-# Named settings, applied before the other options. "cpu" is the default recipe (measured
-# centralized here: CIFAR stem + AdamW 3e-3 one-cycle reached 42/59/62/72/74% after 1..5 epochs).
+# Named settings, applied before the other options. "cpu" is the default recipe (docs/benchmarks.md
+# has what each part of it bought): CIFAR stem, channels-last, 32 images per peer per step,
+# averaging every 4 steps, AdamW with a one-cycle schedule scaled by sqrt(global batch / 128),
+# label smoothing, BatchNorm statistics pooled over all peers before evaluation and export.
 PRESETS = {
     "cpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
-            "train": {"optimizer": "adamw", "lr": 3e-3, "schedule": "onecycle"}},
+            "train": {"epochs": 8.0, "local_steps": [4], "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
+                      "lr_scaling": "sqrt", "lr_base_batch": 128, "schedule": "onecycle", "label_smoothing": 0.1,
+                      "bn_pool_images": 1024}},
     "seed": {"model": {"pretrained": True, "input_size": 224, "cifar_stem": False, "width_mult": 1.0},
              "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}},
 }

@@ -34,6 +34,7 @@ class Mailbox:
         self._box: dict[tuple, dict[int, wire.Message]] = defaultdict(dict)
         self._departed: set[int] = set()
         self._suspects: dict[int, float] = {}   # peer -> when a member reported it dead
+        self._drop_logged: dict[tuple, float] = {}
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_s: float) -> int:
@@ -69,14 +70,22 @@ class Mailbox:
                 if isinstance(d, int) and not isinstance(d, bool) and d != self.me:
                     self._suspects[d] = time.monotonic()
         if r < self.round and msg.kind not in self.ANY_ROUND:
-            log.debug("dropped stale %s from peer %s: round %s < current round %s", msg.kind, msg.sender, r,
-                      self.round)
+            self._drop(msg, f"dropped stale {msg.kind} from peer {msg.sender}: round {r} < current round {self.round}")
             return
         if r > self.round + 2 and msg.kind not in self.AHEAD_OK:
-            log.warning("dropped %s from peer %s for round %s, too far ahead of round %s", msg.kind, msg.sender, r,
-                        self.round)
+            self._drop(msg, f"dropped {msg.kind} from peer {msg.sender} for round {r}, too far ahead of round "
+                            f"{self.round}")
             return
         self._box[(msg.kind, r, msg.header.get("attempt", -1))][msg.sender] = msg
+
+    def _drop(self, msg: wire.Message, text: str) -> None:
+        """Log a dropped message, at most once every 10 s per sender and kind (late messages of
+        the previous round are normal when rounds are short)."""
+        key = (msg.sender, msg.kind)
+        now = time.monotonic()
+        if now - self._drop_logged.get(key, -60.0) >= 10.0:
+            self._drop_logged[key] = now
+            log.info("%s", text)
 
     # ------------------------------------------------------------------ queries
     def get(self, kind: str, rnd: int, attempt: int = -1) -> dict[int, wire.Message]:

@@ -1,11 +1,16 @@
 """Per-peer metrics as JSON lines: one record per training step, phase change, round and fault.
 
 Record types (field "type"):
-    step   round, step, steps, loss, lr            every optimiser step
-    phase  round, phase                            train | wait | exchange | eval | sync | done
-    round  round, members, weights, digest, attempt, averaging_s, bytes_sent, correct, total, ...
-    fault  round, phase, action                    an injected fault fired
-    event  round, message                          something the report should show (abort, rejoin)
+    plan        rounds, epochs, steps_per_epoch, total_steps   once, at start-up
+    step        round, step, steps, loss, global_step, epoch   every optimiser step
+    phase       round, phase                                   start | sync | train | wait | exchange | eval | done
+    round       round, members, weights, digest, attempt, sync_s, averaging_s, wait_s, train_s,
+                bytes_sent, train_loss, epoch, events (+ correct, total, loss_sum, eval_s, bn_pooled
+                in rounds that evaluate)
+    checkpoint  round                                          a checkpoint was written
+    fault       round, phase, action                           an injected fault fired
+    event       round, message                                 something the report should show
+    exit        round, peak_rss_mb                             the peer is exiting
 Every record also has "peer" and "t" (unix time, s).
 """
 from __future__ import annotations

@@ -310,6 +310,8 @@ class Peer:
             if self.evaluated["bn_pooled"]:
                 self.net.load_state_dict(to_torch(res.state))      # training goes on from the exact mean
             stats["bn_pooled"] = self.evaluated["bn_pooled"]
+            if self.evaluated["bn_pooled"]:
+                stats["bn_digest"] = self.evaluated["digest"]
             stats["eval_s"] = round(time.monotonic() - eval_started, 3)
             log.info("round %d (epoch %.2f): members %s, digest %s, local accuracy %.2f%%", rnd,
                      self.plan.epoch_after(rnd), res.members, res.digest[:16],
@@ -368,13 +370,18 @@ class Peer:
         reports = writer_mod.collect_reports(self.mailbox, c["round"], c["members"])
         model_bytes = sum(a.nbytes for a in c["state"].values())
         path = self.run_dir / "consensus.pt"
-        checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in to_torch(c["state"]).items()}, model_args=model.model_args(self.cfg.model),
-                                  config=config.to_dict(self.cfg), rnd=c["round"], peers=c["members"],
-                                  digest=c["digest"], written_by=self.id)
+        ev = self.evaluated if self.evaluated and self.evaluated["round"] == c["round"] else \
+            {"state": c["state"], "digest": c["digest"], "bn_pooled": False}
+        checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in to_torch(ev["state"]).items()},
+                                  model_args=model.model_args(self.cfg.model), config=config.to_dict(self.cfg),
+                                  rnd=c["round"], peers=c["members"], digest=ev["digest"], written_by=self.id,
+                                  round_digest=c["digest"], bn_pooled=ev["bn_pooled"])
         summ = summary.build(self.cfg, reports, final_digest=ev["digest"], final_round=c["round"],
-                             model_bytes=model_bytes, run_dir=self.run_dir)
+                             model_bytes=model_bytes, run_dir=self.run_dir, round_digest=c["digest"],
+                             bn_pooled=ev["bn_pooled"])
         summary.write(self.run_dir, summ)
-        log.info("wrote %s and summary.json (final digest %s)", path, c["digest"][:16])
+        log.info("wrote %s and summary.json (final digest %s%s)", path, ev["digest"][:16],
+                 ", BatchNorm statistics pooled over all peers" if ev["bn_pooled"] else "")
         # the others may exit now: the slow INT8 work below needs nobody else
         self.transport.broadcast(self.ids, wire.encode("done", self.id, round=self.plan.rounds))
         if self.cfg.output.quantize:

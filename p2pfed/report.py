@@ -28,61 +28,84 @@ def _save(fig, path: Path) -> Path:
     return atomic.publish(tmp, path)
 
 
+def _smooth(ys: list[float], window: int) -> list[float]:
+    """Trailing moving average, so thousands of noisy steps read as a curve."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y - (ys[i - window] if i >= window else 0.0)
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def plot_loss(recs: dict[int, list[dict]], out: Path) -> dict:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    series, boundaries = {}, set()
+    """Training loss per peer against epochs and against wall time (moving average of 20 steps)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    t0 = min((r["t"] for rs in recs.values() for r in rs), default=0)
+    series = {}
     for pid, rs in sorted(recs.items()):
         steps = [r for r in rs if r["type"] == "step"]
         if not steps:
             continue
-        series[pid] = ([r["global_step"] for r in steps], [r["loss"] for r in steps])
-        ax.plot(*series[pid], lw=1, label=f"peer {pid}")
-        starts = {}
-        for r in steps:
-            starts.setdefault(r["round"], r["global_step"] - r["step"])
-        boundaries |= {v for k, v in starts.items() if k > 1}
-    for b in sorted(boundaries):
-        ax.axvline(b, color="k", ls=":", lw=0.8)
-    ax.set(title="Training loss per peer (dotted: round boundaries)", xlabel="local optimiser step",
-           ylabel="cross-entropy loss")
-    ax.legend(fontsize=8)
+        loss = _smooth([r["loss"] for r in steps], 20)
+        epochs = [r.get("epoch", r["global_step"]) for r in steps]
+        minutes = [(r["t"] - t0) / 60 for r in steps]
+        series[pid] = (epochs, loss)
+        a1.plot(epochs, loss, lw=1, label=f"peer {pid}")
+        a2.plot(minutes, loss, lw=1, label=f"peer {pid}")
+    a1.set(title="Training loss per peer (moving average, 20 steps)", xlabel="epoch", ylabel="cross-entropy loss")
+    a2.set(title="... against wall time", xlabel="minutes since start")
+    a1.legend(fontsize=8)
     _save(fig, out)
-    return {"peers": sorted(series), "boundaries": sorted(boundaries)}
+    return {"peers": sorted(series), "points": {p: len(v[0]) for p, v in series.items()}}
 
 
-def plot_accuracy(summ: dict, reference: list[dict] | None, out: Path) -> dict:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    rounds = [r["round"] for r in summ["rounds"] if r["accuracy"] is not None]
-    acc = [100 * r["accuracy"] for r in summ["rounds"] if r["accuracy"] is not None]
-    ax.plot(rounds, acc, "o-", label="federated consensus")
-    data = {"rounds": rounds, "accuracy": acc}
+def plot_accuracy(summ: dict, reference: list[dict] | None, out: Path, recs: dict | None = None) -> dict:
+    """The consensus' test accuracy at each evaluation, against epochs and against wall time."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    evals = summ.get("evaluations") or [{"epoch": r["round"], "round": r["round"], "accuracy": r["accuracy"]}
+                                        for r in summ["rounds"] if r["accuracy"] is not None]
+    epochs = [e["epoch"] for e in evals]
+    acc = [100 * e["accuracy"] for e in evals]
+    a1.plot(epochs, acc, "o-", label="federated consensus")
+    data = {"epochs": epochs, "accuracy": acc}
     if reference:
-        ref = [(r["round"], 100 * r["correct"] / r["total"]) for r in reference if r["type"] == "round"]
-        ax.plot([r for r, _ in ref], [a for _, a in ref], "s--", label="centralized reference (x: epoch)")
+        ref = [(r.get("epoch", r["round"]), 100 * r["correct"] / r["total"]) for r in reference if r["type"] == "round"]
+        a1.plot([e for e, _ in ref], [a for _, a in ref], "s--", label="centralized reference")
         data["reference"] = ref
-    ax.set(title="Test accuracy of the consensus model", xlabel="round", ylabel="accuracy (%)")
-    ax.set_xticks(sorted(set(rounds) | {r for r, _ in data.get("reference", [])}))
-    ax.legend()
+    # wall time: when the lowest peer id finished each evaluated round
+    t0 = min((r["t"] for rs in (recs or {}).values() for r in rs), default=None)
+    first = min(recs) if recs else None
+    done = {r["round"]: r["t"] for r in (recs or {}).get(first, []) if r["type"] == "round" and r.get("total")}
+    pts = [((done[e["round"]] - t0) / 60, 100 * e["accuracy"]) for e in evals if e["round"] in done and t0]
+    if pts:
+        a2.plot([m for m, _ in pts], [a for _, a in pts], "o-")
+    data["minutes"] = pts
+    a1.set(title="Test accuracy of the consensus model", xlabel="epoch", ylabel="accuracy (%)")
+    a2.set(title="... against wall time", xlabel="minutes since start", ylabel="accuracy (%)")
+    a1.legend(fontsize=8)
     _save(fig, out)
     return data
 
 
 def plot_averaging(summ: dict, out: Path) -> dict:
+    """Per round: ready -> commit and group -> commit times, and bytes sent per peer."""
     rounds = [r["round"] for r in summ["rounds"]]
+    sync = [r.get("sync_s", r["averaging_s"]) for r in summ["rounds"]]
     secs = [r["averaging_s"] for r in summ["rounds"]]
     mb = [sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6 for r in summ["rounds"]]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.bar(rounds, secs, color="#dd8452", label="all-reduce + agreement")
-    a1.set(title="Averaging time per round", xlabel="round", ylabel="seconds")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    style = "o" if len(rounds) <= 50 else "."
+    a1.plot(rounds, sync, style, ms=3, color="#c9c9c9", label="ready -> commit (incl. waiting for peers)")
+    a1.plot(rounds, secs, style, ms=3, color="#dd8452", label="group -> commit (all-reduce + agreement)")
+    a1.set(title="Synchronisation time per round (max over peers)", xlabel="round", ylabel="seconds", yscale="log")
     a1.legend(fontsize=8)
-    a2.bar(rounds, mb, color="#4c72b0", label="mean bytes sent per peer")
+    a2.plot(rounds, mb, style, ms=3, color="#4c72b0", label="mean bytes sent per peer")
     a2.axhline(2 * summ["final"]["model_bytes"] / 1e6, color="k", ls="--", lw=1, label="2 x model size")
     a2.set(title="Bytes sent per peer per round", xlabel="round", ylabel="MB")
     a2.legend(fontsize=8)
-    for a in (a1, a2):
-        a.set_xticks(rounds)
     _save(fig, out)
-    return {"rounds": rounds, "averaging_s": secs, "mb_per_peer": mb}
+    return {"rounds": len(rounds), "averaging_s_median": sorted(secs)[len(secs) // 2] if secs else None,
+            "sync_s_median": sorted(sync)[len(sync) // 2] if sync else None}
 
 
 def plot_sizes(q: dict, out: Path) -> dict:
@@ -160,7 +183,7 @@ def render(run_dir: Path, reference: Path | None = None) -> Path:
     ref = metrics.read(Path(reference) / "metrics-central.jsonl") if reference else None
     drawn = {"loss": plot_loss(recs, plots / "loss.png"), "timeline": plot_timeline(recs, plots / "timeline.png")}
     if summ:
-        drawn["accuracy"] = plot_accuracy(summ, ref, plots / "accuracy.png")
+        drawn["accuracy"] = plot_accuracy(summ, ref, plots / "accuracy.png", recs)
         drawn["averaging"] = plot_averaging(summ, plots / "averaging.png")
     if q:
         drawn["sizes"] = plot_sizes(q, plots / "sizes.png")
@@ -177,17 +200,30 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
     agree = all(r["digests_agree"] for r in summ["rounds"])
     fin = summ["final"]
     acc = "n/a" if fin["accuracy"] is None else f"{100 * fin['accuracy']:.2f}%"
-    out += [f"**{len(summ['peers'])} peers, {len(summ['rounds'])} rounds. Final test accuracy {acc}. "
+    pooled = " (BatchNorm statistics pooled over all peers)" if fin.get("bn_pooled") else ""
+    out += [f"**{len(summ['peers'])} peers, {len(summ['rounds'])} rounds. Final test accuracy {acc}{pooled}. "
             f"Digests {'agreed in every round' if agree else 'DID NOT AGREE in some round'}.** "
             f"Final model: {fin['model_bytes'] / 1e6:.2f} MB, SHA-256 `{fin['digest'][:16]}...`, "
             f"held by peers {fin['members']}.", ""]
-    out += ["## Rounds", "", "| round | members | accuracy | averaging (s) | MB sent / peer | attempts | digests |",
-            "|---|---|---|---|---|---|---|"]
-    for r in summ["rounds"]:
-        mb = sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6
-        a = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
-        dg = f"all equal `{next(iter(r['digests'].values()))[:12]}`" if r["digests_agree"] else "**differ**"
-        out.append(f"| {r['round']} | {r['members']} | {a} | {r['averaging_s']:.3f} | {mb:.2f} | {r['attempts']} | {dg} |")
+    evals = summ.get("evaluations") or [{"epoch": r["round"], "round": r["round"], "accuracy": r["accuracy"],
+                                         "test_loss": r["test_loss"]} for r in summ["rounds"] if r["accuracy"] is not None]
+    out += ["## Accuracy by epoch (consensus, dev/test split of this run's data)", "",
+            "| epoch | round | accuracy | test loss |", "|---|---|---|---|"]
+    for e in evals:
+        loss = "n/a" if e.get("test_loss") is None else f"{e['test_loss']:.3f}"
+        out.append(f"| {e['epoch']:.2f} | {e['round']} | {100 * e['accuracy']:.2f}% | {loss} |")
+    rounds = summ["rounds"]
+    sync = sorted(r.get("sync_s", r["averaging_s"]) for r in rounds)
+    avg = sorted(r["averaging_s"] for r in rounds)
+    mb = [sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6 for r in rounds]
+    retried = [r["round"] for r in rounds if r["attempts"] > 1 or r["events"]]
+    out += ["", "## Rounds", "",
+            f"{len(rounds)} rounds. Ready -> commit: median {sync[len(sync) // 2]:.3f} s, 90th percentile "
+            f"{sync[int(0.9 * (len(sync) - 1))]:.3f} s; group -> commit median {avg[len(avg) // 2]:.3f} s. "
+            f"{sum(mb) / len(mb):.2f} MB sent per peer per round on average. "
+            + (f"Rounds with retried attempts or events: {_ranges(retried)}." if retried else
+               "Every round succeeded at its first attempt.") if rounds else "No round completed.",
+            "", "Every round's members, digests and times are in summary.json (one line per round)."]
     out += ["", "![accuracy](plots/accuracy.png)", "", "![training loss](plots/loss.png)", "",
             "![averaging](plots/averaging.png)", "", "## Faults", ""]
     events = [(r["round"], e) for r in summ["rounds"] for e in r["events"]]
@@ -209,6 +245,18 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
                 "![quantized accuracy](plots/quant_accuracy.png)", ""]
     out += ["## Config", "", "```toml", cfg_text.strip(), "```", ""]
     return "\n".join(out)
+
+
+def _ranges(rounds: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    out, start = [], None
+    for i, r in enumerate(rounds):
+        if start is None:
+            start = r
+        if i + 1 == len(rounds) or rounds[i + 1] != r + 1:
+            out.append(str(start) if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
 
 
 def _runtime_ops_text(q: dict) -> str:

@@ -20,7 +20,7 @@ def _valid(stats) -> bool:
 
 
 def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_round: int, model_bytes: int,
-          run_dir: Path | None = None) -> dict:
+          run_dir: Path | None = None, round_digest: str = "", bn_pooled: bool = False) -> dict:
     """reports: round -> peer -> stats. Returns the summary.json document."""
     rounds, prev = [], list(cfg.peer_ids)
     for r in sorted(reports):
@@ -70,7 +70,8 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
                  "all_agree": all(r["digests_agree"] for r in rounds)},
         "rounds": rounds,
         "faults": faults,
-        "final": {"round": final_round, "digest": final_digest, "accuracy": final_acc, "model_bytes": model_bytes,
+        "final": {"round": final_round, "digest": final_digest, "round_digest": round_digest or final_digest,
+                  "bn_pooled": bn_pooled, "accuracy": final_acc, "model_bytes": model_bytes,
                   "members": rounds[-1]["members"] if rounds else []},
     }
 

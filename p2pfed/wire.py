@@ -29,7 +29,7 @@ KINDS: dict[str, dict[str, type]] = {
     "hb":      {"round": int, "phase": str, "committed": int},       # heartbeat, from the transport thread
     "ready":   {"round": int, "n_samples": int},                     # trained, waiting for a group
     "group":   {"round": int, "attempt": int, "members": list, "weights": list},  # leader's proposal
-    "part":    {"round": int, "attempt": int, "shard": int},         # + 1 float32 array: my slice of shard
+    "part":    {"round": int, "attempt": int, "shard": int, "members": list},  # + 1 float32 array: my slice of shard
     "reduced": {"round": int, "attempt": int, "shard": int, "ints": list},  # + averaged shard (+ int arrays)
     "digest":  {"round": int, "attempt": int, "digest": str},        # my SHA-256 after all-gather
     "abort":   {"round": int, "attempt": int, "reason": str, "dead": list},  # attempt failed; who I saw die
@@ -37,6 +37,8 @@ KINDS: dict[str, dict[str, type]] = {
     "fetch":   {"round": int},                                       # send me your latest consensus
     "model":   {"round": int, "digest": str, "names": list, "members": list},  # + one array per tensor
     "report":  {"round": int, "stats": dict},                        # per-round stats for the summary
+    "bnstats": {"round": int},                                       # + 1 float64 array: BatchNorm sums (bnstats.py)
+    "bndigest": {"round": int, "digest": str},                       # digest of the model with pooled BN stats
     "done":    {"round": int},                                       # the writer finished; you may exit
     "bye":     {"round": int},                                       # clean exit, do not wait for me
 }
@@ -167,6 +169,10 @@ def check_schema(msg: Message, like: dict, n_floats: int) -> None:
             check_ints(msg["ints"], msg.arrays[1:], like)
         elif len(msg.arrays) != 1:
             raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected 1")
+    elif msg.kind == "bnstats":
+        if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float64 or msg.arrays[0].ndim != 1 \
+                or msg.arrays[0].size > n_floats:
+            raise WireError("bnstats carries one float64 vector no longer than the model")
     elif msg.kind == "group":
         members, weights = msg["members"], msg["weights"]
         if (len(members) != len(weights) or len(set(members)) != len(members)

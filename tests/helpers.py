@@ -16,7 +16,7 @@ FAST = dict(
     data={"dataset": "synthetic", "synthetic_train": 1000, "synthetic_test": 300},
     model={"width_mult": 0.1},
     train={"rounds": 2, "batch_size": 32, "local_epochs": 4.0, "max_steps": 25, "threads": 1, "lr": 0.01,
-           "schedule": "constant"},
+           "lr_scaling": "none", "schedule": "constant", "bn_pool_images": 128},
     averaging={"heartbeat_interval_s": 0.2, "dead_after_s": 1.5, "exchange_timeout_s": 20.0,
                "ready_timeout_s": 60.0, "startup_timeout_s": 30.0, "fetch_timeout_s": 20.0},
     output={"dump_round_models": True},
@@ -28,6 +28,8 @@ def make_config(tmp: Path, n: int, **sections) -> tuple[config.Config, Path]:
     cfg = config.replace_peers(config.Config(), config.local_peers(n, free_ports(n)))
     merged = {k: dict(v) for k, v in FAST.items()}
     for k, v in sections.items():
+        if k == "train" and "local_steps" in v and "local_epochs" not in v:
+            merged["train"] = {**merged["train"], "local_epochs": 0.0, "max_steps": 0}
         merged.setdefault(k, {}).update(v)
     merged.setdefault("output", {})["run_dir"] = str(tmp / "run")
     cfg = config.override(cfg, **merged)

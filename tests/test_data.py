@@ -44,9 +44,10 @@ def test_synthetic_is_learnable_far_above_chance():
     cfg = config.override(config.Config(), model={"width_mult": 0.1},
                           train={"batch_size": 32, "lr": 0.01, "schedule": "constant"})
     train, test = data.synthetic(1000, 0), data.synthetic(300, 0, split_seed=1)
-    net = model.build(cfg.model)
+    net = model.channels_last(model.build(cfg.model))
     opt = model.make_optimizer(net, cfg.train)
-    model.train_steps(net, opt, train, cfg.train, 32, 150, 0, 150, torch.Generator().manual_seed(0))
+    stream = data.stream(train, 32, torch.Generator().manual_seed(0), True, 32)
+    model.train_steps(net, opt, stream, cfg.train, 150, 0, 150, 32)
     ev = model.evaluate(net, test, 256, 32)
     assert ev["correct"] / ev["total"] > 0.5       # chance is 0.1
 

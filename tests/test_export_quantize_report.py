@@ -91,13 +91,14 @@ def test_report_renders_every_plot_with_expected_series(run_dir):
         assert 400 < w < 3000 and 200 < h < 3000 and png.stat().st_size > 8000, (name, w, h)
         assert f"plots/{name}.png" in md
     drawn = json.loads((run_dir / "plots" / "data.json").read_text())
-    assert drawn["loss"]["peers"] == [0, 1, 2] and len(drawn["loss"]["boundaries"]) == 1
-    assert drawn["accuracy"]["rounds"] == [1, 2]
-    assert drawn["averaging"]["rounds"] == [1, 2]
+    assert drawn["loss"]["peers"] == [0, 1, 2] and drawn["loss"]["points"]["0"] == 80   # 2 rounds x 40 steps
+    assert len(drawn["accuracy"]["epochs"]) == 2 and len(drawn["accuracy"]["minutes"]) == 2
+    assert drawn["averaging"]["rounds"] == 2 and drawn["averaging"]["sync_s_median"] > 0
     assert drawn["timeline"]["peers"] == [0, 1, 2] and [f[0] for f in drawn["timeline"]["faults"]] == [2]
     assert "int8 onnx static" in drawn["sizes"]["names"]
     assert "peer 2 crash at exchange of round 2" in md and "agreed in every round" in md
     assert "round 2 went on without peers [2]" in md
+    assert "## Accuracy by epoch" in md and "Rounds with retried attempts or events: 2" in md
 
 
 def test_status_reads_a_finished_run(run_dir):

@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 
-from helpers import (check_round_exact, load_pre, make_config, start_peer, summary, wait_all)
+import numpy as np
+
+from helpers import check_round_exact, load_pre, make_config, round_records, start_peer, summary, wait_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +31,21 @@ def test_five_peers_reach_exact_agreed_consensus_and_learn(tmp_path, procs):
     accs = [r["accuracy"] for r in s["rounds"]]
     assert accs[-1] > accs[0] + 0.05, accs
     assert accs[-1] > 0.3, accs
-    assert s["final"]["digest"] == s["rounds"][-1]["digests"]["0"]
     import torch
     c = torch.load(run / "consensus.pt", map_location="cpu", weights_only=True)
     assert c["round"] == 3 and c["peers"] == [0, 1, 2, 3, 4] and c["digest"] == s["final"]["digest"]
+    # the exported model is the last round's consensus with BatchNorm statistics pooled over all peers:
+    # the same bytes on every peer (digest-checked), differing from the exact mean only in running stats
+    assert c["bn_pooled"] and c["round_digest"] == s["rounds"][-1]["digests"]["0"] != c["digest"]
+    last = [round_records(run, p)[3] for p in range(5)]
+    assert {r["bn_digest"] for r in last} == {c["digest"]} and all(r["bn_pooled"] for r in last)
+    from p2pfed import averaging
+    from helpers import load_post
+    post = load_post(run, 3, 0)
+    for i, (k, v) in enumerate(c["state_dict"].items()):
+        same = np.array_equal(v.numpy(), post[i])
+        assert same != k.endswith(("running_mean", "running_var")), k
+    assert averaging.digest({k: v.numpy() for k, v in c["state_dict"].items()}) == c["digest"]
     assert c["model_args"]["width_mult"] == 0.1
     assert c["written_by"] == 0                      # the lowest live id, and only it
     assert sum("wrote " in (run / f"peer-{i}.log").read_text() for i in range(5)) == 1

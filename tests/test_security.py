@@ -39,15 +39,15 @@ def malformed_frames(rng, n_floats: int, max_bytes: int):
         out.append(("names", wire.encode("model", 3, [np.zeros(3, np.float32)], round=5, digest="x" * 64,
                                          names=["evil.weight"], members=[3])))
     for _ in range(50):
-        out.append(("dtype", [_hdr("part", round=2, attempt=1, shard=0, arrays=[["<f8", [4]]]), b"\0" * 32]))
+        out.append(("dtype", [_hdr("part", round=2, attempt=1, shard=0, members=[3], arrays=[["<f8", [4]]]), b"\0" * 32]))
     for _ in range(50):
-        out.append(("shape", [_hdr("part", round=2, attempt=1, shard=0, arrays=[["<f4", [2, 2]]]), b"\0" * 16]))
+        out.append(("shape", [_hdr("part", round=2, attempt=1, shard=0, members=[3], arrays=[["<f4", [2, 2]]]), b"\0" * 16]))
     for _ in range(50):
-        out.append(("length", [_hdr("part", round=2, attempt=1, shard=0, arrays=[["<f4", [n_floats + 1]]]),
+        out.append(("length", [_hdr("part", round=2, attempt=1, shard=0, members=[3], arrays=[["<f4", [n_floats + 1]]]),
                                b"\0" * 4 * (n_floats + 1)]))
     for v in [np.nan, np.inf, -np.inf] * 34:
         out.append(("nonfinite", wire.encode("part", 3, [np.array([1.0, v], np.float32)], round=2, attempt=1,
-                                             shard=0)))
+                                             shard=0, members=[3])))
     for _ in range(150):
         out.append(("impostor", wire.encode("ready", int(rng.choice([0, 1, 2])), round=2, n_samples=10 ** 6)))
     for _ in range(100):
@@ -55,7 +55,7 @@ def malformed_frames(rng, n_floats: int, max_bytes: int):
     for _ in range(50):
         out.append(("fields", [_hdr("group", round=2, attempt="1", members=[0], weights=[1])]))
     # last: ZeroMQ drops the connection for an oversized message, and what was queued behind it
-    out.append(("oversized", [_hdr("part", round=2, attempt=1, shard=0, arrays=[["<f4", [max_bytes // 4 + 10]]]),
+    out.append(("oversized", [_hdr("part", round=2, attempt=1, shard=0, members=[3], arrays=[["<f4", [max_bytes // 4 + 10]]]),
                               b"\0" * 4 * (max_bytes // 4 + 10)]))
     return out
 

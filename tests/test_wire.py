@@ -26,13 +26,13 @@ def test_round_trip_with_scalar_and_matrix():
     ([msgpack.packb({"v": 1, "kind": "exec", "from": 1})], "unknown message kind"),
     ([msgpack.packb({"v": 1, "kind": "ready", "from": 1, "round": 1})], "lacks field 'n_samples'"),
     ([msgpack.packb({"v": 1, "kind": "ready", "from": 1, "round": "1", "n_samples": 3})], "round must be int"),
-    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0,
+    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0, "members": [0, 1],
                      "arrays": [["<f4", [4]]]}), b"\x00" * 15], "needs 16 bytes"),
-    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0,
+    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0, "members": [0, 1],
                      "arrays": [["O", [1]]]}), b"\x00" * 8], "not allowed"),
-    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0,
+    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0, "members": [0, 1],
                      "arrays": [["<f4", [1]]]})], "1 arrays but 0 buffers"),
-    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0,
+    ([msgpack.packb({"v": 1, "kind": "part", "from": 1, "round": 1, "attempt": 1, "shard": 0, "members": [0, 1],
                      "arrays": [["<f4", [2]]]}), np.array([1, np.nan], np.float32).tobytes()], "NaN or Inf"),
     ([b"x" * 10, b"y" * (LIMIT)], "exceeds the limit"),
 ])
@@ -42,7 +42,8 @@ def test_decode_rejects_with_reason(frames, reason):
 
 
 def test_inf_is_rejected():
-    frames = wire.encode("part", 1, [np.array([np.inf], np.float32)], round=1, attempt=1, shard=0)
+    frames = wire.encode("part", 1, [np.array([np.inf], np.float32)], round=1, attempt=1, shard=0,
+                         members=[0, 1])
     with pytest.raises(wire.WireError, match="NaN or Inf"):
         wire.decode([bytes(f) for f in frames], LIMIT)
 
