@@ -150,7 +150,8 @@ class PeerView:
         if self.exit_code is not None:
             state = "finished" if self.exit_code == 0 else (
                 "crashed (injected)" if self.exit_code == CRASH_EXIT_CODE else f"exited {self.exit_code}")
-            return f"peer {self.id}: {state} (round {self.round}, epoch {self.epoch:.2f})"
+            last = min(self.round, self.rounds) if self.rounds else self.round
+            return f"peer {self.id}: {state} (round {last}, epoch {self.epoch:.2f})"
         bar = ""
         if self.epochs:
             done = min(20, int(20 * self.epoch / self.epochs))
@@ -283,7 +284,7 @@ class Launcher:
         for v, line in zip(self.views.values(), lines):
             key = (v.evaluations, v.exit_code, v.restarts)
             last_key, last_t = self._last_plain.get(v.id, (None, -PLAIN_EVERY_S))
-            if key != last_key or now - last_t >= PLAIN_EVERY_S or final:
+            if key != last_key or now - last_t >= PLAIN_EVERY_S:
                 self._last_plain[v.id] = (key, now)
                 print(line, flush=True)
 
