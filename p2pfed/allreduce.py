@@ -289,7 +289,7 @@ class AllReduce:
             hasher.placed(*bounds[j])
 
         self._collect("reduced", rnd, attempt, members, deadline, take_reduced)
-        new_state = averaging.unflatten_views(out, int_values, state)
+        new_state = averaging.unflatten(out, int_values, state, copy=False)
         dg = hasher.digest(averaging.layout(state), [new_state[k] for k in ints])
         self.candidates[dg] = new_state
         # agree: every live member must report the same digest. A member that dies after

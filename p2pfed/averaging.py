@@ -33,14 +33,15 @@ def flatten(state: dict) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def unflatten(flat: np.ndarray, ints: dict, like: dict) -> "OrderedDict[str, np.ndarray]":
-    """Inverse of flatten: float arrays from flat, integer arrays from ints, shapes/dtypes from like."""
+def unflatten(flat: np.ndarray, ints: dict, like: dict, copy: bool = True) -> "OrderedDict[str, np.ndarray]":
+    """Inverse of flatten: float arrays from flat, integer arrays from ints, shapes/dtypes from like.
+    copy=False makes the float32 arrays views of flat (no copy): flat must not change afterwards."""
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     offset = 0
     for name, ref in like.items():
         if is_float(ref):
             n = ref.size
-            out[name] = flat[offset:offset + n].reshape(ref.shape).astype(ref.dtype, copy=True)
+            out[name] = flat[offset:offset + n].reshape(ref.shape).astype(ref.dtype, copy=copy)
             offset += n
         else:
             out[name] = np.array(ints[name], dtype=ref.dtype).reshape(ref.shape)
@@ -148,22 +149,6 @@ class IncrementalDigest:
         if any(c is None for c in self.chunks):
             raise ValueError("not every chunk has been placed")
         return combine_digest(layout_bytes, self.chunks, ints)
-
-
-def unflatten_views(flat: np.ndarray, ints: dict, like: dict) -> "OrderedDict[str, np.ndarray]":
-    """Like unflatten, but float32 tensors are views of flat (no copy): flat must not change."""
-    out: OrderedDict[str, np.ndarray] = OrderedDict()
-    offset = 0
-    for name, ref in like.items():
-        if is_float(ref):
-            n = ref.size
-            out[name] = flat[offset:offset + n].reshape(ref.shape).astype(ref.dtype, copy=False)
-            offset += n
-        else:
-            out[name] = np.array(ints[name], dtype=ref.dtype).reshape(ref.shape)
-    if offset != flat.size:
-        raise ValueError(f"flat vector has {flat.size} values, the model needs {offset}")
-    return out
 
 
 def reference_mean(states: list[dict], weights: list[float]) -> "OrderedDict[str, np.ndarray]":

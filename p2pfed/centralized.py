@@ -57,6 +57,7 @@ def run(cfg: config.Config, run_dir: Path, batch_size: int = 0) -> dict:
         log.info("epoch %d: accuracy %.2f%% (%.0f s, %.0f img/s)", epoch, 100 * last["accuracy"], train_s,
                  len(losses) * batch / train_s)
     metrics.close()
-    checkpoint.save_consensus(run_dir / "central.pt", state_dict=net.state_dict(), model_args=model.model_args(cfg.model),
-                              config=config.to_dict(cfg), rnd=epochs, peers=[], digest="", written_by=-1)
+    checkpoint.save_consensus(run_dir / "central.pt", state_dict=net.state_dict(),
+                              model_args=model.model_args(cfg.model), config=config.to_dict(cfg), rnd=epochs,
+                              peers=[], digest="", written_by=-1)
     return last

@@ -10,9 +10,10 @@ import click
 
 from . import config as config_mod
 from .config import ConfigError
+from .exitcodes import ExitCode
 
 
-def _fail(msg: str, code: int = 2) -> None:
+def _fail(msg: str, code: int = ExitCode.USAGE) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
 
@@ -42,6 +43,7 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
     from .allreduce import RoundError
     from .data import DataError
     from .model import ModelError
+    from .transport import BindError, TransportDown
     cfg = _load(config_path)
     try:
         if crash_at:
@@ -54,15 +56,18 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr)
     from .peer import Peer
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))   # run the cleanup in finally blocks
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
     try:
         code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx).run()
-    except (ConfigError, DataError, ModelError, RoundError) as e:
+    except (ConfigError, DataError, ModelError, RoundError, BindError) as e:
         logging.getLogger("p2pfed.peer").error("%s", e)
-        _fail(f"peer {peer_id}: {e}", 1)
+        _fail(f"peer {peer_id}: {e}" if not str(e).startswith("peer ") else str(e), ExitCode.FAILED)
+    except TransportDown as e:
+        logging.getLogger("p2pfed.peer").error("%s", e)
+        _fail(str(e), ExitCode.NETWORK_DOWN)
     except KeyboardInterrupt:
         logging.getLogger("p2pfed.peer").warning("interrupted")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     sys.exit(code)
 
 
@@ -113,7 +118,7 @@ def centralized(config_path, run_dir, epochs, batch_size, dataset, data_dir, wid
     try:
         result = central.run(cfg, Path(run_dir), batch_size)
     except (DataError, ModelError) as e:
-        _fail(str(e), 1)
+        _fail(str(e), ExitCode.FAILED)
     click.echo(f"centralized: final accuracy {100 * result['accuracy']:.2f}%; metrics in {run_dir}")
 
 
@@ -128,7 +133,7 @@ def export(model_file, onnx_path, data_dir) -> None:
     try:
         out, diff = exp.export_file(model_file, onnx_path, data_dir=data_dir)
     except (exp.ExportError, FileNotFoundError) as e:
-        _fail(str(e), 1)
+        _fail(str(e), ExitCode.FAILED)
     click.echo(f"wrote {out}; max |logit difference| ONNX Runtime vs PyTorch = {diff:.2e}")
 
 
@@ -143,7 +148,7 @@ def quantize(target, calibration_images) -> None:
     try:
         result = q.run_target(target, calibration_images=calibration_images)
     except (q.QuantizeError, ExportError, FileNotFoundError) as e:
-        _fail(str(e), 1)
+        _fail(str(e), ExitCode.FAILED)
     click.echo(q.format_table(result))
 
 

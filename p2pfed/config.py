@@ -71,7 +71,7 @@ class TrainConfig:
     max_steps: int = 0           # with local_epochs: cap local steps per round (0 = no cap); tests and demos
     eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
     eval_batch_size: int = 256   # batch size for evaluation
-    bn_pool_images: int = 1024   # images per peer for pooled BatchNorm statistics before eval/export; 0 = off
+    bn_pool_images: int = 512    # images per peer for pooled BatchNorm statistics before eval/export; 0 = off
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.local_steps = {list(t.local_steps)}: every entry must be >= 1")
     if t.local_epochs < 0:
         raise ConfigError(f"train.local_epochs = {t.local_epochs} must be > 0 (or 0 with train.local_steps set)")
-    non_negative = [("train.rounds", t.rounds), ("train.bn_pool_images", t.bn_pool_images), ("train.threads", t.threads), ("train.max_steps", t.max_steps),
+    non_negative = [("train.rounds", t.rounds), ("train.bn_pool_images", t.bn_pool_images),
+                    ("train.threads", t.threads), ("train.max_steps", t.max_steps),
                     ("train.eval_every", t.eval_every), ("train.weight_decay", t.weight_decay),
                     ("output.checkpoint_every", cfg.output.checkpoint_every)]
     for key, value in non_negative:
@@ -224,7 +225,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} = {value} must be >= 0")
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing = {t.label_smoothing} must be in [0, 1)")
-    positive = [("train.epochs", t.epochs), ("train.lr_base_batch", t.lr_base_batch), ("train.batch_size", t.batch_size), ("train.lr", t.lr),
+    positive = [("train.epochs", t.epochs), ("train.lr_base_batch", t.lr_base_batch),
+                ("train.batch_size", t.batch_size), ("train.lr", t.lr),
                 ("train.eval_batch_size", t.eval_batch_size), ("averaging.startup_timeout_s",
                                                                 cfg.averaging.startup_timeout_s),
                 ("averaging.fetch_timeout_s", cfg.averaging.fetch_timeout_s),

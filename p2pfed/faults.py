@@ -11,7 +11,9 @@ import time
 
 log = logging.getLogger("p2pfed.faults")
 
-CRASH_EXIT_CODE = 70     # an injected crash exits with this code, so launch.py can tell it apart
+from .exitcodes import ExitCode
+
+CRASH_EXIT_CODE = int(ExitCode.INJECTED_CRASH)   # so launch.py can tell an injected crash apart
 
 
 class FaultInjector:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from .config import ConfigError
+from .exitcodes import ExitCode, describe
 from .faults import CRASH_EXIT_CODE
 
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
@@ -33,7 +34,7 @@ PRESETS = {
     "cpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
             "train": {"epochs": 8.0, "local_steps": [4], "batch_size": 32, "optimizer": "adamw", "lr": 3e-3,
                       "lr_scaling": "sqrt", "lr_base_batch": 128, "schedule": "onecycle", "label_smoothing": 0.1,
-                      "bn_pool_images": 1024}},
+                      "bn_pool_images": 512}},
     "seed": {"model": {"pretrained": True, "input_size": 224, "cifar_stem": False, "width_mult": 1.0},
              "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}},
 }
@@ -308,27 +309,34 @@ class Launcher:
                 p.wait()
 
     def _verdict(self, interrupted: bool) -> int:
+        """One of three outcomes, each pointing at summary.md: finished; finished, but some peers
+        died; failed: no consensus."""
         summary = self.run_dir / "summary.json"
-        bad = [v for v in self.views.values() if v.exit_code not in (0, CRASH_EXIT_CODE)]
         if interrupted:
             print(f"p2pfed: run stopped; partial results in {self.run_dir}", flush=True)
-            return 130
+            return ExitCode.INTERRUPTED
+        logs = ", ".join(str(self.run_dir / f"peer-{v.id}.log") for v in self.views.values())
         if not summary.exists():
-            print(f"p2pfed: FAILED: no summary.json was written. See the peers' logs: "
-                  f"{', '.join(str(self.run_dir / f'peer-{v.id}.log') for v in bad or self.views.values())}",
+            print(f"p2pfed: failed: no consensus (no summary.json was written). See the peers' logs: {logs}",
                   flush=True)
-            return 1
-        if bad:
-            print(f"p2pfed: FAILED: peers {[v.id for v in bad]} exited with errors "
-                  f"({', '.join(f'{v.id}: {v.exit_code}' for v in bad)}); see {self.run_dir}/peer-<id>.log",
-                  flush=True)
-            return 1
+            return ExitCode.FAILED
         s = json.loads(summary.read_text())
         acc = s["final"]["accuracy"]
         agree = all(r["digests_agree"] for r in s["rounds"])
-        print(f"p2pfed: done. {len(s['rounds'])} rounds, final accuracy "
-              f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}, digests agreed in every round: {agree}", flush=True)
-        return 0 if agree else 1
+        if not agree:
+            bad = [r["round"] for r in s["rounds"] if not r["digests_agree"]]
+            print(f"p2pfed: failed: no consensus: digests differed in rounds {bad[:10]}; see {logs}", flush=True)
+            return ExitCode.FAILED
+        died = [v for v in self.views.values() if v.exit_code not in (0, None)]
+        result = (f"{len(s['rounds'])} rounds, final accuracy {'n/a' if acc is None else f'{100 * acc:.2f}%'}, "
+                  f"digests agreed in every round: {agree}")
+        if died:
+            print(f"p2pfed: finished, but peers {[v.id for v in died]} died ("
+                  + "; ".join(f"peer {v.id} {describe(v.exit_code)}" for v in died)
+                  + f"). The survivors {s['final']['members']} finished: {result}", flush=True)
+        else:
+            print(f"p2pfed: finished. {result}", flush=True)
+        return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--restart {spec!r}: peer {who} does not exist (ids {cfg.peer_ids})")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     code = Launcher(cfg, run_dir, restarts, args.timeout_s).run()
-    if code == 0 and args.report:
+    if (run_dir / "summary.json").exists() and args.report:
         try:
             from . import report
             out = report.render(run_dir)

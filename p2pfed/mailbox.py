@@ -62,7 +62,7 @@ class Mailbox:
             self._departed.discard(msg.sender)
         try:
             self.validate(msg)
-        except wire.WireError as e:
+        except Exception as e:    # WireError, or anything a hostile but well-typed message provokes
             log.warning("rejected %s from peer %s: %s", msg.kind, msg.sender, e)
             return
         if msg.kind == "abort":

@@ -347,8 +347,8 @@ class Peer:
             finally:
                 self.transport.close(flush_s=protocol.BYE_FLUSH_S)
                 import resource
-                self.metrics.write("exit", round=self.round,
-                                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+                rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # ru_maxrss is in KiB
+                self.metrics.write("exit", round=self.round, peak_rss_mb=round(rss_mb, 1))
                 self.metrics.close()
 
     # ------------------------------------------------------------------ end of run

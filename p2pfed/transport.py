@@ -7,7 +7,9 @@ receives and validates every frame (wire.decode), answers `fetch` requests from 
 snapshot it was given, and forwards the main thread's outgoing messages (handed over an
 inproc socket, zero-copy). The main thread sees only validated Messages from recv().
 
-A peer is alive if a valid message from it arrived within dead_after_s. All sockets use
+`last_seen` records when a valid message last came from each peer; whether a peer is alive is
+decided in one place, mailbox.Mailbox.alive. If the network thread dies anyway, `recv` and
+`send` raise TransportDown, so the peer exits instead of hanging. All sockets use
 LINGER=0 unless close() is asked to flush; sends never block (a full or disconnected peer
 drops the message, and the protocol's deadlines handle the rest).
 """
@@ -25,8 +27,17 @@ from . import wire
 
 log = logging.getLogger("p2pfed.transport")
 
-INBOX_LIMIT = 10_000        # messages queued for the main thread before new ones are dropped
+from .protocol import INBOX_LIMIT
+
 STOP = b"__stop__"
+
+
+class TransportDown(RuntimeError):
+    """The network thread died: this peer can no longer heartbeat or receive, so it must exit."""
+
+
+class BindError(RuntimeError):
+    """The peer could not listen on its address (in use, not local, bad keys); says what to do."""
 
 
 @dataclass
@@ -57,7 +68,9 @@ class Transport:
         self._reject_logged: dict[tuple, float] = {}
         self._ctx = zmq.Context()
         self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None        # why the network thread's loop ended, if it crashed
+        self._setup_error: BaseException | None = None  # why it could not start (bind, keys)
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"p2pfed-net-{me.id}", daemon=True)
         self._cmd: zmq.Socket | None = None
         self._lock = threading.Lock()              # the main thread's inproc socket may be used by helpers
@@ -67,15 +80,27 @@ class Transport:
     # ------------------------------------------------------------------ main-thread API
     def start(self, timeout_s: float = 10.0) -> None:
         self._thread.start()
-        if not self._ready.wait(timeout_s) or self._error:
-            raise RuntimeError(f"peer {self.me.id}: network thread did not start: {self._error}")
+        if not self._ready.wait(timeout_s) or self._setup_error:
+            err = self._setup_error
+            where = f"{self.me.bind or self.me.host}:{self.me.port}"
+            if isinstance(err, zmq.ZMQError) and err.errno == zmq.EADDRINUSE:
+                raise BindError(f"peer {self.me.id}: address {where} is already in use: another program (or "
+                                    f"an earlier run still exiting) listens there; stop it, or give peer "
+                                    f"{self.me.id} another port in the config") from None
+            raise BindError(f"peer {self.me.id}: could not listen on {where} ({err}); check host, bind and port of "
+                            f"peer {self.me.id} in the config") from None
         self._cmd = self._ctx.socket(zmq.PUSH)
         self._cmd.setsockopt(zmq.LINGER, 0)
         self._cmd.connect(self._inproc)
 
     def send(self, dest: int, frames: list) -> None:
+        self._check_alive()
         with self._lock:
-            self._cmd.send_multipart([str(dest).encode()] + list(frames), copy=False)
+            try:   # never block: with the network thread gone, nothing would ever read this
+                self._cmd.send_multipart([str(dest).encode()] + list(frames), zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._check_alive()
+                log.warning("peer %s: outgoing queue full; dropped a message to peer %s", self.me.id, dest)
 
     def broadcast(self, dests, frames: list) -> None:
         for d in dests:
@@ -83,19 +108,29 @@ class Transport:
                 self.send(d, frames)
 
     def recv(self, timeout_s: float) -> wire.Message | None:
-        try:
-            return self.inbox.get(timeout=max(0.0, timeout_s))
-        except queue.Empty:
+        """The next validated message, or None after timeout_s. Raises TransportDown if the
+        network thread has died (the wait is cut into 1 s slices to notice it)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            self._check_alive()
+            try:
+                return self.inbox.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return None
+
+    @property
+    def failed(self) -> str | None:
+        """Why the network thread died, or None while it runs (or after a deliberate close)."""
+        if self._closing or self._thread.is_alive() or not self._ready.is_set():
             return None
+        return f"{type(self._error).__name__}: {self._error}" if self._error else "it exited"
 
-    def alive(self, peer_id: int) -> bool:
-        if peer_id == self.me.id:
-            return True
-        seen = self.last_seen.get(peer_id)
-        return seen is not None and time.monotonic() - seen < self.dead_after_s
-
-    def live_peers(self) -> list[int]:
-        return sorted([self.me.id] + [p for p in self.peers if self.alive(p)])
+    def _check_alive(self) -> None:
+        why = self.failed
+        if why:
+            raise TransportDown(f"peer {self.me.id}: the network thread died ({why}); the peer cannot heartbeat "
+                                f"or receive any more, so it stops. Please report {why!r} with the peer's log")
 
     def set_status(self, **fields) -> None:
         self.status = {**self.status, **fields}
@@ -106,9 +141,13 @@ class Transport:
 
     def close(self, flush_s: float = 0.0) -> None:
         """Stop the thread; flush_s > 0 gives queued messages that long to leave (clean exit)."""
+        self._closing = True
         if self._cmd is not None and self._thread.is_alive():
             with self._lock:
-                self._cmd.send_multipart([STOP, str(flush_s).encode()])
+                try:
+                    self._cmd.send_multipart([STOP, str(flush_s).encode()], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
             self._thread.join(timeout=flush_s + 5)
         if self._cmd is not None:
             self._cmd.close(linger=0)
@@ -125,14 +164,15 @@ class Transport:
         try:
             self._setup()
         except BaseException as e:  # bind failure, bad keys: reported by start()
-            self._error = e
+            self._setup_error = e
             self._ready.set()
             return
         self._ready.set()
         try:
             self._loop()
-        except Exception:
-            self.log.exception("network thread crashed")
+        except BaseException as e:   # supervised: the main thread sees it through failed/recv/send
+            self._error = e
+            self.log.exception("network thread crashed; the peer will stop")
         finally:
             if getattr(self, "_monitor", None) is not None:
                 self._router.disable_monitor()
@@ -244,6 +284,14 @@ class Transport:
             self._reject_logged.clear()
 
     def _incoming(self, frames: list) -> None:
+        """Handle one inbound message. Any exception counts as a rejected frame: one frame
+        must never end the network thread."""
+        try:
+            self._handle(frames)
+        except Exception as e:
+            self._reject("a peer", f"internal error handling a frame: {type(e).__name__}: {str(e)[:150]}")
+
+    def _handle(self, frames: list) -> None:
         ident = frames[0].bytes
         try:
             sender = int(ident.decode("ascii"))

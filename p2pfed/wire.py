@@ -13,6 +13,7 @@ check_state/check_shard, called by the receiver which knows the model.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ import numpy as np
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20          # a header (names of ~300 tensors) is a few KB
 MAX_ARRAYS = 4096
+MAX_DIMS = 8                        # a tensor of MobileNetV2 has at most 4
 ALLOWED_DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|u1", "|i1", "|b1"}
 
 # kind -> {field: type}; "from" and "v" are common to all. Types: int, str, float, list, dict.
@@ -111,16 +113,17 @@ def decode(frames: list, max_bytes: int) -> Message:
     arrays = []
     for i, (spec, frame) in enumerate(zip(specs, frames[1:])):
         if (not isinstance(spec, list) or len(spec) != 2 or not isinstance(spec[0], str)
-                or not isinstance(spec[1], list) or not all(isinstance(d, int) and 0 <= d < 2**31 for d in spec[1])):
-            raise WireError(f"array {i}: spec must be [dtype, [dims]]")
+                or not isinstance(spec[1], list) or len(spec[1]) > MAX_DIMS
+                or not all(type(d) is int and 0 <= d < 2**31 for d in spec[1])):
+            raise WireError(f"array {i}: spec must be [dtype, [dims]] with at most {MAX_DIMS} dims in 0..2^31-1")
         dtype, shape = spec
         if dtype not in ALLOWED_DTYPES:
             raise WireError(f"array {i}: dtype {dtype!r} not allowed")
         buf = frame.buffer if hasattr(frame, "buffer") else frame
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count * np.dtype(dtype).itemsize != len(buf):
-            raise WireError(f"array {i}: {dtype}{shape} needs {count * np.dtype(dtype).itemsize} bytes, "
-                            f"buffer has {len(buf)}")
+        # Python ints: no fixed-width arithmetic on sizes from the wire, so nothing can wrap
+        need = math.prod(shape) * np.dtype(dtype).itemsize
+        if need != len(buf):
+            raise WireError(f"array {i}: {dtype}{shape} needs {need} bytes, buffer has {len(buf)}")
         arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise WireError(f"array {i} contains NaN or Inf")
@@ -155,9 +158,25 @@ def check_state(names: list, arrays: list[np.ndarray], like: dict) -> "OrderedDi
     return out
 
 
+def _ids(kind: str, name: str, values) -> list[int]:
+    if not all(type(v) is int and 0 <= v < 2**31 for v in values):
+        raise WireError(f"{kind}.{name} must be a list of peer ids (ints in 0..2^31-1)")
+    return values
+
+
 def check_schema(msg: Message, like: dict, n_floats: int) -> None:
-    """Cheap checks of a received message against the local model, before it is filed."""
+    """Cheap checks of a received message against the local model, before it is filed. Raises
+    only WireError, whatever the message holds."""
+    if msg.kind in ("model", "commit", "part"):
+        _ids(msg.kind, "members", msg["members"])
+    if msg.kind == "abort":
+        _ids(msg.kind, "dead", msg["dead"])
+    if msg.kind in ("digest", "commit", "model", "bndigest") and (
+            len(msg["digest"]) != 64 or any(c not in "0123456789abcdef" for c in msg["digest"])):
+        raise WireError(f"{msg.kind}.digest must be 64 lower-case hex digits")
     if msg.kind == "model":
+        if not all(isinstance(n, str) for n in msg["names"]):
+            raise WireError("model.names must be a list of strings")
         check_state(msg["names"], msg.arrays, like)
     elif msg.kind in ("part", "reduced"):
         if not msg.arrays:
@@ -166,6 +185,8 @@ def check_schema(msg: Message, like: dict, n_floats: int) -> None:
         if arr.dtype != np.float32 or arr.ndim != 1 or arr.size > n_floats:
             raise WireError(f"{msg.kind} shard is {arr.dtype}{list(arr.shape)}, expected float32[<= {n_floats}]")
         if msg.kind == "reduced" and msg["ints"]:
+            if not all(isinstance(n, str) for n in msg["ints"]):
+                raise WireError("reduced.ints must be a list of tensor names")
             check_ints(msg["ints"], msg.arrays[1:], like)
         elif len(msg.arrays) != 1:
             raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected 1")
@@ -175,9 +196,9 @@ def check_schema(msg: Message, like: dict, n_floats: int) -> None:
             raise WireError("bnstats carries one float64 vector no longer than the model")
     elif msg.kind == "group":
         members, weights = msg["members"], msg["weights"]
-        if (len(members) != len(weights) or len(set(members)) != len(members)
-                or not all(isinstance(m, int) and not isinstance(m, bool) for m in members)
-                or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in weights)):
+        if (len(members) != len(weights) or not all(type(m) is int and 0 <= m < 2**31 for m in members)
+                or len(set(members)) != len(members)
+                or not all(type(w) is int and 0 < w < 2**53 for w in weights)):
             raise WireError("group members/weights must be equal-length lists of distinct ids and positive counts")
 
 

@@ -97,15 +97,21 @@ def test_launch_end_to_end_writes_consensus_and_summary(tmp_path, procs):
     assert f"summary: {tmp_path / 'run' / 'summary.json'}" in out
 
 
+def _peers_of(launcher, n: int) -> list[int]:
+    """The PIDs of the n peer processes launch.py started (bounded wait)."""
+    deadline = time.monotonic() + 60
+    kids = []
+    while time.monotonic() < deadline and len(kids) < n:
+        time.sleep(0.2)
+        kids = _children_of(launcher.pid)
+    assert len(kids) == n, f"launch.py should have started {n} peers"
+    return kids
+
+
 def test_launch_ctrl_c_leaves_no_process_behind(tmp_path, procs):
     make_config(tmp_path, 3, train={"rounds": 50, "max_steps": 200})
     p = _launch(tmp_path, procs, "--no-report")
-    deadline = time.monotonic() + 60
-    kids = []
-    while time.monotonic() < deadline and len(kids) < 3:
-        time.sleep(0.5)
-        kids = _children_of(p.pid)
-    assert len(kids) == 3, "launch.py should have started 3 peers"
+    kids = _peers_of(p, 3)
     time.sleep(3)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
@@ -113,3 +119,28 @@ def test_launch_ctrl_c_leaves_no_process_behind(tmp_path, procs):
     for k in kids:
         assert not Path(f"/proc/{k}").exists() or "Z" in Path(f"/proc/{k}/stat").read_text().split()[2], \
             f"peer process {k} survived Ctrl-C"
+
+
+def test_launch_verdict_names_a_peer_killed_from_outside_and_still_reports(tmp_path, procs):
+    import os
+    make_config(tmp_path, 3, train={"rounds": 60, "local_steps": 2})
+    p = _launch(tmp_path, procs)
+    kids = _peers_of(p, 3)
+    deadline = time.monotonic() + 60
+    from p2pfed import metrics
+    victim = None
+    while time.monotonic() < deadline and victim is None:    # kill whichever peer is id 2, once it trains
+        for k in kids:
+            cmd = Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")
+            if cmd[cmd.index(b"--id") + 1] == b"2":
+                victim = k
+        time.sleep(0.1)
+    while time.monotonic() < deadline and not any(r["type"] == "step" and r["round"] >= 3
+                                                  for r in metrics.read(tmp_path / "run" / "metrics-2.jsonl")):
+        time.sleep(0.1)
+    os.kill(victim, signal.SIGKILL)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out
+    assert "p2pfed: finished, but peers [2] died (peer 2 killed by SIGKILL)" in out, out
+    assert (tmp_path / "run" / "summary.md").exists() and (tmp_path / "run" / "plots" / "accuracy.png").exists()
+    assert summary(tmp_path / "run")["final"]["members"] == [0, 1]
