@@ -70,7 +70,7 @@ class TrainConfig:
     threads: int = 0             # torch threads per peer; 0 = cores / local peers
     max_steps: int = 0           # with local_epochs: cap local steps per round (0 = no cap); tests and demos
     eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
-    eval_batch_size: int = 256   # batch size for evaluation
+    eval_batch_size: int = 64    # batch size for evaluation (larger batches raise peak memory, not speed)
     bn_pool_images: int = 512    # images per peer for pooled BatchNorm statistics before eval/export; 0 = off
 
 
