@@ -8,12 +8,12 @@ def _train(**kw):
 
 def test_rounds_in_steps_follow_from_epochs_over_the_average_partition():
     # 5 peers x 8,000 images, batch 128: 63 steps per epoch; 5 epochs at k=4 is 79 rounds
-    plan = schedule.make_plan(_train(local_steps=4, epochs=5), n_samples=8123, mean_samples=8000)
+    plan = schedule.make_plan(_train(local_steps=4, epochs=5, batch_size=128), n_samples=8123, mean_samples=8000)
     assert plan.steps_per_epoch == 63
     assert plan.total_steps == 315 and plan.rounds == 79
     assert set(plan.steps[:-1]) == {4} and plan.steps[-1] == 3      # the last round is cut to the exact total
     # every peer gets the same rounds, whatever its own partition size
-    other = schedule.make_plan(_train(local_steps=4, epochs=5), n_samples=100, mean_samples=8000)
+    other = schedule.make_plan(_train(local_steps=4, epochs=5, batch_size=128), n_samples=100, mean_samples=8000)
     assert other == plan
 
 
@@ -29,8 +29,8 @@ def test_fixed_number_of_rounds_and_local_epochs_mode():
     plan = schedule.make_plan(_train(local_steps=2, rounds=30), n_samples=200, mean_samples=200)
     assert plan.steps == (2,) * 30
     # local_epochs: each peer passes over its own partition; the number of rounds is the same for all
-    a = schedule.make_plan(_train(local_epochs=0.5, epochs=2), n_samples=1000, mean_samples=700)
-    b = schedule.make_plan(_train(local_epochs=0.5, epochs=2), n_samples=400, mean_samples=700)
+    a = schedule.make_plan(_train(local_epochs=0.5, epochs=2, batch_size=128), n_samples=1000, mean_samples=700)
+    b = schedule.make_plan(_train(local_epochs=0.5, epochs=2, batch_size=128), n_samples=400, mean_samples=700)
     assert a.rounds == b.rounds == 4 and a.steps[0] == 4 and b.steps[0] == 2
     assert schedule.make_plan(_train(local_epochs=4, rounds=2, max_steps=25), 1000, 1000).steps == (25, 25)
 

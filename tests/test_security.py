@@ -36,7 +36,7 @@ def malformed_frames(rng, n_floats: int, max_bytes: int):
         h = _hdr("ready", round=2, n_samples=10)
         out.append(("truncated", [h[:int(rng.integers(1, len(h)))]]))
     for _ in range(50):
-        out.append(("names", wire.encode("model", 3, [np.zeros(3, np.float32)], round=5, digest="x" * 64,
+        out.append(("names", wire.encode("model", 3, [np.zeros(3, np.float32)], round=5, digest="0" * 64,
                                          names=["evil.weight"], members=[3])))
     for _ in range(50):
         out.append(("dtype", [_hdr("part", round=2, attempt=1, shard=0, members=[3], arrays=[["<f8", [4]]]), b"\0" * 32]))
