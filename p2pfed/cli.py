@@ -57,6 +57,7 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
     ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr)
     from .peer import Peer
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even where SIGINT was inherited as ignored
     try:
         code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx).run()
     except (ConfigError, DataError, ModelError, RoundError, BindError) as e:
@@ -74,9 +75,22 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
 @main.command()
 @click.option("--out", default="keys", show_default=True, help="directory for the key files")
 @click.option("--name", default="peer", show_default=True, help="file name stem: NAME.key and NAME.key_secret")
-def keygen(out, name) -> None:
-    """Write a CURVE key pair; put the public key into peers.toml."""
-    from .security import keygen as _keygen
+@click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="make a key pair for every peer of this config and write the public keys, curve = true and "
+                   "secret_key_file into it (comments are kept)")
+def keygen(out, name, config_path) -> None:
+    """Write a CURVE key pair and print its public key, or (--config) one per peer of a config."""
+    from .security import keygen as _keygen, keygen_for_config
+    if config_path:
+        try:
+            keys = keygen_for_config(config_path, out)
+        except ConfigError as e:
+            _fail(str(e))
+        for pid, key in keys.items():
+            click.echo(f"peer {pid}: {out}/peer-{pid}.key  public_key = \"{key}\"")
+        click.echo(f"{config_path}: security.curve = true and every peer's public_key written. Copy each "
+                   f"peer-K.key_secret to the host of peer K only (mode 0600); the .key files may be shared.")
+        return
     public, secret = _keygen(out, name)
     import zmq.auth
     pub, _ = zmq.auth.load_certificate(public)

@@ -229,7 +229,9 @@ class Launcher:
               f"run dir {self.run_dir}", flush=True)
         started = time.monotonic()
         interrupted = False
-        old = signal.signal(signal.SIGTERM, _interrupt)
+        # explicit handlers: a process started from a background job inherits SIGINT as ignored,
+        # and Python then installs no KeyboardInterrupt handler of its own, so Ctrl-C did nothing
+        old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for pid in self.views:
                 self._start(pid)
@@ -249,7 +251,8 @@ class Launcher:
             print("\np2pfed: interrupted; stopping all peers", flush=True)
         finally:
             self.stop_all()
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
         self._poll()
         self._render(final=True)
         return self._verdict(interrupted)

@@ -29,7 +29,7 @@ from .faults import FaultInjector
 from .mailbox import Mailbox
 from .metrics import MetricsWriter
 from .protocol import Phase
-from .security import load_keys
+from .security import exposure_warning, load_keys
 from .transport import Transport
 
 log = logging.getLogger("p2pfed.peer")
@@ -101,6 +101,9 @@ class Peer:
         self.metrics.write("plan", round=0, rounds=self.plan.rounds, epochs=round(self.plan.total_steps /
                            self.plan.steps_per_epoch, 3), steps_per_epoch=self.plan.steps_per_epoch,
                            total_steps=self.plan.total_steps)
+        warning = exposure_warning(cfg)
+        if warning:
+            log.warning("%s", warning)
         self.transport = Transport(self.spec, cfg.peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
                                    heartbeat_interval_s=cfg.averaging.heartbeat_interval_s,
                                    dead_after_s=cfg.averaging.dead_after_s, curve=load_keys(cfg, self.id))

@@ -15,8 +15,17 @@ _EVAL_TYPES = {"correct": int, "total": int, "loss_sum": (int, float)}     # onl
 
 
 def _valid(stats) -> bool:
-    return (isinstance(stats, dict) and all(isinstance(stats.get(k), t) for k, t in _REPORT_TYPES.items())
-            and all(isinstance(stats.get(k), t) for k, t in _EVAL_TYPES.items() if k in stats))
+    """A report's stats have the documented types and plausible values (docs/protocol.md, report)."""
+    if not (isinstance(stats, dict) and all(isinstance(stats.get(k), t) for k, t in _REPORT_TYPES.items())
+            and all(isinstance(stats.get(k), t) for k, t in _EVAL_TYPES.items() if k in stats)):
+        return False
+    numbers = [stats[k] for k in ("averaging_s", "bytes_sent", "attempt", "n_samples", "train_loss")]
+    numbers += [stats[k] for k in _EVAL_TYPES if k in stats]
+    if any(isinstance(v, bool) or not 0 <= v < 2**53 for v in numbers):     # also rejects NaN
+        return False
+    if "total" in stats and stats["correct"] > stats["total"]:
+        return False
+    return all(type(m) is int and 0 <= m < 2**31 for m in stats["members"])
 
 
 def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_round: int, model_bytes: int,

@@ -97,7 +97,7 @@ def decode(frames: list, max_bytes: int) -> Message:
     if header.get("v") != VERSION:
         raise WireError(f"protocol version {header.get('v')!r}, expected {VERSION}")
     kind = header.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise WireError(f"unknown message kind {kind!r}")
     sender = header.get("from")
     _check_type(kind, "from", sender, int)

@@ -66,10 +66,10 @@ def test_dirichlet_partitions_weight_by_sample_count(tmp_path, procs):
     check_round_exact(run, 1, [0, 1, 2, 3], [0, 1, 2, 3])
 
 
-def _launch(tmp_path, procs, *extra):
+def _launch(tmp_path, procs, *extra, **kw):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", "3", "--config", str(tmp_path / "peers.toml"),
            "--run-dir", str(tmp_path / "run"), *extra]
-    return procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    return procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, **kw)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -110,12 +110,14 @@ def _peers_of(launcher, n: int) -> list[int]:
 
 def test_launch_ctrl_c_leaves_no_process_behind(tmp_path, procs):
     make_config(tmp_path, 3, train={"rounds": 50, "max_steps": 200})
-    p = _launch(tmp_path, procs, "--no-report")
+    # started as from a background job: SIGINT inherited as ignored (the cause of a hang seen in CI)
+    p = _launch(tmp_path, procs, "--no-report", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     kids = _peers_of(p, 3)
     time.sleep(3)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
+    assert "interrupted; stopping all peers" in out, out
     for k in kids:
         assert not Path(f"/proc/{k}").exists() or "Z" in Path(f"/proc/{k}/stat").read_text().split()[2], \
             f"peer process {k} survived Ctrl-C"

@@ -35,8 +35,8 @@ specs = st.one_of(st.tuples(dtypes, dims).map(list), values)
 
 @st.composite
 def frames(draw):
-    kind = draw(st.one_of(st.sampled_from(sorted(wire.KINDS)), st.text(max_size=8)))
-    fields = wire.KINDS.get(kind, {})
+    kind = draw(st.one_of(st.sampled_from(sorted(wire.KINDS)), st.text(max_size=8), values))
+    fields = wire.KINDS.get(kind, {}) if isinstance(kind, str) else {}
     header = {"v": draw(st.one_of(st.just(1), values)), "kind": kind,
               "from": draw(st.one_of(st.just(1), values))}
     for name, typ in fields.items():

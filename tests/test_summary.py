@@ -1,0 +1,22 @@
+"""summary.json is built from reports other peers sent: absurd or ill-typed stats are ignored,
+never trusted and never a crash."""
+import math
+
+from p2pfed import config, summary
+
+
+def _stats(**kw):
+    s = {"members": [0, 1], "digest": "ab" * 32, "averaging_s": 0.1, "bytes_sent": 1000, "attempt": 1,
+         "events": [], "train_loss": 1.5, "n_samples": 100, "correct": 40, "total": 50, "loss_sum": 60.0}
+    s.update(kw)
+    return s
+
+
+def test_reports_with_absurd_or_ill_typed_stats_are_ignored():
+    cfg = config.from_dict({"peers": [{"id": 0, "port": 5000}, {"id": 1, "port": 5001}]})
+    bad = [_stats(members=["x"]), _stats(members=[-1]), _stats(correct=60), _stats(total=-5, correct=-6),
+           _stats(averaging_s=math.nan), _stats(n_samples=True), _stats(bytes_sent=2**60), "not a dict"]
+    for b in bad:
+        doc = summary.build(cfg, {1: {0: _stats(), 1: b}}, "ab" * 32, 1, 1000)
+        assert [r["members"] for r in doc["rounds"]] == [[0, 1]], b
+        assert doc["rounds"][0]["eval_samples"] == 50 and list(doc["rounds"][0]["digests"]) == ["0"], b
