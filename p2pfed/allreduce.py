@@ -11,8 +11,10 @@
     gather   member j sends its averaged slice to everyone (`reduced`); the lowest member
              also sends its integer buffers, which everyone copies. Each peer hashes every
              1 MiB chunk of the result as soon as the chunk is complete.
-    agree    everyone broadcasts its digest and commits when every live member's digest
-             equals its own
+    agree    everyone broadcasts its digest; when every live member's digest has arrived, the
+             digest of a strict majority of the members is committed. A member outvoted by
+             that majority (a dissenter) keeps nothing and downloads the committed model; no
+             strict majority (a tie) fails the attempt.
 
 Any failure in an attempt (a member dies, an `abort`, a newer `group`, the deadline) aborts
 the attempt: the peer keeps its pre-round model and the leader proposes the next attempt
@@ -64,6 +66,17 @@ class Excluded(Exception):
         self.commit = commit
 
 
+class Dissent(Exception):
+    """A strict majority of the attempt's members agreed on a digest that differs from mine: the
+    round is committed without my result, and I download theirs."""
+    def __init__(self, rnd: int, digest: str, holders: list[int], mine: str):
+        super().__init__(f"round {rnd}: my digest {mine[:12]} differs from {digest[:12]}, which peers {holders} "
+                         f"(a strict majority) computed")
+        self.round = rnd
+        self.digest = digest
+        self.holders = holders
+
+
 @dataclass
 class RoundResult:
     state: "OrderedDict[str, np.ndarray]"
@@ -85,7 +98,7 @@ class RoundResult:
 
 class AllReduce:
     def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
-                 fault: Callable[[str], None] = lambda where: None,
+                 fault: Callable[[str], bool | None] = lambda where: None,
                  on_phase: Callable[[str], None] = lambda phase: None):
         self.t = transport
         self.mb = mailbox
@@ -128,6 +141,8 @@ class AllReduce:
             grouped_at = time.monotonic()
             try:
                 new_state, dg, digests = self._attempt(rnd, attempt, members, weights, flat, ints, state)
+            except Dissent:
+                raise
             except AttemptFailed as e:
                 reason = str(e)
                 log.warning("attempt %d with %s failed: %s; keeping my pre-round model", attempt, members, reason)
@@ -139,6 +154,11 @@ class AllReduce:
                 self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples))
                 continue
             self._broadcast(self.all_peers, "commit", round=rnd, digest=dg, members=members)
+            dissenters = sorted(m for m, d in digests.items() if d != dg)
+            if dissenters:
+                log.warning("committed %s, the digest of a strict majority of %s; peers %s computed another "
+                            "digest and will download this one", dg[:12], members, dissenters)
+                events.append(f"attempt {attempt}: peers {dissenters} dissented (digest outvoted)")
             return RoundResult(new_state, dg, members, weights, attempt, time.monotonic() - grouped_at,
                                grouped_at - started, self.t.bytes_sent - bytes_before, digests, events)
         raise RoundError(f"round {rnd}: no attempt succeeded in {self.cfg.max_attempts} tries "
@@ -244,13 +264,14 @@ class AllReduce:
         deadline = time.monotonic() + self.cfg.exchange_timeout_s
         self.on_phase(protocol.Phase.EXCHANGE)
         # scatter: my slice of shard j goes to member j
+        corrupt = False
         for n, j in enumerate([j for j, m in enumerate(members) if m != self.me]):
             if n == (k - 1) // 2:
-                self.fault("exchange")           # fault injection: die with half the parts sent
+                corrupt = self.fault("exchange")  # fault injection: die with half the parts sent, or dissent
             self.t.send(members[j], wire.encode("part", self.me, [flat[bounds[j][0]:bounds[j][1]]], round=rnd,
                                                 attempt=attempt, shard=j, members=members))
         if k == 1:
-            self.fault("exchange")
+            corrupt = self.fault("exchange")
         slices = {self.me: flat[lo:hi]}
 
         def take_part(m: int, msg: wire.Message) -> None:
@@ -272,6 +293,8 @@ class AllReduce:
         out = np.empty_like(flat)
         hasher = averaging.IncrementalDigest(out)
         out[lo:hi] = mine
+        if corrupt and hi > lo:                  # fault injection: my own copy differs by one ulp (bad memory)
+            out[lo] = np.nextafter(out[lo], np.float32(np.inf))
         hasher.placed(lo, hi)
         int_values: dict = ints
 
@@ -292,24 +315,30 @@ class AllReduce:
         new_state = averaging.unflatten(out, int_values, state, copy=False)
         dg = hasher.digest(averaging.layout(state), [new_state[k] for k in ints])
         self.candidates[dg] = new_state
-        # agree: every live member must report the same digest. A member that dies after
-        # the gather is skipped: its contribution is already in everyone's model.
+        # agree: a strict majority of the members must report one digest. A member that dies
+        # after the gather is skipped: its contribution is already in everyone's model.
         self._broadcast(members, "digest", round=rnd, attempt=attempt, digest=dg)
         digests = {self.me: dg}
 
         def take_digest(m: int, msg: wire.Message) -> None:
             digests[m] = msg["digest"]
-            if msg["digest"] != dg:
-                raise AttemptFailed(f"digest mismatch: peer {m} has {msg['digest'][:12]}, I have {dg[:12]}")
 
         try:
             self._collect("digest", rnd, attempt, members, deadline + self.cfg.exchange_timeout_s, take_digest,
                           allow_dead=True)
         except Excluded as ex:
-            if ex.commit["digest"] != dg:
-                raise
-            # a member already committed this very result: check the digests that did arrive
+            # a member already committed; its digest is what the majority holds, or it broke the rule
             for m, msg in self.mb.get("digest", rnd, attempt).items():
                 if m in members and m not in digests:
                     take_digest(m, msg)
+            if ex.commit["digest"] != dg:
+                holders = sorted(m for m, d in digests.items() if d == ex.commit["digest"]) or [ex.commit.sender]
+                raise Dissent(rnd, ex.commit["digest"], holders, dg) from None
+            return new_state, dg, digests        # it committed my result: it saw the majority
+        verdict = averaging.majority(digests, len(members))
+        if verdict is None:
+            raise AttemptFailed(f"digests disagree and none is held by a strict majority of {members}: "
+                                f"{ {m: d[:12] for m, d in sorted(digests.items())} }")
+        if verdict != dg:
+            raise Dissent(rnd, verdict, sorted(m for m, d in digests.items() if d == verdict), dg)
         return new_state, dg, digests

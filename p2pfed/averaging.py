@@ -151,6 +151,16 @@ class IncrementalDigest:
         return combine_digest(layout_bytes, self.chunks, ints)
 
 
+def majority(digests: dict[int, str], n_members: int) -> str | None:
+    """The digest held by a strict majority of an attempt's n_members members (members that
+    died before sending theirs count against every digest), or None: a tie or no majority."""
+    counts: dict[str, int] = {}
+    for d in digests.values():
+        counts[d] = counts.get(d, 0) + 1
+    best = max(counts, key=counts.get, default=None)
+    return best if best is not None and 2 * counts[best] > n_members else None
+
+
 def reference_mean(states: list[dict], weights: list[float]) -> "OrderedDict[str, np.ndarray]":
     """Float64 reference for tests: weighted mean of float arrays, ints from states[0]."""
     total = float(sum(weights))

@@ -107,7 +107,7 @@ class Fault:
     peer: int                    # which peer misbehaves
     round: int                   # in which round (1-based)
     phase: Literal["train", "exchange", "between-rounds"] = "train"  # where
-    action: Literal["crash", "stall"] = "crash"  # crash = os._exit; stall = sleep stall_s
+    action: Literal["crash", "stall", "dissent"] = "crash"  # crash = os._exit; stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only)
     stall_s: float = 30.0        # how long a stall lasts
 
 
@@ -251,6 +251,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"faults.peer = {f.peer} is not a peer id (ids: {sorted(ids)})")
         if f.round < 1 or (cfg.train.rounds and f.round > cfg.train.rounds):
             raise ConfigError(f"faults.round = {f.round} must be in 1..{cfg.train.rounds or 'the last round'}")
+        if f.action == "dissent" and f.phase != "exchange":
+            raise ConfigError(f"faults.action = \"dissent\" (peer {f.peer}, round {f.round}) needs phase = \"exchange\"")
 
 
 def from_dict(raw: dict) -> Config:

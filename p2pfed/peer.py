@@ -61,6 +61,7 @@ class Peer:
         self.committed: dict | None = None   # {"round", "digest", "members", "state"} of the last consensus
         self.evaluated: dict | None = None   # {"round", "state", "digest", "bn_pooled"}: the last evaluated model
         self.global_step = 0
+        self.dissents = 0                   # consecutive rounds in which a majority outvoted my digest
 
     # ------------------------------------------------------------------ setup
     def _fault_fired(self, f) -> None:
@@ -262,10 +263,24 @@ class Peer:
         """The round's all-reduce; None if I downloaded the consensus instead."""
         previous = self.committed["members"] if self.committed and self.committed["round"] == rnd - 1 else None
         try:
-            return self.allreduce.run(rnd, state, self.n_samples, previous)
+            result = self.allreduce.run(rnd, state, self.n_samples, previous)
+            self.dissents = 0
+            return result
         except allreduce.Behind as ex:
             log.warning("round %d: %s while I was waiting; downloading it", rnd, ex)
             self.fetch(ex.round)
+        except allreduce.Dissent as ex:
+            self.dissents += 1
+            if self.dissents >= protocol.MAX_CONSECUTIVE_DISSENT:
+                raise allreduce.RoundError(
+                    f"peer {self.id}: in {self.dissents} rounds in a row (the last {rnd}) my model's digest differed "
+                    f"from the one a strict majority computed. This peer's computation differs from the others': "
+                    f"check that it runs the same p2pfed version and config, and its hardware (memory); "
+                    f"stopping") from None
+            log.warning("%s; keeping nothing of this round, downloading the committed model (dissent %d of at "
+                        "most %d in a row)", ex, self.dissents, protocol.MAX_CONSECUTIVE_DISSENT - 1)
+            self.fetch(rnd, ex.digest)
+            return None
         except allreduce.Excluded as ex:
             c = ex.commit
             cand = self.allreduce.candidates.get(c["digest"])

@@ -32,4 +32,5 @@ FETCH_RETRY_S = 2.0          # ask another live peer for the consensus if no ans
 BACKOFF_S = 0.1              # after a failed attempt, read aborts this long times the try number (max 1 s)
 REPORT_WAIT_DEAD_AFTER = 2   # the writer waits this many dead_after_s for the last round's reports
 BYE_FLUSH_S = 1.0            # a clean exit gives queued messages this long to leave
+MAX_CONSECUTIVE_DISSENT = 3  # a peer outvoted on the digest this many rounds in a row stops (its computation differs)
 INBOX_LIMIT = 10_000         # validated messages queued for the main thread before new ones are dropped

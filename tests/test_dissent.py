@@ -1,0 +1,53 @@
+"""A dissenting minority is excluded, not fatal (invariant 9): when one member's digest differs,
+the strict majority commits, the dissenter downloads the committed model and goes on; a peer
+outvoted round after round stops with an error that says why."""
+from helpers import check_round_exact, make_config, peer_log, round_records, start_peer, summary, wait_all
+from p2pfed import averaging, protocol
+
+STEPS = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0}
+
+
+def _dissent(path, peer, rounds):
+    path.write_text(path.read_text() + "".join(
+        f'\n[[faults]]\npeer = {peer}\nround = {r}\nphase = "exchange"\naction = "dissent"\n' for r in rounds))
+
+
+def test_majority_rule():
+    a, b = "a" * 64, "b" * 64
+    assert averaging.majority({0: a, 1: a, 2: b}, 3) == a
+    assert averaging.majority({0: a, 1: b}, 2) is None                  # a tie
+    assert averaging.majority({0: a, 1: a, 2: b, 3: b}, 4) is None
+    assert averaging.majority({0: a, 1: a}, 5) is None                  # dead members count against it
+    assert averaging.majority({0: a, 1: a, 2: a}, 5) == a
+
+
+def test_one_dissenter_is_outvoted_downloads_the_consensus_and_rejoins(tmp_path, procs):
+    cfg, path = make_config(tmp_path, 5, train={**STEPS, "rounds": 8})
+    _dissent(path, 3, [4])
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(5)]
+    assert wait_all(ps, 240) == [0] * 5
+    s = summary(run)
+    assert [r["round"] for r in s["rounds"]] == list(range(1, 9))
+    assert all(r["members"] == [0, 1, 2, 3, 4] for r in s["rounds"]), [r["members"] for r in s["rounds"]]
+    # round 4 is the exact mean of all five pre-round models (the dissenter's included), held by the majority
+    check_round_exact(run, 4, [0, 1, 2, 3, 4], [0, 1, 2, 4])
+    assert "dissented" in " ".join(s["rounds"][3]["events"]), s["rounds"][3]
+    assert "downloading the committed model" in peer_log(run, 3)
+    # the dissenter took part again from round 5 on, and every round after agrees on one digest
+    for rnd in range(5, 9):
+        check_round_exact(run, rnd, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
+        assert len({round_records(run, p)[rnd]["digest"] for p in range(5)}) == 1
+
+
+def test_a_peer_outvoted_round_after_round_stops_with_a_clear_error(tmp_path, procs):
+    cfg, path = make_config(tmp_path, 5, train={**STEPS, "rounds": 8})
+    _dissent(path, 2, range(2, 2 + protocol.MAX_CONSECUTIVE_DISSENT))
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(5)]
+    codes = wait_all(ps, 240)
+    assert codes[2] == 1 and [c for i, c in enumerate(codes) if i != 2] == [0] * 4, codes
+    assert "computation differs" in peer_log(run, 2)
+    s = summary(run)
+    assert [r["round"] for r in s["rounds"]] == list(range(1, 9))
+    assert s["rounds"][-1]["members"] == [0, 1, 3, 4] and s["rounds"][-1]["digests_agree"]
