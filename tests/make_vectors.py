@@ -1,0 +1,106 @@
+"""Writes docs/vectors/protocol-vectors.json: inputs and expected outputs that an independent
+implementation of docs/protocol.md can check itself against. tests/test_vectors.py checks
+p2pfed against the same file, so the spec and the code cannot drift apart.
+
+    python tests/make_vectors.py      # only after a deliberate protocol change
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from p2pfed import averaging, wire  # noqa: E402
+
+OUT = ROOT / "docs" / "vectors" / "protocol-vectors.json"
+
+
+def tiny_state(seed: int) -> "OrderedDict[str, np.ndarray]":
+    rng = np.random.default_rng(seed)
+    return OrderedDict([
+        ("conv.weight", rng.standard_normal((2, 1, 1, 3)).astype(np.float32)),
+        ("bn.weight", rng.standard_normal(2).astype(np.float32)),
+        ("bn.running_mean", rng.standard_normal(2).astype(np.float32)),
+        ("bn.num_batches_tracked", np.array(seed + 5, dtype=np.int64)),
+        ("fc.bias", rng.standard_normal(3).astype(np.float32)),
+    ])
+
+
+def state_json(state) -> list:
+    return [{"name": k, "dtype": v.dtype.str, "shape": list(v.shape), "hex": v.tobytes().hex()}
+            for k, v in state.items()]
+
+
+def large_state() -> "OrderedDict[str, np.ndarray]":
+    """Two digest chunks: w[i] = (i mod 1000) / 1000 as float32, for i < 300000; n = 7 (int64)."""
+    w = (np.arange(300_000) % 1000).astype(np.float32) / np.float32(1000)
+    return OrderedDict([("w", w), ("n", np.array(7, dtype=np.int64))])
+
+
+def frames_json(kind: str, sender: int, arrays=(), **fields) -> dict:
+    fs = wire.encode(kind, sender, [np.asarray(a) for a in arrays], **fields)
+    return {"kind": kind, "from": sender, "fields": fields, "frames_hex": [bytes(f).hex() for f in fs]}
+
+
+def build() -> dict:
+    tiny = tiny_state(0)
+    big = large_state()
+    states = [tiny_state(s) for s in (1, 2, 3)]
+    members, weights = [0, 1, 2], [3, 1, 2]
+    flats = [averaging.flatten(s) for s in states]
+    bounds = averaging.shard_bounds(flats[0].size, len(members))
+    reduced = [averaging.weighted_mean([f[lo:hi] for f in flats], weights) for lo, hi in bounds]
+    result = averaging.unflatten(np.concatenate(reduced), OrderedDict(
+        (k, v) for k, v in states[0].items() if not averaging.is_float(v)), states[0])
+    d = "0" * 63 + "1"
+    part = flats[0][bounds[1][0]:bounds[1][1]]
+    return {
+        "about": "p2pfed protocol test vectors (docs/protocol.md). Arrays: numpy dtype.str, shape, raw C-order "
+                 "little-endian bytes as hex. Regenerate with tests/make_vectors.py.",
+        "digest": {
+            "state": state_json(tiny),
+            "layout_utf8": averaging.layout(tiny).decode(),
+            "flat_float32_hex": averaging.flatten(tiny).tobytes().hex(),
+            "digest": averaging.digest(tiny),
+        },
+        "digest_two_chunks": {"state": "w[i] = float32(i mod 1000) / float32(1000) for i < 300000 (<f4); n = 7 (<i8)",
+                              "digest": averaging.digest(big)},
+        "round": {
+            "members": members, "weights": weights,
+            "inputs": [state_json(s) for s in states],
+            "shard_bounds": [list(b) for b in bounds],
+            "reduced_shards_hex": [r.tobytes().hex() for r in reduced],
+            "integer_buffers_from": averaging.integer_source(members),
+            "result": state_json(result),
+            "digest": averaging.digest(result),
+        },
+        "frames": [
+            frames_json("hb", 2, round=4, phase="train", committed=3),
+            frames_json("ready", 2, round=4, n_samples=8000),
+            frames_json("group", 0, round=4, attempt=1, members=[0, 1, 2], weights=[3, 1, 2]),
+            frames_json("part", 0, [part], round=4, attempt=0, shard=1, members=[0, 1, 2]),
+            frames_json("reduced", 0, [reduced[0], states[0]["bn.num_batches_tracked"]], round=4, attempt=0,
+                        shard=0, ints=["bn.num_batches_tracked"]),
+            frames_json("digest", 1, round=4, attempt=0, digest=d),
+            frames_json("abort", 1, round=4, attempt=0, reason="peer 2 died (silent for 4.0 s)", dead=[2]),
+            frames_json("commit", 1, round=4, digest=d, members=[0, 1, 2]),
+            frames_json("fetch", 3, round=4),
+            frames_json("model", 1, list(result.values()), round=4, digest=averaging.digest(result),
+                        names=list(result), members=[0, 1, 2]),
+            frames_json("report", 1, round=4, stats={"members": [0, 1, 2], "digest": d, "attempt": 0}),
+            frames_json("bnstats", 1, [np.array([2.0, 0.5, -1.0], np.float64)], round=4),
+            frames_json("bndigest", 1, round=4, digest=d),
+            frames_json("done", 0, round=4),
+            frames_json("bye", 2, round=4),
+        ],
+    }
+
+
+if __name__ == "__main__":
+    OUT.write_text(json.dumps(build(), indent=1) + "\n")
+    print(f"wrote {OUT}")
