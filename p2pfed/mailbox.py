@@ -35,6 +35,8 @@ class Mailbox:
         self._departed: set[int] = set()
         self._suspects: dict[int, float] = {}   # peer -> when a member reported it dead
         self._drop_logged: dict[tuple, float] = {}
+        self.last_round = 0               # the run's last round: a claim to have committed beyond it is false
+        self._distrusted: set[int] = set()  # peers whose claims to be ahead proved false
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_s: float) -> int:
@@ -63,7 +65,8 @@ class Mailbox:
         try:
             self.validate(msg)
         except Exception as e:    # WireError, or anything a hostile but well-typed message provokes
-            log.warning("rejected %s from peer %s: %s", msg.kind, msg.sender, e)
+            self._limited(("rejected", msg.sender, msg.kind), logging.WARNING, "rejected %s from peer %s: %s",
+                          msg.kind, msg.sender, str(e)[:300])
             return
         if msg.kind == "abort":
             for d in msg["dead"]:
@@ -81,11 +84,16 @@ class Mailbox:
     def _drop(self, msg: wire.Message, text: str) -> None:
         """Log a dropped message, at most once every 10 s per sender and kind (late messages of
         the previous round are normal when rounds are short)."""
-        key = (msg.sender, msg.kind)
+        self._limited((msg.sender, msg.kind), logging.INFO, "%s", text)
+
+    def _limited(self, key: tuple, level: int, fmt: str, *args) -> None:
+        """Log at most once every 10 s per key, so a flood of bad messages cannot flood the log."""
         now = time.monotonic()
         if now - self._drop_logged.get(key, -60.0) >= 10.0:
+            if len(self._drop_logged) > 10_000:
+                self._drop_logged.clear()
             self._drop_logged[key] = now
-            log.info("%s", text)
+            log.log(level, fmt, *args)
 
     # ------------------------------------------------------------------ queries
     def get(self, kind: str, rnd: int, attempt: int = -1) -> dict[int, wire.Message]:
@@ -150,6 +158,17 @@ class Mailbox:
         return min(times, default=float("inf"))
 
     def committed(self, peer: int) -> int:
-        """The last round this peer says (by heartbeat) it has committed; 0 if unknown."""
+        """The last round this peer says (by heartbeat) it has committed; 0 if unknown, if the
+        claim is beyond the run's last round, or if an earlier claim of this peer proved false."""
         value = self.transport.info.get(peer, {}).get("committed", 0)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        if peer in self._distrusted or not isinstance(value, int) or isinstance(value, bool):
+            return 0
+        if self.last_round and not 0 <= value <= self.last_round:
+            self._limited(("claim", peer), logging.WARNING, "peer %s claims to have committed round %s, but the run has %d rounds; "
+                           "ignored", peer, value, self.last_round)
+            return 0
+        return value
+
+    def distrust(self, peer: int) -> None:
+        """Ignore this peer's claims to have committed rounds (it could not back one up)."""
+        self._distrusted.add(peer)

@@ -112,6 +112,7 @@ class Peer:
         self.transport.start()
         n_floats = averaging.flatten(self.template).size
         self.mailbox = Mailbox(self.transport, validate=lambda msg: wire.check_schema(msg, self.template, n_floats))
+        self.mailbox.last_round = self.plan.rounds
         self.allreduce = allreduce.AllReduce(self.transport, self.mailbox, cfg.averaging, self.ids,
                                              fault=lambda where: self.faults.at(self.round, where),
                                              on_phase=self.set_phase)
@@ -180,16 +181,31 @@ class Peer:
                     "later). Check their host/port in the config and that they are running",
                     missing, self.cfg.averaging.startup_timeout_s)
 
-    def _behind(self) -> int:
-        """The highest round a live peer has committed, if it is >= my current round, else 0."""
-        best = max((self.mailbox.committed(p) for p in self.mailbox.live(self.ids) if p != self.id), default=0)
-        return best if best >= self.round else 0
+    def _behind(self) -> tuple[int, int]:
+        """(round, peer): the highest round a live peer says it has committed, if it is >= my
+        current round; else (0, -1)."""
+        claims = [(self.mailbox.committed(p), p) for p in self.mailbox.live(self.ids) if p != self.id]
+        best = max(claims, default=(0, -1))
+        return best if best[0] >= self.round else (0, -1)
 
-    def fetch(self, min_round: int, expect_digest: str | None = None) -> None:
+    def fetch(self, min_round: int, expect_digest: str | None = None, claimant: int | None = None) -> bool:
+        """Download and adopt a consensus of round >= min_round. With a claimant (a peer whose
+        heartbeat says it is ahead), a claim that no peer can back up within fetch_timeout_s is
+        not fatal: the claimant is distrusted from then on and False is returned."""
         self.set_phase(Phase.SYNC)
-        got = download(self.transport, self.mailbox, self.template, self.ids, min_round,
-                       self.cfg.averaging.fetch_timeout_s, expect_digest, where=f"round {self.round}: ")
+        try:
+            got = download(self.transport, self.mailbox, self.template, self.ids, min_round,
+                           self.cfg.averaging.fetch_timeout_s, expect_digest, where=f"round {self.round}: ")
+        except allreduce.RoundError:
+            if claimant is None:
+                raise
+            log.warning("peer %d claimed to have committed round >= %d, but no peer sent such a model within "
+                        "fetch_timeout_s=%s; ignoring its claims from now on", claimant, min_round,
+                        self.cfg.averaging.fetch_timeout_s)
+            self.mailbox.distrust(claimant)
+            return False
         self._adopt(got.round, got.digest, got.members, got.state, source=f"peer {got.source}")
+        return True
 
     def _adopt(self, rnd: int, dg: str, members: list[int], state, source: str) -> None:
         self.net.load_state_dict(to_torch(state))
@@ -268,7 +284,8 @@ class Peer:
             return result
         except allreduce.Behind as ex:
             log.warning("round %d: %s while I was waiting; downloading it", rnd, ex)
-            self.fetch(ex.round)
+            if not self.fetch(rnd, claimant=ex.peer):
+                return self._average(rnd, state)     # the claim was false: average this round after all
         except allreduce.Dissent as ex:
             self.dissents += 1
             if self.dissents >= protocol.MAX_CONSECUTIVE_DISSENT:
@@ -351,10 +368,10 @@ class Peer:
             self.wait_for_peers()
             while self.round <= self.plan.rounds:
                 self._set_round(self.round)
-                ahead = self._behind()
+                ahead, claimant = self._behind()
                 if ahead:
-                    log.info("live peers have committed round %d; downloading it", ahead)
-                    self.fetch(ahead)
+                    log.info("peer %d says it has committed round %d; downloading the consensus", claimant, ahead)
+                    self.fetch(self.round, claimant=claimant)
                     continue
                 self.run_round()
             self.finish()

@@ -158,3 +158,40 @@ def test_curve_unlisted_key_is_refused_while_listed_peers_agree(tmp_path, procs)
     text = (run / "peer-0.log").read_text()
     assert "refused a connection with unlisted key" in text
     assert "rejected frame" not in text            # not a single intruder frame reached validation
+
+
+def test_a_listed_peer_lying_about_its_progress_does_not_stop_the_others(tmp_path, procs):
+    # four peers in the config, three started; peer 3's key is "stolen": it heartbeats claims to have
+    # committed rounds it never did (one far beyond the run, one within it) and serves no model
+    cfg, path = make_config(tmp_path, 4, train={"rounds": 4, "max_steps": 10, "local_epochs": 4.0},
+                            averaging={"startup_timeout_s": 4.0, "ready_timeout_s": 2.0, "fetch_timeout_s": 4.0})
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(3)]
+    _wait_for_round(run, 0, 1)
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for target in (cfg.peer(i) for i in range(3)):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, b"3")
+            s.connect(f"tcp://{target.host}:{target.port}")
+            socks.append(s)
+        deadline = time.monotonic() + 200
+        n = 0
+        while time.monotonic() < deadline and any(p.poll() is None for p in ps):
+            claim = 10 ** 9 if n % 2 else 3        # beyond the run's 4 rounds, then a plausible round ahead
+            for s in socks:
+                s.send_multipart(wire.encode("hb", 3, round=claim, phase="train", committed=claim), copy=True)
+            n += 1
+            time.sleep(0.2)
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
+    assert wait_all(ps, 60) == [0, 0, 0]
+    s = summary(run)
+    assert [r["members"] for r in s["rounds"]] == [[0, 1, 2]] * 4 and all(r["digests_agree"] for r in s["rounds"])
+    logs = "".join((run / f"peer-{i}.log").read_text() for i in range(3))
+    assert "but the run has 4 rounds; ignored" in logs
+    assert "peer 3 claimed to have committed round" in logs and "ignoring its claims from now on" in logs
