@@ -53,6 +53,15 @@ class Split:
 
 # ---------------------------------------------------------------- partitions (pure)
 
+def spread_sample(split: "Split", n: int, seed: int) -> "Split":
+    """A fixed random subset of n images (all of them if there are fewer), in index order.
+    Image folders and partitions list images class by class, so the first n images would
+    hold only one or two classes: never take a prefix as a sample."""
+    if n >= len(split):
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]))
+
+
 def partition_iid(n_items: int, n_parts: int, seed: int) -> list[np.ndarray]:
     """Shuffle 0..n_items-1 with seed and cut into n_parts nearly equal, sorted parts."""
     if n_parts < 1 or n_items < n_parts:
@@ -218,7 +227,7 @@ def load_split(cfg, split: str) -> Split:
         raise DataError(f"unknown data.dataset {cfg.dataset!r}; use cifar10, folder or synthetic")
     limit = cfg.train_limit if split == "train" else cfg.test_limit
     if limit and limit < len(s):
-        # a deterministic, class-balanced-in-expectation subset
+        # a deterministic, class-balanced-in-expectation subset; files stay undecoded
         keep = np.sort(np.random.default_rng(cfg.seed + 7).permutation(len(s))[:limit])
         s = Split(s.labels[keep], s.classes, images=None if s.images is None else s.images[torch.from_numpy(keep)],
                   files=None if s.files is None else [s.files[i] for i in keep])

@@ -266,7 +266,8 @@ class Peer:
         n = self.cfg.train.bn_pool_images
         if not n:
             return plain
-        sample = self.train_split.subset(np.arange(min(n, self.n_samples)))
+        # a fixed random sample: my partition lists its images class by class
+        sample = data.spread_sample(self.train_split, n, self.cfg.data.seed * 1000 + self.id)
         batches = data.batches(sample, self.cfg.train.batch_size, None, train=False, do_augment=False,
                                size=self.cfg.model.input_size)
         got = bnstats.pool(self.net, res.state, batches, self.transport, self.mailbox, res.members, rnd,

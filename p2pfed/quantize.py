@@ -254,9 +254,9 @@ def compare(model_file: Path, out_dir: Path, calibration: torch.Tensor, test_ima
             "order": ["fp32 torch", "fp32 onnx", "int8 onnx static", "int8 torch static", "int8 dynamic (baseline)"]}
 
 
-def calibration_batch(split: data.Split, n: int, input_size: int) -> torch.Tensor:
-    """The first n images of split (at most all of them), normalized for the model."""
-    return data.normalize(split.subset(np.arange(min(n, len(split)))).images, input_size)
+def calibration_batch(split: data.Split, n: int, input_size: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random sample of n images of split (at most all of them), normalized for the model."""
+    return data.normalize(data.spread_sample(split, n, seed + 12).images, input_size)
 
 
 def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 10000, model_file: Path | None = None,
@@ -264,11 +264,8 @@ def run(run_dir: Path, calibration: data.Split, cfg, n_test: int = 10000, model_
     """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json
     (STEM.quantization.json for a model file other than consensus.pt). threads: cfg.train.threads or 1."""
     model_file = model_file or run_dir / "consensus.pt"
-    cal = calibration_batch(calibration, cfg.output.calibration_images, cfg.model.input_size)
-    test = data.load_split(cfg.data, "test")
-    # a fixed random subset: image folders list files class by class, so the first N would be 2 classes
-    idx = np.sort(np.random.default_rng(cfg.data.seed + 11).permutation(len(test))[:n_test])
-    sub = test.subset(idx)
+    cal = calibration_batch(calibration, cfg.output.calibration_images, cfg.model.input_size, cfg.data.seed)
+    sub = data.spread_sample(data.load_split(cfg.data, "test"), n_test, cfg.data.seed + 11)
     result = compare(model_file, run_dir, cal, data.normalize(sub.images, cfg.model.input_size),
                      sub.labels, threads=threads or max(1, cfg.train.threads or 1))
     name = "quantization.json" if model_file.stem == "consensus" else f"{model_file.stem}.quantization.json"

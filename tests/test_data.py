@@ -113,3 +113,13 @@ def test_onecycle_schedule_warms_up_then_decays():
     lrs = [model.lr_at(s, 100, 0.01, "onecycle") for s in range(100)]
     peak = int(np.argmax(lrs))
     assert 5 < peak < 25 and abs(max(lrs) - 0.01) < 1e-3 and lrs[-1] < 1e-4 and lrs[0] < 0.002
+
+
+def test_spread_sample_of_a_class_sorted_split_covers_every_class():
+    # image folders and partitions list images class by class: a prefix would be one class
+    labels = np.repeat(np.arange(10), 100)
+    split = data.Split(labels, [str(c) for c in range(10)], images=torch.zeros((1000, 3, 2, 2), dtype=torch.uint8))
+    s = data.spread_sample(split, 200, seed=3)
+    assert len(s) == 200 and min(np.bincount(s.labels, minlength=10)) >= 8
+    assert np.array_equal(data.spread_sample(split, 200, seed=3).labels, s.labels)      # deterministic
+    assert data.spread_sample(split, 5000, seed=3) is split
