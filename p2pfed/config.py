@@ -56,12 +56,12 @@ class ModelConfig:
 class TrainConfig:
     epochs: float = 8.0          # run length: passes over the (average) partition; rounds follow from it
     rounds: int = 0              # > 0: run exactly this many rounds instead (tests, demos); 0 = from epochs
-    local_steps: tuple[int, ...] = (4,)  # local optimiser steps per round; a list grows k over equal parts of the run
+    local_steps: tuple[int, ...] = (1, 2, 4)  # local optimiser steps per round; a list grows k over equal parts of the run
     local_epochs: float = 0.0    # or: local epochs per round (fractions allowed); set exactly one of the two
     batch_size: int = 32         # local mini-batch size (per peer; the global batch is peers x this)
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # local optimizer
-    lr: float = 3e-3             # peak learning rate at a global batch of lr_base_batch images
-    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"  # lr x sqrt(global batch / lr_base_batch), x the ratio, or as given
+    optimizer: Literal["adamw", "sgd"] = "sgd"  # local optimizer (sgd: momentum 0.9, Nesterov)
+    lr: float = 0.05             # peak learning rate at a global batch of lr_base_batch images
+    lr_scaling: Literal["sqrt", "linear", "none"] = "linear"  # lr x the ratio global batch / lr_base_batch (SGD), x its square root (AdamW), or as given
     lr_base_batch: int = 128     # the global batch (peers x batch_size) at which `lr` applies as given
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     weight_decay: float = 5e-4   # weight decay

@@ -15,7 +15,7 @@ from p2pfed.launcher import free_ports
 FAST = dict(
     data={"dataset": "synthetic", "synthetic_train": 1000, "synthetic_test": 300},
     model={"width_mult": 0.1},
-    train={"rounds": 2, "batch_size": 32, "local_epochs": 4.0, "max_steps": 25, "threads": 1, "lr": 0.01,
+    train={"rounds": 2, "batch_size": 32, "local_epochs": 4.0, "max_steps": 25, "threads": 1, "optimizer": "adamw", "lr": 0.01,
            "lr_scaling": "none", "schedule": "constant", "bn_pool_images": 128},
     averaging={"heartbeat_interval_s": 0.2, "dead_after_s": 1.5, "exchange_timeout_s": 20.0,
                "ready_timeout_s": 60.0, "startup_timeout_s": 30.0, "fetch_timeout_s": 20.0},
