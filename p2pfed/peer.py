@@ -111,7 +111,9 @@ class Peer:
         self.transport.responder = self._respond
         self.transport.start()
         n_floats = averaging.flatten(self.template).size
-        self.mailbox = Mailbox(self.transport, validate=lambda msg: wire.check_schema(msg, self.template, n_floats))
+        peer_ids = set(self.ids)
+        self.mailbox = Mailbox(self.transport,
+                               validate=lambda msg: wire.check_schema(msg, self.template, n_floats, peer_ids))
         self.mailbox.last_round = self.plan.rounds
         self.allreduce = allreduce.AllReduce(self.transport, self.mailbox, cfg.averaging, self.ids,
                                              fault=lambda where: self.faults.at(self.round, where),

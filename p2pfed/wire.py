@@ -158,19 +158,21 @@ def check_state(names: list, arrays: list[np.ndarray], like: dict) -> "OrderedDi
     return out
 
 
-def _ids(kind: str, name: str, values) -> list[int]:
+def _ids(kind: str, name: str, values, peer_ids=None) -> list[int]:
     if not all(type(v) is int and 0 <= v < 2**31 for v in values):
         raise WireError(f"{kind}.{name} must be a list of peer ids (ints in 0..2^31-1)")
+    if peer_ids is not None and not set(values) <= peer_ids:
+        raise WireError(f"{kind}.{name} {sorted(set(values) - peer_ids)[:5]} are not peers of the config")
     return values
 
 
-def check_schema(msg: Message, like: dict, n_floats: int) -> None:
-    """Cheap checks of a received message against the local model, before it is filed. Raises
-    only WireError, whatever the message holds."""
-    if msg.kind in ("model", "commit", "part"):
-        _ids(msg.kind, "members", msg["members"])
+def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | None = None) -> None:
+    """Cheap checks of a received message against the local model (and, if given, the config's
+    peer ids), before it is filed. Raises only WireError, whatever the message holds."""
+    if msg.kind in ("model", "commit", "part", "group"):
+        _ids(msg.kind, "members", msg["members"], peer_ids)
     if msg.kind == "abort":
-        _ids(msg.kind, "dead", msg["dead"])
+        _ids(msg.kind, "dead", msg["dead"], peer_ids)
     if msg.kind in ("digest", "commit", "model", "bndigest") and (
             len(msg["digest"]) != 64 or any(c not in "0123456789abcdef" for c in msg["digest"])):
         raise WireError(f"{msg.kind}.digest must be 64 lower-case hex digits")

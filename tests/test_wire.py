@@ -78,3 +78,15 @@ def test_check_ints_rejects_missing_buffers():
         wire.check_ints(["n", "m"], [np.array(1, np.int64)], like)
     with pytest.raises(wire.WireError, match="names differ"):
         wire.check_ints(["m", "n"], [np.array(1, np.int64)] * 2, like)
+
+
+def test_messages_naming_ids_that_are_not_peers_are_rejected():
+    like = OrderedDict([("w", np.zeros(3, np.float32))])
+    ids = {0, 1, 2}
+    for kind, fields in [("group", dict(round=2, attempt=1, members=[0, 7], weights=[1, 1])),
+                         ("commit", dict(round=2, digest="0" * 64, members=[1, 99])),
+                         ("abort", dict(round=2, attempt=1, reason="x", dead=[5]))]:
+        msg = wire.decode(wire.encode(kind, 1, **fields), 1 << 20)
+        wire.check_schema(msg, like, 3)                       # well-formed without the config's ids
+        with pytest.raises(wire.WireError, match="are not peers of the config"):
+            wire.check_schema(msg, like, 3, ids)
