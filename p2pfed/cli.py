@@ -158,11 +158,13 @@ def quantize(target, calibration_images) -> None:
     """Static INT8 quantization of RUN_DIR/consensus.pt (or a consensus .pt file), with a comparison."""
     from . import logs, quantize as q
     logs.setup("quantize")
+    from .data import DataError
     from .export import ExportError
     try:
         result = q.run_target(target, calibration_images=calibration_images)
-    except (q.QuantizeError, ExportError, FileNotFoundError) as e:
-        _fail(str(e), ExitCode.FAILED)
+    except (q.QuantizeError, ExportError, FileNotFoundError, DataError) as e:
+        _fail(f"{e} (data paths in the run's config are relative to the directory the run was started from)"
+              if isinstance(e, DataError) else str(e), ExitCode.FAILED)
     click.echo(q.format_table(result))
 
 

@@ -54,11 +54,11 @@ class Split:
 # ---------------------------------------------------------------- partitions (pure)
 
 def spread_sample(split: "Split", n: int, seed: int) -> "Split":
-    """A fixed random subset of n images (all of them if there are fewer), in index order.
+    """A fixed random subset of n images (all of them if there are fewer), in index order, decoded.
     Image folders and partitions list images class by class, so the first n images would
     hold only one or two classes: never take a prefix as a sample."""
     if n >= len(split):
-        return split
+        return split.loaded()
     return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]))
 
 

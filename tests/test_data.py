@@ -123,3 +123,7 @@ def test_spread_sample_of_a_class_sorted_split_covers_every_class():
     assert len(s) == 200 and min(np.bincount(s.labels, minlength=10)) >= 8
     assert np.array_equal(data.spread_sample(split, 200, seed=3).labels, s.labels)      # deterministic
     assert data.spread_sample(split, 5000, seed=3) is split
+    lazy = data.Split(labels[:3], ["a"], files=["x", "y", "z"])
+    import unittest.mock
+    with unittest.mock.patch.object(data, "decode_images", lambda files: torch.zeros((len(files), 3, 2, 2))):
+        assert data.spread_sample(lazy, 10, seed=0).images is not None        # all of a lazy split: decoded
