@@ -60,10 +60,17 @@ def malformed_frames(rng, n_floats: int, max_bytes: int):
     return out
 
 
+FUZZ_RUN = dict(train={"rounds": 3, "max_steps": 25, "local_epochs": 4.0},
+                averaging={"startup_timeout_s": 4.0, "ready_timeout_s": 8.0})
+
+
 def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     # four peers in the config, three started: the fuzzer speaks as the absent peer 3
-    cfg, path = make_config(tmp_path, 4, train={"rounds": 3, "max_steps": 25, "local_epochs": 4.0},
-                            averaging={"startup_timeout_s": 4.0, "ready_timeout_s": 8.0})
+    (tmp_path / "twin").mkdir()
+    twin_cfg, twin_path = make_config(tmp_path / "twin", 4, **FUZZ_RUN)     # the same run, unfuzzed
+    twins = [start_peer(procs, twin_path, i) for i in range(3)]
+    assert wait_all(twins, 240) == [0, 0, 0]
+    cfg, path = make_config(tmp_path, 4, **FUZZ_RUN)
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     _wait_for_round(run, 0, 2)
@@ -98,6 +105,10 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     assert [r["members"] for r in s["rounds"]] == [[0, 1, 2]] * 3
     for r in s["rounds"]:
         check_round_exact(run, r["round"], r["members"], r["members"])
+    # runs are deterministic, and thousands of hostile frames changed nothing: the same final model
+    twin = summary(tmp_path / "twin" / "run")
+    assert [r["digests"]["0"] for r in twin["rounds"]] == [r["digests"]["0"] for r in s["rounds"]]
+    assert twin["final"]["digest"] == s["final"]["digest"]
     text = (run / "peer-0.log").read_text()
     for reason in ["not valid msgpack", "is not in the config", "routing id is not a peer id",
                    "tensor names differ", "expected float32", "NaN or Inf", "claims to be from peer",
@@ -195,3 +206,16 @@ def test_a_listed_peer_lying_about_its_progress_does_not_stop_the_others(tmp_pat
     logs = "".join((run / f"peer-{i}.log").read_text() for i in range(3))
     assert "but the run has 4 rounds; ignored" in logs
     assert "peer 3 claimed to have committed round" in logs and "ignoring its claims from now on" in logs
+
+
+def test_sigterm_ends_a_training_peer_within_seconds(tmp_path, procs):
+    import signal
+    cfg, path = make_config(tmp_path, 2, train={"rounds": 50, "max_steps": 200, "local_epochs": 4.0})
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(2)]
+    _wait_for_round(run, 0, 1)
+    t0 = time.monotonic()
+    for p in ps:
+        p.send_signal(signal.SIGTERM)
+    assert wait_all(ps, 15) == [143, 143]
+    assert time.monotonic() - t0 < 15
