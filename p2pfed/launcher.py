@@ -338,7 +338,8 @@ class Launcher:
         if died:
             print(f"p2pfed: finished, but peers {[v.id for v in died]} died ("
                   + "; ".join(f"peer {v.id} {describe(v.exit_code)}" for v in died)
-                  + f"). The survivors {s['final']['members']} finished: {result}", flush=True)
+                  + f"). The consensus of the last round's members {s['final']['members']} was written: {result}",
+                  flush=True)
         else:
             print(f"p2pfed: finished. {result}", flush=True)
         return ExitCode.OK

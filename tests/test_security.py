@@ -1,4 +1,5 @@
 """Hostile input against live peers: 1,000+ malformed frames, and CURVE with an unlisted key."""
+import contextlib
 import re
 import subprocess
 import sys
@@ -21,6 +22,26 @@ def _wait_for_round(run: Path, peer: int, rnd: int, timeout_s: float = 120) -> N
             return
         time.sleep(0.05)
     raise AssertionError(f"peer {peer} never reached round {rnd}")
+
+
+@contextlib.contextmanager
+def _dealers(pairs):
+    """DEALER sockets, one per (routing id, peer spec) pair, connected to that peer; all closed
+    and the context ended on exit."""
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for ident, target in pairs:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, ident)
+            s.connect(f"tcp://{target.host}:{target.port}")
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
 
 
 def _hdr(kind, sender=3, **f):
@@ -75,7 +96,6 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     ps = [start_peer(procs, path, i) for i in range(3)]
     _wait_for_round(run, 0, 2)
     target = cfg.peer(0)
-    ctx = zmq.Context()
     rng = np.random.default_rng(0)
     from p2pfed import averaging, model
     state = {k: v.numpy() for k, v in model.build(cfg.model).state_dict().items()}
@@ -83,23 +103,12 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     max_bytes = int(sum(a.nbytes for a in state.values()) * 1.25) + (1 << 20) + 1000   # over the peer's limit
     frames = malformed_frames(rng, n_floats, max_bytes)
     assert len(frames) >= 1000
-    socks = []
-    try:
-        for ident in (b"3", b"99", b"\xff\x00"):
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.ROUTING_ID, ident)
-            s.connect(f"tcp://{target.host}:{target.port}")
-            socks.append(s)
+    with _dealers([(ident, target) for ident in (b"3", b"99", b"\xff\x00")]) as socks:
         time.sleep(0.3)
         for i, (label, f) in enumerate(frames):
             sock = socks[0] if i % 10 else socks[1 + (i // 10) % 2]
             sock.send_multipart(f, copy=True)
         time.sleep(1.0)
-    finally:
-        for s in socks:
-            s.close(linger=0)
-        ctx.term()
     assert wait_all(ps, 240) == [0, 0, 0]
     s = summary(run)
     assert [r["members"] for r in s["rounds"]] == [[0, 1, 2]] * 3
@@ -173,39 +182,28 @@ def test_curve_unlisted_key_is_refused_while_listed_peers_agree(tmp_path, procs)
 
 def test_a_listed_peer_lying_about_its_progress_does_not_stop_the_others(tmp_path, procs):
     # four peers in the config, three started; peer 3's key is "stolen": it heartbeats claims to have
-    # committed rounds it never did (one far beyond the run, one within it) and serves no model
-    cfg, path = make_config(tmp_path, 4, train={"rounds": 4, "max_steps": 10, "local_epochs": 4.0},
+    # committed rounds it never did (first one far beyond the run, then its last round) and serves no model
+    cfg, path = make_config(tmp_path, 4, train={"rounds": 6, "max_steps": 10, "local_epochs": 4.0},
                             averaging={"startup_timeout_s": 4.0, "ready_timeout_s": 2.0, "fetch_timeout_s": 4.0})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     _wait_for_round(run, 0, 1)
-    ctx = zmq.Context()
-    socks = []
-    try:
-        for target in (cfg.peer(i) for i in range(3)):
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.ROUTING_ID, b"3")
-            s.connect(f"tcp://{target.host}:{target.port}")
-            socks.append(s)
+
+    def logs() -> str:
+        return "".join((run / f"peer-{i}.log").read_text() for i in range(3))
+
+    with _dealers([(b"3", cfg.peer(i)) for i in range(3)]) as socks:
         deadline = time.monotonic() + 200
-        n = 0
         while time.monotonic() < deadline and any(p.poll() is None for p in ps):
-            claim = 10 ** 9 if n % 2 else 3        # beyond the run's 4 rounds, then a plausible round ahead
+            # beyond the run's 6 rounds until a peer has said it ignores that; then a plausible claim
+            claim = 10 ** 9 if "but the run has 6 rounds; ignored" not in logs() else 6
             for s in socks:
                 s.send_multipart(wire.encode("hb", 3, round=claim, phase="train", committed=claim), copy=True)
-            n += 1
             time.sleep(0.2)
-    finally:
-        for s in socks:
-            s.close(linger=0)
-        ctx.term()
     assert wait_all(ps, 60) == [0, 0, 0]
     s = summary(run)
-    assert [r["members"] for r in s["rounds"]] == [[0, 1, 2]] * 4 and all(r["digests_agree"] for r in s["rounds"])
-    logs = "".join((run / f"peer-{i}.log").read_text() for i in range(3))
-    assert "but the run has 4 rounds; ignored" in logs
-    assert "peer 3 claimed to have committed round" in logs and "ignoring its claims from now on" in logs
+    assert [r["members"] for r in s["rounds"]] == [[0, 1, 2]] * 6 and all(r["digests_agree"] for r in s["rounds"])
+    assert "peer 3 claimed to have committed round" in logs() and "ignoring its claims from now on" in logs()
 
 
 def test_sigterm_ends_a_training_peer_within_seconds(tmp_path, procs):
