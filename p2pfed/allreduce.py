@@ -141,8 +141,6 @@ class AllReduce:
             grouped_at = time.monotonic()
             try:
                 new_state, dg, digests = self._attempt(rnd, attempt, members, weights, flat, ints, state)
-            except Dissent:
-                raise
             except AttemptFailed as e:
                 reason = str(e)
                 log.warning("attempt %d with %s failed: %s; keeping my pre-round model", attempt, members, reason)
