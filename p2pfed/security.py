@@ -66,7 +66,9 @@ def keygen_for_config(config_path: str, out_dir: str) -> dict[int, str]:
                 tables[i] = _set_key(t, "public_key", f'"{keys[int(ids[0])]}"')
     atomic.write_text(config_path, "\n".join(ln for t in tables for ln in t) + "\n")
     check = load(config_path)           # the rewritten file must load, with CURVE on and every key listed
-    assert check.security.curve and all(p.public_key == keys[p.id] for p in check.peers)
+    if not (check.security.curve and all(p.public_key == keys[p.id] for p in check.peers)):
+        raise ConfigError(f"{config_path}: could not write the keys into it (unusual layout?); add them by hand "
+                          f"from {out_dir}/peer-K.key (docs/security.md)")
     return keys
 
 
