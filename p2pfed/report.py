@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from . import atomic, metrics  # noqa: E402
+from .summary import quantile  # noqa: E402
 
 PHASE_COLORS = {"train": "#4c72b0", "wait": "#c9c9c9", "exchange": "#dd8452", "eval": "#55a868",
                 "sync": "#8172b3", "start": "#eeeeee", "quantize": "#937860", "done": "#ffffff"}
@@ -104,8 +105,8 @@ def plot_averaging(summ: dict, out: Path) -> dict:
     a2.set(title="Bytes sent per peer per round", xlabel="round", ylabel="MB")
     a2.legend(fontsize=8)
     _save(fig, out)
-    return {"rounds": len(rounds), "averaging_s_median": sorted(secs)[len(secs) // 2] if secs else None,
-            "sync_s_median": sorted(sync)[len(sync) // 2] if sync else None}
+    return {"rounds": len(rounds), "averaging_s_median": quantile(secs, 0.5) if secs else None,
+            "sync_s_median": quantile(sync, 0.5) if sync else None}
 
 
 def plot_sizes(q: dict, out: Path) -> dict:
@@ -213,13 +214,13 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
         loss = "n/a" if e.get("test_loss") is None else f"{e['test_loss']:.3f}"
         out.append(f"| {e['epoch']:.2f} | {e['round']} | {100 * e['accuracy']:.2f}% | {loss} |")
     rounds = summ["rounds"]
-    sync = sorted(r.get("sync_s", r["averaging_s"]) for r in rounds)
-    avg = sorted(r["averaging_s"] for r in rounds)
+    sync = [r.get("sync_s", r["averaging_s"]) for r in rounds]
+    avg = [r["averaging_s"] for r in rounds]
     mb = [sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6 for r in rounds]
     retried = [r["round"] for r in rounds if r["attempts"] > 1 or r["events"]]
     out += ["", "## Rounds", "",
-            f"{len(rounds)} rounds. Ready -> commit: median {sync[len(sync) // 2]:.3f} s, 90th percentile "
-            f"{sync[int(0.9 * (len(sync) - 1))]:.3f} s; group -> commit median {avg[len(avg) // 2]:.3f} s. "
+            f"{len(rounds)} rounds. Ready -> commit: median {quantile(sync, 0.5):.3f} s, 90th percentile "
+            f"{quantile(sync, 0.9):.3f} s; group -> commit median {quantile(avg, 0.5):.3f} s. "
             f"{sum(mb) / len(mb):.2f} MB sent per peer per round on average. "
             + (f"Rounds with retried attempts or events: {_ranges(retried)}." if retried else
                "Every round succeeded at its first attempt.") if rounds else "No round completed.",

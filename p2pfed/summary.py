@@ -59,7 +59,7 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
             "sync_s": max((s.get("sync_s", 0) for s in by.values() if isinstance(s.get("sync_s", 0), (int, float))),
                           default=0),
             "bytes_sent": {str(p): s["bytes_sent"] for p, s in sorted(by.items())},
-            "attempts": max(s["attempt"] for s in by.values()),
+            "attempts": 1 + max(s["attempt"] for s in by.values()),     # attempts are numbered from 0
             "dropped": sorted(set(prev) - set(members)),
             "joined": sorted(set(members) - set(prev)),
             "events": sorted({e for s in by.values() for e in s["events"] if isinstance(e, str)}),
@@ -70,12 +70,12 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
     final_acc = rounds[-1]["accuracy"] if rounds else None
     evaluations = [{"epoch": r["epoch"], "round": r["round"], "accuracy": r["accuracy"], "test_loss": r["test_loss"]}
                    for r in rounds if r["accuracy"] is not None]
-    sync = sorted(r["sync_s"] for r in rounds)
+    sync = [r["sync_s"] for r in rounds]
     return {
         "peers": list(cfg.peer_ids),
         "evaluations": evaluations,
-        "sync": {"rounds": len(rounds), "median_s": sync[len(sync) // 2] if sync else None,
-                 "p90_s": sync[int(0.9 * (len(sync) - 1))] if sync else None,
+        "sync": {"rounds": len(rounds), "median_s": quantile(sync, 0.5) if sync else None,
+                 "p90_s": quantile(sync, 0.9) if sync else None,
                  "all_agree": all(r["digests_agree"] for r in rounds)},
         "rounds": rounds,
         "faults": faults,
@@ -85,6 +85,16 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
     }
 
 
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of a non-empty list, interpolated linearly between order statistics,
+    so the median of an even count is the mean of the middle two and the 90th percentile is never below it."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
 def _handled(peer: int, rnd: int, phase: str, rounds: list[dict]) -> str:
     """How the rounds after a fault went: who completed them, and whether the peer came back."""
     first = rnd + 1 if phase == "between-rounds" else rnd    # a fault between rounds follows a commit
@@ -92,7 +102,7 @@ def _handled(peer: int, rnd: int, phase: str, rounds: list[dict]) -> str:
         if r["round"] < first:
             continue
         if peer in r["dropped"]:
-            how = f"round {r['round']} completed without peer {peer} by {sorted(r['digests'])} (attempt {r['attempts']})"
+            how = f"round {r['round']} completed without peer {peer} by {sorted(r['digests'])} (attempt {r['attempts']} of the round)"
             return how + (f" after: {r['events'][0]}" if r["events"] else "")
         if peer in r["members"]:
             return f"peer {peer} was back in round {r['round']}"

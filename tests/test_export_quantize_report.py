@@ -98,7 +98,14 @@ def test_report_renders_every_plot_with_expected_series(run_dir):
     assert "int8 onnx static" in drawn["sizes"]["names"]
     assert "peer 2 crash at exchange of round 2" in md and "agreed in every round" in md
     assert "round 2 went on without peers [2]" in md
-    assert "## Accuracy by epoch" in md and "Rounds with retried attempts or events: 2" in md
+    assert "## Accuracy by epoch" in md
+    # round 2 lost a peer, so it must be listed; on a loaded machine round 1 may also have retried an
+    # attempt (a slow peer), so the expected list comes from summary.json, not from a fixed string
+    rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
+    retried = [r["round"] for r in rounds if r["attempts"] > 1 or r["events"]]
+    assert retried in ([2], [1, 2]), rounds
+    listed = "2" if retried == [2] else "1-2"
+    assert f"Rounds with retried attempts or events: {listed}." in md, (retried, md)
 
 
 def test_status_reads_a_finished_run(run_dir):

@@ -20,3 +20,10 @@ def test_reports_with_absurd_or_ill_typed_stats_are_ignored():
         doc = summary.build(cfg, {1: {0: _stats(), 1: b}}, "ab" * 32, 1, 1000)
         assert [r["members"] for r in doc["rounds"]] == [[0, 1]], b
         assert doc["rounds"][0]["eval_samples"] == 50 and list(doc["rounds"][0]["digests"]) == ["0"], b
+
+
+def test_quantile_interpolates_and_the_90th_percentile_is_never_below_the_median():
+    assert summary.quantile([3.0], 0.9) == 3.0
+    assert summary.quantile([2.0, 1.0], 0.5) == 1.5 and summary.quantile([2.0, 1.0], 0.9) == 1.9
+    assert summary.quantile([5.0, 1.0, 3.0], 0.5) == 3.0
+    assert summary.quantile(list(range(11)), 0.9) == 9.0
