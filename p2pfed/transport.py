@@ -272,10 +272,11 @@ class Transport:
         if count:
             self.bytes_sent += sum(len(f.buffer) if isinstance(f, zmq.Frame) else len(f) for f in frames)
 
-    def _reject(self, who, reason: str) -> None:
-        """Count and log a dropped frame; the same (sender, reason) is logged at most once a second."""
+    def _reject(self, who, reason: str, kind: str | None = None) -> None:
+        """Count and log a dropped frame; the same (sender, kind of reason) is logged at most once a
+        second (kind defaults to the reason itself)."""
         self.rejected += 1
-        key = (who, reason)
+        key = (who, kind or reason)
         now = time.monotonic()
         if now - self._reject_logged.get(key, 0.0) >= 1.0:
             self._reject_logged[key] = now
@@ -289,7 +290,8 @@ class Transport:
         try:
             self._handle(frames)
         except Exception as e:
-            self._reject("a peer", f"internal error handling a frame: {type(e).__name__}: {str(e)[:150]}")
+            self._reject(_claimed_sender(frames), f"internal error handling a frame: {type(e).__name__}: "
+                                                  f"{str(e)[:150]}", kind=type(e).__name__)
 
     def _handle(self, frames: list) -> None:
         ident = frames[0].bytes
@@ -325,3 +327,11 @@ class Transport:
             self.inbox.put_nowait(msg)
         except queue.Full:
             self._reject(f"peer {sender}", "inbox full")
+
+
+def _claimed_sender(frames: list) -> str:
+    """Who a frame says it is from (its routing id), for a log line; never raises."""
+    try:
+        return f"peer {int(frames[0].bytes.decode('ascii'))}"
+    except Exception:
+        return "an unknown sender"

@@ -1,5 +1,6 @@
 """Structural fuzzing of the wire format: no frame, however built, raises anything but WireError,
 and no frame ends a live transport's network thread."""
+import logging
 import time
 from collections import OrderedDict
 
@@ -126,6 +127,36 @@ def test_live_transport_survives_hostile_frames_and_counts_them():
         assert msg is not None and msg.kind == "ready"      # still receiving after 200 hostile frames
         assert t._thread.is_alive() and t.failed is None
         assert t.rejected >= 200
+    finally:
+        s.close(linger=0)
+        ctx.term()
+        t.close()
+
+
+def test_an_internal_error_on_one_frame_is_a_rejected_frame_that_names_the_sender(caplog):
+    t, peers = _pair()
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    calls = []
+
+    def broken(msg):
+        calls.append(msg.kind)
+        if len(calls) == 1:
+            raise KeyError("injected")
+
+    t.responder = broken
+    try:
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"1")
+        s.connect(f"tcp://127.0.0.1:{peers[0].port}")
+        time.sleep(0.3)
+        with caplog.at_level(logging.WARNING):
+            s.send_multipart(wire.encode("ready", 1, round=1, n_samples=5))
+            s.send_multipart(wire.encode("ready", 1, round=2, n_samples=5))
+            msg = t.recv(5.0)
+        assert msg is not None and msg["round"] == 2        # the first frame was dropped, the second delivered
+        assert t.rejected == 1 and t._thread.is_alive() and t.failed is None
+        assert "rejected frame from peer 1: internal error handling a frame: KeyError" in caplog.text
     finally:
         s.close(linger=0)
         ctx.term()
