@@ -141,6 +141,8 @@ class PeerView:
     rounds: int = 0              # from the peer's "plan" record
     epoch: float = 0.0
     epochs: float = 0.0
+    step: int = 0                # optimiser steps taken (global_step of the last "step" record)
+    steps: int = 0               # total_steps of the plan
     phase: str = "starting"
     loss: float | None = None
     accuracy: float | None = None
@@ -155,14 +157,16 @@ class PeerView:
                 "crashed (injected)" if self.exit_code == CRASH_EXIT_CODE else f"exited {self.exit_code}")
             last = min(self.round, self.rounds) if self.rounds else self.round
             return f"peer {self.id}: {state} (round {last}, epoch {self.epoch:.2f})"
+        if not self.rounds:                       # no plan record yet: loading data and the model
+            return f"peer {self.id}: starting"
         bar = ""
         if self.epochs:
             done = min(20, int(20 * self.epoch / self.epochs))
             bar = f" [{'#' * done}{'.' * (20 - done)}]"
         loss = f"  loss {self.loss:.3f}" if self.loss is not None else ""
         acc = f"  acc {100 * self.accuracy:.1f}%" if self.accuracy is not None else ""
-        return (f"peer {self.id}: epoch {self.epoch:5.2f}/{self.epochs:g}  round {self.round}/{self.rounds or '?'} "
-                f"{self.phase:<8}{bar}{loss}{acc}")
+        return (f"peer {self.id}: epoch {self.epoch:5.2f}/{self.epochs:g}  step {self.step}/{self.steps or '?'}  "
+                f"round {self.round}/{self.rounds or '?'} {self.phase:<8}{bar}{loss}{acc}")
 
     def poll_metrics(self, run_dir: Path) -> list[dict]:
         path = run_dir / f"metrics-{self.id}.jsonl"
@@ -183,9 +187,10 @@ class PeerView:
         for r in recs:
             self.round = r.get("round", self.round)
             if r["type"] == "plan":
-                self.rounds, self.epochs = r["rounds"], r["epochs"]
+                self.rounds, self.epochs, self.steps = r["rounds"], r["epochs"], r.get("total_steps", 0)
             elif r["type"] == "step":
                 self.loss, self.epoch = r["loss"], r.get("epoch", self.epoch)
+                self.step = r.get("global_step", self.step)
                 self.phase = "train"
             elif r["type"] == "phase":
                 self.phase = r["phase"]
@@ -324,6 +329,10 @@ class Launcher:
         if not summary.exists():
             print(f"p2pfed: failed: no consensus (no summary.json was written). See the peers' logs: {logs}",
                   flush=True)
+            for v in self.views.values():
+                why = _last_error(self.run_dir / f"peer-{v.id}.log")
+                if why:
+                    print(f"p2pfed:   peer {v.id}: {why}", flush=True)
             return ExitCode.FAILED
         s = json.loads(summary.read_text())
         acc = s["final"]["accuracy"]
@@ -345,6 +354,18 @@ class Launcher:
         return ExitCode.OK
 
 
+def _last_error(log_path: Path) -> str:
+    """The message of the last ERROR line of a peer's log ("" if none): why that peer stopped."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    errors = [l for l in tail if " ERROR " in l]
+    return errors[-1].split(": ", 1)[-1][:300] if errors else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -362,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     code = Launcher(cfg, run_dir, restarts, args.timeout_s).run()
-    if (run_dir / "summary.json").exists() and args.report:
+    if args.report and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
         try:
             from . import report
             out = report.render(run_dir)

@@ -166,7 +166,8 @@ def plot_timeline(recs: dict[int, list[dict]], out: Path) -> dict:
     ax.legend(handles, ["train", "wait", "exchange", "eval", "sync"], ncol=5, fontsize=8, loc="upper center",
               bbox_to_anchor=(0.5, -0.25))
     _save(fig, out)
-    return {"peers": sorted(spans), "spans": spans, "faults": faults}
+    last = {pid: max((r["round"] for r in rs if r["type"] == "round"), default=0) for pid, rs in recs.items()}
+    return {"peers": sorted(spans), "spans": spans, "faults": faults, "last_round": last}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -197,7 +198,7 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
     cfg_text = (run_dir / "config.toml").read_text() if (run_dir / "config.toml").exists() else ""
     out = [f"# p2pfed run `{run_dir.name}`", ""]
     if not summ:
-        return "\n".join(out + ["No summary.json: the run did not finish. `p2pfed status` shows how far it got.", ""])
+        return "\n".join(out + _unfinished(drawn))
     agree = all(r["digests_agree"] for r in summ["rounds"])
     fin = summ["final"]
     acc = "n/a" if fin["accuracy"] is None else f"{100 * fin['accuracy']:.2f}%"
@@ -246,6 +247,16 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
                 "![quantized accuracy](plots/quant_accuracy.png)", ""]
     out += ["## Config", "", "```toml", cfg_text.strip(), "```", ""]
     return "\n".join(out)
+
+
+def _unfinished(drawn: dict) -> list[str]:
+    """summary.md of a run that wrote no summary.json: how far each peer got, and the plots that
+    need only the metrics files."""
+    last = drawn.get("timeline", {}).get("last_round", {})
+    lines = ["**No consensus: no summary.json was written, so the run did not finish.** Each peer's log "
+             "(peer-ID.log) says why; `p2pfed status` shows how far it got.", ""]
+    lines += [f"- peer {p}: last committed round {r}" for p, r in sorted(last.items(), key=lambda pr: int(pr[0]))]
+    return lines + ["", "![training loss](plots/loss.png)", "", "![timeline](plots/timeline.png)", ""]
 
 
 def _ranges(rounds: list[int]) -> str:

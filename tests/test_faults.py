@@ -138,3 +138,22 @@ def test_launch_survivors_finish_even_when_a_majority_dies(tmp_path, procs):
     assert [r["members"] for r in s["rounds"]] == [[0, 1, 2, 3, 4], [0, 2], [0, 2]]
     for r in s["rounds"]:
         assert r["digests_agree"]
+
+
+def test_launch_without_a_quorum_fails_with_no_consensus_and_still_reports(tmp_path, procs):
+    # 3 peers, every round needs all 3 (min_peers = 3), and peer 2 dies in round 2: round 2 can never
+    # form, so the survivors give up after their deadlines and the verdict is "failed: no consensus"
+    make_config(tmp_path, 3, train={"rounds": 3, "max_steps": 10, "local_epochs": 2.0},
+                averaging={"min_peers": 3, "ready_timeout_s": 2.0, "exchange_timeout_s": 3.0, "max_attempts": 2})
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", "3", "--config", str(tmp_path / "peers.toml"),
+           "--run-dir", str(tmp_path / "run"), "--kill", "2@2:train"]
+    t0 = time.monotonic()
+    p = procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 1, out
+    assert "p2pfed: failed: no consensus" in out and "finished" not in out.split("failed: no consensus")[1], out
+    assert "peer 0: round 2: no group formed" in out, out       # the verdict says why
+    assert time.monotonic() - t0 < 120, out        # deadlines, not a hang
+    md = (tmp_path / "run" / "summary.md").read_text()
+    assert "No consensus" in md and "peer 0: last committed round 1" in md, md
+    assert (tmp_path / "run" / "plots" / "loss.png").stat().st_size > 8000
