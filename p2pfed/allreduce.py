@@ -170,7 +170,7 @@ class AllReduce:
 
     def _ready(self, rnd: int, n_samples: int) -> dict[int, int]:
         ready = {m.sender: int(m["n_samples"]) for m in self.mb.get("ready", rnd).values()
-                 if self.mb.alive(m.sender) and m["n_samples"] > 0}
+                 if self.mb.alive(m.sender) and 0 < m["n_samples"] < 2**53}
         ready[self.me] = int(n_samples)
         return ready
 

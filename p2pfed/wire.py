@@ -70,12 +70,17 @@ def encode(kind: str, sender: int, arrays: list[np.ndarray] = (), **fields) -> l
     return [msgpack.packb(header, use_bin_type=True)] + [memoryview(a).cast("B") if a.size else b"" for a in arrays]
 
 
+MAX_INT = 2**63 - 1                 # every int field (rounds, attempts, shards, counts, ids) is in 0..MAX_INT
+
+
 def _check_type(kind: str, name: str, value, typ: type) -> None:
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok:
         raise WireError(f"{kind}.{name} must be {typ.__name__}, got {type(value).__name__}")
+    if typ is int and not 0 <= value <= MAX_INT:
+        raise WireError(f"{kind}.{name} = {value} is out of range 0..2^63-1")
 
 
 def decode(frames: list, max_bytes: int) -> Message:
@@ -199,9 +204,10 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
     elif msg.kind == "group":
         members, weights = msg["members"], msg["weights"]
         if (len(members) != len(weights) or not all(type(m) is int and 0 <= m < 2**31 for m in members)
-                or len(set(members)) != len(members)
+                or len(set(members)) != len(members) or members != sorted(members)
                 or not all(type(w) is int and 0 < w < 2**53 for w in weights)):
-            raise WireError("group members/weights must be equal-length lists of distinct ids and positive counts")
+            raise WireError("group members/weights must be equal-length lists of distinct ascending ids and "
+                            "positive counts below 2^53")
 
 
 def check_ints(names: list, arrays: list[np.ndarray], like: dict) -> dict:

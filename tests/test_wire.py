@@ -90,3 +90,16 @@ def test_messages_naming_ids_that_are_not_peers_are_rejected():
         wire.check_schema(msg, like, 3)                       # well-formed without the config's ids
         with pytest.raises(wire.WireError, match="are not peers of the config"):
             wire.check_schema(msg, like, 3, ids)
+
+
+@pytest.mark.parametrize("field,value", [("round", -1), ("attempt", -5), ("shard", 2**63), ("from", -1)])
+def test_int_fields_out_of_range_are_rejected(field, value):
+    fields = dict(round=1, attempt=1, shard=0, members=[0, 1])
+    sender = 1
+    if field == "from":
+        sender = value
+    else:
+        fields[field] = value
+    frames = wire.encode("part", sender, [np.zeros(2, np.float32)], **fields)
+    with pytest.raises(wire.WireError, match="out of range"):
+        wire.decode([bytes(f) for f in frames], LIMIT)
