@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import averaging, protocol, wire
+from . import averaging, protocol, roundstate, wire
 from .mailbox import Mailbox
 
 log = logging.getLogger("p2pfed.allreduce")
@@ -109,6 +109,7 @@ class AllReduce:
         self.on_phase = on_phase
         self.candidates: dict[str, OrderedDict] = {}   # digest -> result computed in an aborted attempt
         self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
+        self.post: Callable[[dict], dict] | None = None
         self._quorum_logged = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -123,14 +124,18 @@ class AllReduce:
 
     # ------------------------------------------------------------------ the round
     def run(self, rnd: int, state: "OrderedDict[str, np.ndarray]", n_samples: int,
-            previous: list[int] | None = None) -> RoundResult:
+            previous: list[int] | None = None, post: Callable[[dict], dict] | None = None) -> RoundResult:
         """Average `state` with the live peers for round rnd. previous: the members of the last
         round I committed (None: unknown, e.g. the first round: then all peers are expected).
-        Raises Excluded, Behind or RoundError."""
+        post: the round's result as a function of the exact mean of every exchanged entry (the
+        outer step, outer.py); derived entries (roundstate.is_derived) are not sent, and the
+        digest covers post's result. Raises Excluded, Behind or RoundError."""
         started = time.monotonic()
         bytes_before = self.t.bytes_sent
+        state = roundstate.exchanged(state)
         flat = averaging.flatten(state)
         ints = OrderedDict((k, v) for k, v in state.items() if not averaging.is_float(v))
+        self.post = post
         self.mb.advance(rnd)
         self.candidates.clear()
         expected = set(previous if previous is not None else self.all_peers)
@@ -311,7 +316,11 @@ class AllReduce:
 
         self._collect("reduced", rnd, attempt, members, deadline, take_reduced)
         new_state = averaging.unflatten(out, int_values, state, copy=False)
-        dg = hasher.digest(averaging.layout(state), [new_state[k] for k in ints])
+        if self.post is None:
+            dg = hasher.digest(averaging.layout(state), [new_state[k] for k in ints])
+        else:                                    # the outer step: one more pass over the result
+            new_state = self.post(new_state)
+            dg = averaging.digest(new_state)
         self.candidates[dg] = new_state
         # agree: a strict majority of the members must report one digest. A member that dies
         # after the gather is skipped: its contribution is already in everyone's model.

@@ -72,6 +72,9 @@ class TrainConfig:
     eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
     eval_batch_size: int = 64    # batch size for evaluation (larger batches raise peak memory, not speed)
     bn_pool_images: int = 512    # images per peer for pooled BatchNorm statistics before eval/export; 0 = off
+    outer_momentum: float = 0.0  # > 0: Nesterov outer momentum on each round's mean (SlowMo/DiLoCo); 0 = off
+    outer_lr: float = 1.0        # outer learning rate, used when outer_momentum > 0
+    average_optimizer_state: bool = False  # also average the optimizer's buffers (SGD momentum; AdamW moments)
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} = {value} must be >= 0")
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing = {t.label_smoothing} must be in [0, 1)")
+    if not 0 <= t.outer_momentum < 1:
+        raise ConfigError(f"train.outer_momentum = {t.outer_momentum} must be in [0, 1) (0 = no outer step)")
+    if not 0 < t.outer_lr <= 2:
+        raise ConfigError(f"train.outer_lr = {t.outer_lr} must be in (0, 2]")
+    if t.outer_lr != 1.0 and t.outer_momentum == 0:
+        raise ConfigError(f"train.outer_lr = {t.outer_lr} has no effect without train.outer_momentum > 0; "
+                          f"set both, or leave outer_lr at 1")
     positive = [("train.epochs", t.epochs), ("train.lr_base_batch", t.lr_base_batch),
                 ("train.batch_size", t.batch_size), ("train.lr", t.lr),
                 ("train.eval_batch_size", t.eval_batch_size), ("averaging.startup_timeout_s",

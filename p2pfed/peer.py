@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import allreduce, atomic, averaging, bnstats, checkpoint, config, data, model, protocol, schedule, summary, wire
+from . import allreduce, atomic, averaging, bnstats, checkpoint, config, data, model, outer, protocol, roundstate
+from . import schedule, summary, wire
 from . import writer as writer_mod
 from .download import download
 from .faults import FaultInjector
@@ -84,13 +85,16 @@ class Peer:
         local = sum(1 for p in cfg.peers if p.host == self.spec.host)
         torch.set_num_threads(cfg.train.threads or model.default_threads(local))
         self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed))
-        self.template = to_numpy(self.net.state_dict())
-        model_bytes = sum(a.nbytes for a in self.template.values())
+        self.opt = model.make_optimizer(self.net, cfg.train)
+        # the round state (roundstate.py): the model, and the optimizer buffers / outer momentum if
+        # the config asks for them. A copy: it is also round 1's anchor for the outer step
+        self.template = roundstate.capture(self.net, self.opt, cfg.train, copy=True)
+        self.outer_state: dict = {}          # outer.* entries of the last committed round
+        model_bytes = sum(a.nbytes for a in roundstate.model_part(self.template).values())
         self.train_split, _, n_total = data.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
         self.n_samples = len(self.train_split)
         self.test_split = data.load_split(cfg.data, "test")
         self._eval_cache: dict = {}
-        self.opt = model.make_optimizer(self.net, cfg.train)
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
         self.batches = data.stream(self.train_split, cfg.train.batch_size,
                                    torch.Generator().manual_seed(cfg.data.seed * 1000 + self.id),
@@ -110,7 +114,7 @@ class Peer:
                                    dead_after_s=cfg.averaging.dead_after_s, curve=load_keys(cfg, self.id))
         self.transport.responder = self._respond
         self.transport.start()
-        n_floats = averaging.flatten(self.template).size
+        n_floats = averaging.flatten(roundstate.exchanged(self.template)).size
         peer_ids = set(self.ids)
         self.mailbox = Mailbox(self.transport,
                                validate=lambda msg: wire.check_schema(msg, self.template, n_floats, peer_ids))
@@ -138,7 +142,8 @@ class Peer:
         self.net.load_state_dict(ck["state_dict"])
         self.opt.load_state_dict(ck["optimizer"])
         self.global_step = ck["global_step"]
-        state = to_numpy(self.net.state_dict())
+        self.outer_state = {k: v.numpy() for k, v in ck.get("outer", {}).items()}
+        state = roundstate.capture(self.net, self.opt, self.cfg.train, self.outer_state, copy=True)
         self.committed = {"round": ck["round"], "digest": ck["digest"], "members": ck["members"], "state": state}
         self._set_round(ck["round"] + 1)
         self._serve()
@@ -209,8 +214,12 @@ class Peer:
         self._adopt(got.round, got.digest, got.members, got.state, source=f"peer {got.source}")
         return True
 
+    def _load(self, state) -> None:
+        """Train on from a round state: model, averaged optimizer buffers, outer momentum."""
+        self.outer_state = roundstate.restore(self.net, self.opt, self.cfg.train, state, self.global_step)
+
     def _adopt(self, rnd: int, dg: str, members: list[int], state, source: str) -> None:
-        self.net.load_state_dict(to_torch(state))
+        self._load(state)
         self.committed = {"round": rnd, "digest": dg, "members": members, "state": state}
         self.global_step = self.plan.start_step(rnd + 1)
         self._checkpoint()
@@ -225,7 +234,8 @@ class Peer:
         checkpoint.save_checkpoint(self.checkpoint_path, state_dict=self.net.state_dict(),
                                    optimizer=self.opt.state_dict(), rnd=c["round"], digest=c["digest"],
                                    members=c["members"], global_step=self.global_step,
-                                   model_args=model.model_args(self.cfg.model))
+                                   model_args=model.model_args(self.cfg.model),
+                                   outer={k: torch.from_numpy(np.array(v)) for k, v in self.outer_state.items()})
         self.metrics.write("checkpoint", round=c["round"])
 
     def train_round(self) -> list[float]:
@@ -264,7 +274,9 @@ class Peer:
     def _pool_bn(self, rnd: int, res: allreduce.RoundResult) -> dict:
         """The model to evaluate and export: the consensus with BatchNorm statistics pooled over
         all members' data (bnstats.py), or the plain consensus if that is off or fails."""
-        plain = {"round": rnd, "state": res.state, "digest": res.digest, "bn_pooled": False}
+        state = roundstate.model_part(res.state)
+        plain = {"round": rnd, "state": state, "bn_pooled": False,
+                 "digest": res.digest if len(state) == len(res.state) else averaging.digest(state)}
         n = self.cfg.train.bn_pool_images
         if not n:
             return plain
@@ -272,17 +284,27 @@ class Peer:
         sample = data.spread_sample(self.train_split, n, self.cfg.data.seed * 1000 + self.id)
         batches = data.batches(sample, self.cfg.train.batch_size, None, train=False, do_augment=False,
                                size=self.cfg.model.input_size)
-        got = bnstats.pool(self.net, res.state, batches, self.transport, self.mailbox, res.members, rnd,
+        got = bnstats.pool(self.net, state, batches, self.transport, self.mailbox, res.members, rnd,
                            self.cfg.averaging.exchange_timeout_s)
         if got is None:
             return plain
         return {"round": rnd, "state": got[0], "digest": got[1], "bn_pooled": True}
 
+    def _outer_step(self):
+        """The outer step as a function of the round's mean (None when train.outer_momentum = 0).
+        Its anchor is the last committed round state, the same on every member."""
+        t = self.cfg.train
+        if not t.outer_momentum:
+            return None
+        previous = self.committed["state"] if self.committed else self.template
+        params = roundstate.param_names(self.net)
+        return lambda mean: outer.apply(mean, previous, params, t.outer_lr, t.outer_momentum)
+
     def _average(self, rnd: int, state) -> allreduce.RoundResult | None:
         """The round's all-reduce; None if I downloaded the consensus instead."""
         previous = self.committed["members"] if self.committed and self.committed["round"] == rnd - 1 else None
         try:
-            result = self.allreduce.run(rnd, state, self.n_samples, previous)
+            result = self.allreduce.run(rnd, state, self.n_samples, previous, post=self._outer_step())
             self.dissents = 0
             return result
         except allreduce.Behind as ex:
@@ -317,14 +339,14 @@ class Peer:
         train_started = time.monotonic()
         losses = self.train_round()
         train_s = time.monotonic() - train_started
-        state = to_numpy(self.net.state_dict())
+        state = roundstate.capture(self.net, self.opt, self.cfg.train, self.outer_state)
         if self.cfg.output.dump_round_models:
             self._dump(rnd, state, "pre")
         self.set_phase(Phase.WAIT)
         res = self._average(rnd, state)
         if res is None:
             return
-        self.net.load_state_dict(to_torch(res.state))
+        self._load(res.state)
         if self.cfg.output.dump_round_models:
             self._dump(rnd, res.state, "post")
         self.committed = {"round": rnd, "digest": res.digest, "members": res.members, "state": res.state}
@@ -345,8 +367,8 @@ class Peer:
                 self.net.load_state_dict(to_torch(self.evaluated["state"]))
             stats.update(model.evaluate(self.net, self._eval_split(res.members), self.cfg.train.eval_batch_size,
                                         self.cfg.model.input_size))
-            if self.evaluated["bn_pooled"]:
-                self.net.load_state_dict(to_torch(res.state))      # training goes on from the exact mean
+            if self.evaluated["bn_pooled"]:                        # training goes on from the round's result
+                self.net.load_state_dict(to_torch(roundstate.model_part(res.state)))
             stats["bn_pooled"] = self.evaluated["bn_pooled"]
             if self.evaluated["bn_pooled"]:
                 stats["bn_digest"] = self.evaluated["digest"]
@@ -406,10 +428,12 @@ class Peer:
     def write_outputs(self) -> None:
         c = self.committed
         reports = writer_mod.collect_reports(self.mailbox, c["round"], c["members"])
-        model_bytes = sum(a.nbytes for a in c["state"].values())
+        plain = roundstate.model_part(c["state"])
+        model_bytes = sum(a.nbytes for a in plain.values())
         path = self.run_dir / "consensus.pt"
         ev = self.evaluated if self.evaluated and self.evaluated["round"] == c["round"] else \
-            {"state": c["state"], "digest": c["digest"], "bn_pooled": False}
+            {"state": plain, "bn_pooled": False,
+             "digest": c["digest"] if len(plain) == len(c["state"]) else averaging.digest(plain)}
         checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in to_torch(ev["state"]).items()},
                                   model_args=model.model_args(self.cfg.model), config=config.to_dict(self.cfg),
                                   rnd=c["round"], peers=c["members"], digest=ev["digest"], written_by=self.id,

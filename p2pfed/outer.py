@@ -1,0 +1,47 @@
+"""The outer step: Nesterov momentum on the round's pseudo-gradient (SlowMo, Wang et al. 2020;
+DiLoCo, Douillard et al. 2023), run identically by every member after the mean.
+
+Every member holds the same previous round state (the anchor x and momentum m: they all adopted
+the same committed result) and computes the same exact mean y of the round. With
+d = x - y (the step the peers took together),
+
+    m' = beta * m + d
+    x' = x - lr * (d + beta * m')
+
+for every trainable parameter; BatchNorm statistics, integer buffers and averaged optimizer
+buffers take the mean. All arithmetic is elementwise float32 in this fixed order, so every
+member computes the same bits, and the digest over (x', m') checks it. beta = 0 and lr = 1 would
+give x' = y up to rounding; the peer then skips this step entirely.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .roundstate import OUTER
+
+
+def step(anchor: np.ndarray, mean: np.ndarray, momentum: np.ndarray, lr: float, beta: float
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """One outer step on float32 arrays; returns (new parameters, new momentum)."""
+    lr32, beta32 = np.float32(lr), np.float32(beta)
+    d = np.subtract(anchor, mean, dtype=np.float32)
+    m = beta32 * np.asarray(momentum, np.float32) + d
+    return anchor - lr32 * (d + beta32 * m), m
+
+
+def apply(mean: dict, previous: dict, params: list[str], lr: float, beta: float) -> "OrderedDict[str, np.ndarray]":
+    """The round's result from its exact mean (every exchanged entry) and the previous round
+    state (anchor parameters and outer.* momentum), in the order of `previous`."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    new_m = {}
+    for name in params:
+        out_p, new_m[OUTER + name] = step(previous[name], mean[name], previous[OUTER + name], lr, beta)
+        out[name] = out_p.reshape(previous[name].shape)
+    for name in previous:
+        if name.startswith(OUTER):
+            out[name] = new_m[name]
+        elif name not in out:
+            out[name] = mean[name]
+    return OrderedDict((k, out[k]) for k in previous)

@@ -1,0 +1,77 @@
+"""What the peers agree on in a round: the model's state_dict and, if the config asks for them,
+
+    optimizer.<param>.<buffer>   the local optimizer's per-parameter buffers (SGD: momentum_buffer;
+                                 AdamW: exp_avg, exp_avg_sq), averaged with the weights
+                                 (train.average_optimizer_state)
+    outer.<param>                the outer momentum (train.outer_momentum > 0): identical on every
+                                 member, never exchanged, derived from the round's mean (outer.py)
+
+One OrderedDict of numpy arrays, in that order (model, optimizer, outer). It is what the
+all-reduce averages (every entry but outer.*), what the digest covers, what a peer serves to one
+that downloads, and what a checkpoint restores. With neither option it is the state_dict alone,
+so the protocol is unchanged.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+OPT = "optimizer."
+OUTER = "outer."
+BUFFERS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+def is_derived(name: str) -> bool:
+    """Entries every member computes itself after the mean (never sent in part/reduced)."""
+    return name.startswith(OUTER)
+
+
+def model_part(state: dict) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((k, v) for k, v in state.items() if not k.startswith((OPT, OUTER)))
+
+
+def exchanged(state: dict) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((k, v) for k, v in state.items() if not is_derived(k))
+
+
+def param_names(net: nn.Module) -> list[str]:
+    return [n for n, _ in net.named_parameters()]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().contiguous().numpy()
+
+
+def capture(net: nn.Module, opt: torch.optim.Optimizer, tcfg, outer: dict | None = None,
+            copy: bool = False) -> "OrderedDict[str, np.ndarray]":
+    """The round state of this peer now. Optimizer buffers that do not exist yet (no step taken)
+    are zeros, which is what the optimizer starts from. copy=False may share the model's memory."""
+    out = OrderedDict((k, _numpy(v)) for k, v in net.state_dict().items())
+    if tcfg.average_optimizer_state:
+        for name, p in net.named_parameters():
+            st = opt.state.get(p, {})
+            for buf in BUFFERS[tcfg.optimizer]:
+                out[f"{OPT}{name}.{buf}"] = _numpy(st[buf]) if buf in st else np.zeros(p.shape, np.float32)
+    if tcfg.outer_momentum > 0:
+        for name, p in net.named_parameters():
+            out[f"{OUTER}{name}"] = (outer or {}).get(f"{OUTER}{name}", np.zeros(p.shape, np.float32))
+    return OrderedDict((k, v.copy()) for k, v in out.items()) if copy else out
+
+
+def restore(net: nn.Module, opt: torch.optim.Optimizer, tcfg, state: dict, global_step: int) -> dict:
+    """Load a round state: the model into net, averaged optimizer buffers into opt. Returns the
+    outer.* entries (copies) for the caller to keep."""
+    net.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in model_part(state).items()))
+    if tcfg.average_optimizer_state:
+        for name, p in net.named_parameters():
+            st = opt.state[p]
+            for buf in BUFFERS[tcfg.optimizer]:
+                # empty_like keeps the parameter's memory format (channels_last convolutions)
+                st[buf] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(
+                    torch.from_numpy(np.asarray(state[f"{OPT}{name}.{buf}"])))
+            if tcfg.optimizer == "adamw" and "step" not in st:
+                st["step"] = torch.tensor(float(global_step))
+    return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items() if is_derived(k))
