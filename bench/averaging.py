@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _state(width: float, seed: int):
     import torch
     from p2pfed import config, model
-    from p2pfed.peer import to_numpy
+    from p2pfed.roundstate import to_numpy
     net = model.build(config.ModelConfig(width_mult=width), seed=0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import allreduce, atomic, averaging, bnstats, checkpoint, config, data, model, outer, protocol, roundstate
+from . import allreduce, atomic, averaging, checkpoint, config, data, model, outer, protocol, roundstate
 from . import schedule, summary, wire
 from . import writer as writer_mod
 from .download import download
+from .evaluation import Evaluator
 from .faults import FaultInjector
 from .mailbox import Mailbox
 from .metrics import MetricsWriter
@@ -34,15 +34,6 @@ from .security import exposure_warning, load_keys
 from .transport import Transport
 
 log = logging.getLogger("p2pfed.peer")
-
-
-def to_numpy(state_dict) -> "OrderedDict[str, np.ndarray]":
-    return OrderedDict((k, v.detach().cpu().contiguous().numpy()) for k, v in state_dict.items())
-
-
-def to_torch(state: dict) -> "OrderedDict[str, torch.Tensor]":
-    """Tensors sharing the arrays' memory (load_state_dict copies them into the model)."""
-    return OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in state.items())
 
 
 class Peer:
@@ -93,8 +84,7 @@ class Peer:
         model_bytes = sum(a.nbytes for a in roundstate.model_part(self.template).values())
         self.train_split, _, n_total = data.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
         self.n_samples = len(self.train_split)
-        self.test_split = data.load_split(cfg.data, "test")
-        self._eval_cache: dict = {}
+        test_split = data.load_split(cfg.data, "test")
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
         self.batches = data.stream(self.train_split, cfg.train.batch_size,
                                    torch.Generator().manual_seed(cfg.data.seed * 1000 + self.id),
@@ -119,6 +109,7 @@ class Peer:
         self.mailbox = Mailbox(self.transport,
                                validate=lambda msg: wire.check_schema(msg, self.template, n_floats, peer_ids))
         self.mailbox.last_round = self.plan.rounds
+        self.evaluator = Evaluator(cfg, self.id, self.train_split, test_split, self.transport, self.mailbox)
         self.allreduce = allreduce.AllReduce(self.transport, self.mailbox, cfg.averaging, self.ids,
                                              fault=lambda where: self.faults.at(self.round, where),
                                              on_phase=self.set_phase)
@@ -256,39 +247,12 @@ class Peer:
         self.global_step += len(losses)
         return losses
 
-    def _eval_split(self, members: list[int]) -> data.Split:
-        """My slice of the test set: the test set is cut into one part per member."""
-        key = (tuple(members), self.id)
-        if key not in self._eval_cache:
-            parts = data.partition_iid(len(self.test_split), len(members), self.cfg.data.seed + 1)
-            self._eval_cache = {key: self.test_split.subset(parts[members.index(self.id)])}
-        return self._eval_cache[key]
-
     def _dump(self, rnd: int, state, when: str) -> None:
         """For tests: my model before/after averaging, to check the consensus against a float64 mean."""
         arrays = {f"t{i}": v for i, v in enumerate(state.values())}
         path = self.run_dir / "pre" / f"round{rnd}-peer{self.id}{'' if when == 'pre' else '-post'}.npz"
         path.parent.mkdir(exist_ok=True)
         atomic.write_atomic(path, lambda f: np.savez(f, n_samples=self.n_samples, **arrays))
-
-    def _pool_bn(self, rnd: int, res: allreduce.RoundResult) -> dict:
-        """The model to evaluate and export: the consensus with BatchNorm statistics pooled over
-        all members' data (bnstats.py), or the plain consensus if that is off or fails."""
-        state = roundstate.model_part(res.state)
-        plain = {"round": rnd, "state": state, "bn_pooled": False,
-                 "digest": res.digest if len(state) == len(res.state) else averaging.digest(state)}
-        n = self.cfg.train.bn_pool_images
-        if not n:
-            return plain
-        # a fixed random sample: my partition lists its images class by class
-        sample = data.spread_sample(self.train_split, n, self.cfg.data.seed * 1000 + self.id)
-        batches = data.batches(sample, self.cfg.train.batch_size, None, train=False, do_augment=False,
-                               size=self.cfg.model.input_size)
-        got = bnstats.pool(self.net, state, batches, self.transport, self.mailbox, res.members, rnd,
-                           self.cfg.averaging.exchange_timeout_s)
-        if got is None:
-            return plain
-        return {"round": rnd, "state": got[0], "digest": got[1], "bn_pooled": True}
 
     def _outer_step(self):
         """The outer step as a function of the round's mean (None when train.outer_momentum = 0).
@@ -361,18 +325,8 @@ class Peer:
         evaluates = self.plan.evaluates(rnd, self.cfg.train.eval_every)
         if evaluates:
             self.set_phase(Phase.EVAL)
-            eval_started = time.monotonic()
-            self.evaluated = self._pool_bn(rnd, res)
-            if self.evaluated["bn_pooled"]:
-                self.net.load_state_dict(to_torch(self.evaluated["state"]))
-            stats.update(model.evaluate(self.net, self._eval_split(res.members), self.cfg.train.eval_batch_size,
-                                        self.cfg.model.input_size))
-            if self.evaluated["bn_pooled"]:                        # training goes on from the round's result
-                self.net.load_state_dict(to_torch(roundstate.model_part(res.state)))
-            stats["bn_pooled"] = self.evaluated["bn_pooled"]
-            if self.evaluated["bn_pooled"]:
-                stats["bn_digest"] = self.evaluated["digest"]
-            stats["eval_s"] = round(time.monotonic() - eval_started, 3)
+            self.evaluated, ev_stats = self.evaluator.run(self.net, rnd, res.state, res.digest, res.members)
+            stats.update(ev_stats)
             log.info("round %d (epoch %.2f): members %s, digest %s, local accuracy %.2f%%", rnd,
                      self.plan.epoch_after(rnd), res.members, res.digest[:16],
                      100 * stats["correct"] / max(1, stats["total"]))
@@ -428,13 +382,12 @@ class Peer:
     def write_outputs(self) -> None:
         c = self.committed
         reports = writer_mod.collect_reports(self.mailbox, c["round"], c["members"])
-        plain = roundstate.model_part(c["state"])
+        plain, plain_digest = roundstate.model_of(c["state"], c["digest"])
         model_bytes = sum(a.nbytes for a in plain.values())
         path = self.run_dir / "consensus.pt"
         ev = self.evaluated if self.evaluated and self.evaluated["round"] == c["round"] else \
-            {"state": plain, "bn_pooled": False,
-             "digest": c["digest"] if len(plain) == len(c["state"]) else averaging.digest(plain)}
-        checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in to_torch(ev["state"]).items()},
+            {"state": plain, "digest": plain_digest, "bn_pooled": False}
+        checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in roundstate.to_torch(ev["state"]).items()},
                                   model_args=model.model_args(self.cfg.model), config=config.to_dict(self.cfg),
                                   rnd=c["round"], peers=c["members"], digest=ev["digest"], written_by=self.id,
                                   round_digest=c["digest"], bn_pooled=ev["bn_pooled"])

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import averaging
+
 OPT = "optimizer."
 OUTER = "outer."
 BUFFERS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
@@ -33,6 +35,12 @@ def model_part(state: dict) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((k, v) for k, v in state.items() if not k.startswith((OPT, OUTER)))
 
 
+def model_of(state: dict, digest: str) -> tuple["OrderedDict[str, np.ndarray]", str]:
+    """The model part of a round state and its digest (the state's digest when there is nothing else)."""
+    model = model_part(state)
+    return model, digest if len(model) == len(state) else averaging.digest(model)
+
+
 def exchanged(state: dict) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((k, v) for k, v in state.items() if not is_derived(k))
 
@@ -41,15 +49,25 @@ def param_names(net: nn.Module) -> list[str]:
     return [n for n, _ in net.named_parameters()]
 
 
+def to_torch(state: dict) -> "OrderedDict[str, torch.Tensor]":
+    """Tensors sharing the arrays' memory (load_state_dict copies them into the model)."""
+    return OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in state.items())
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().contiguous().numpy()
+
+
+def to_numpy(state_dict) -> "OrderedDict[str, np.ndarray]":
+    """A state_dict as C-order numpy arrays (channels-last weights become C-order copies)."""
+    return OrderedDict((k, _numpy(v)) for k, v in state_dict.items())
 
 
 def capture(net: nn.Module, opt: torch.optim.Optimizer, tcfg, outer: dict | None = None,
             copy: bool = False) -> "OrderedDict[str, np.ndarray]":
     """The round state of this peer now. Optimizer buffers that do not exist yet (no step taken)
     are zeros, which is what the optimizer starts from. copy=False may share the model's memory."""
-    out = OrderedDict((k, _numpy(v)) for k, v in net.state_dict().items())
+    out = to_numpy(net.state_dict())
     if tcfg.average_optimizer_state:
         for name, p in net.named_parameters():
             st = opt.state.get(p, {})
@@ -64,7 +82,7 @@ def capture(net: nn.Module, opt: torch.optim.Optimizer, tcfg, outer: dict | None
 def restore(net: nn.Module, opt: torch.optim.Optimizer, tcfg, state: dict, global_step: int) -> dict:
     """Load a round state: the model into net, averaged optimizer buffers into opt. Returns the
     outer.* entries (copies) for the caller to keep."""
-    net.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in model_part(state).items()))
+    net.load_state_dict(to_torch(model_part(state)))
     if tcfg.average_optimizer_state:
         for name, p in net.named_parameters():
             st = opt.state[p]

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from p2pfed import bnstats, config, model
-from p2pfed.peer import to_numpy
+from p2pfed.roundstate import to_numpy
 
 
 def _batches(seed, n=3, size=16):
