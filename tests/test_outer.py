@@ -135,3 +135,23 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
         other, _ = load(5, p, True)
         assert all(np.array_equal(a, b) for a, b in zip(post, other)), p
     assert n_model < len(names)
+
+
+def test_a_checkpoint_keeps_the_whole_round_state(tmp_path):
+    from p2pfed import checkpoint
+    cfg, net, opt = _net_and_opt("sgd", average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5)
+    _one_step(net, opt)
+    outer_m = {f"outer.{n}": np.full(p.shape, 0.5, np.float32) for n, p in net.named_parameters()}
+    state = roundstate.capture(net, opt, cfg.train, outer_m, copy=True)
+    path = tmp_path / "ck.pt"
+    checkpoint.save_checkpoint(path, state_dict=net.state_dict(), optimizer=opt.state_dict(), rnd=3,
+                               digest=averaging.digest(state), members=[0, 1], global_step=1,
+                               model_args=model.model_args(cfg.model),
+                               outer={k: torch.from_numpy(v) for k, v in outer_m.items()})
+    # what Peer._load_checkpoint does
+    _, net2, opt2 = _net_and_opt("sgd", average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5)
+    ck = checkpoint.read(path, checkpoint.CHECKPOINT_FORMAT)
+    net2.load_state_dict(ck["state_dict"])
+    opt2.load_state_dict(ck["optimizer"])
+    outer2 = {k: v.numpy() for k, v in ck["outer"].items()}
+    assert averaging.digest(roundstate.capture(net2, opt2, cfg.train, outer2)) == ck["digest"]
