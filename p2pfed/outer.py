@@ -11,7 +11,9 @@ d = x - y (the step the peers took together),
 for every trainable parameter; BatchNorm statistics, integer buffers and averaged optimizer
 buffers take the mean. All arithmetic is elementwise float32 in this fixed order, so every
 member computes the same bits, and the digest over (x', m') checks it. beta = 0 and lr = 1 would
-give x' = y up to rounding; the peer then skips this step entirely.
+give x' = y up to rounding; the peer then skips this step entirely. The first round has no agreed
+anchor yet (the initial models may differ in their last bits across hosts), so its result is the
+mean itself with zero momentum (`start`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ def step(anchor: np.ndarray, mean: np.ndarray, momentum: np.ndarray, lr: float, 
     d = np.subtract(anchor, mean, dtype=np.float32)
     m = beta32 * np.asarray(momentum, np.float32) + d
     return anchor - lr32 * (d + beta32 * m), m
+
+
+def start(mean: dict, like: dict) -> "OrderedDict[str, np.ndarray]":
+    """The first round's result: the mean, with zero outer momentum (in the order of `like`)."""
+    return OrderedDict((k, mean[k] if not k.startswith(OUTER) else np.zeros(v.shape, np.float32))
+                       for k, v in like.items())
 
 
 def apply(mean: dict, previous: dict, params: list[str], lr: float, beta: float) -> "OrderedDict[str, np.ndarray]":

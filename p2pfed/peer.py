@@ -82,6 +82,7 @@ class Peer:
         self.template = roundstate.capture(self.net, self.opt, cfg.train, copy=True)
         self.outer_state: dict = {}          # outer.* entries of the last committed round
         model_bytes = sum(a.nbytes for a in roundstate.model_part(self.template).values())
+        state_bytes = sum(a.nbytes for a in self.template.values())    # what a `model` message carries
         self.train_split, _, n_total = data.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
         self.n_samples = len(self.train_split)
         test_split = data.load_split(cfg.data, "test")
@@ -99,7 +100,7 @@ class Peer:
         warning = exposure_warning(cfg)
         if warning:
             log.warning("%s", warning)
-        self.transport = Transport(self.spec, cfg.peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
+        self.transport = Transport(self.spec, cfg.peers, max_message_bytes=protocol.max_message_bytes(state_bytes),
                                    heartbeat_interval_s=cfg.averaging.heartbeat_interval_s,
                                    dead_after_s=cfg.averaging.dead_after_s, curve=load_keys(cfg, self.id))
         self.transport.responder = self._respond
@@ -135,6 +136,11 @@ class Peer:
         self.global_step = ck["global_step"]
         self.outer_state = {k: v.numpy() for k, v in ck.get("outer", {}).items()}
         state = roundstate.capture(self.net, self.opt, self.cfg.train, self.outer_state, copy=True)
+        if averaging.digest(state) != ck["digest"]:
+            raise allreduce.RoundError(
+                f"--resume: {path} does not hold the round state its digest names (written with other "
+                f"train.outer_momentum / train.average_optimizer_state settings?); restore the config it was "
+                f"written with, or delete it to rejoin by downloading the consensus")
         self.committed = {"round": ck["round"], "digest": ck["digest"], "members": ck["members"], "state": state}
         self._set_round(ck["round"] + 1)
         self._serve()
@@ -210,9 +216,9 @@ class Peer:
         self.outer_state = roundstate.restore(self.net, self.opt, self.cfg.train, state, self.global_step)
 
     def _adopt(self, rnd: int, dg: str, members: list[int], state, source: str) -> None:
+        self.global_step = self.plan.start_step(rnd + 1)
         self._load(state)
         self.committed = {"round": rnd, "digest": dg, "members": members, "state": state}
-        self.global_step = self.plan.start_step(rnd + 1)
         self._checkpoint()
         self._serve()
         log.info("adopted the consensus of round %d from %s (digest %s)", rnd, source, dg[:12])
@@ -256,11 +262,15 @@ class Peer:
 
     def _outer_step(self):
         """The outer step as a function of the round's mean (None when train.outer_momentum = 0).
-        Its anchor is the last committed round state, the same on every member."""
+        Its anchor is the last committed round state, the same on every member (the digest checks
+        it). Before any commit there is no agreed anchor, so the first result is the mean itself
+        with zero momentum: the peers' initial models need not be bit-identical."""
         t = self.cfg.train
         if not t.outer_momentum:
             return None
-        previous = self.committed["state"] if self.committed else self.template
+        if self.committed is None:
+            return lambda mean: outer.start(mean, self.template)
+        previous = self.committed["state"]
         params = roundstate.param_names(self.net)
         return lambda mean: outer.apply(mean, previous, params, t.outer_lr, t.outer_momentum)
 

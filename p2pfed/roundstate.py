@@ -90,6 +90,6 @@ def restore(net: nn.Module, opt: torch.optim.Optimizer, tcfg, state: dict, globa
                 # empty_like keeps the parameter's memory format (channels_last convolutions)
                 st[buf] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(
                     torch.from_numpy(np.asarray(state[f"{OPT}{name}.{buf}"])))
-            if tcfg.optimizer == "adamw" and "step" not in st:
+            if tcfg.optimizer == "adamw":        # bias correction matches the averaged moments' age
                 st["step"] = torch.tensor(float(global_step))
     return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items() if is_derived(k))

@@ -22,6 +22,12 @@ def test_outer_step_is_nesterov_momentum_on_the_pseudo_gradient():
     np.testing.assert_allclose(new, y, rtol=1e-7)
 
 
+def test_the_first_round_result_is_the_mean_with_zero_momentum():
+    like = OrderedDict([("w", np.float32([9.0])), ("outer.w", np.float32([5.0]))])
+    out = outer.start(OrderedDict([("w", np.float32([2.0]))]), like)
+    assert list(out) == ["w", "outer.w"] and out["w"][0] == 2.0 and out["outer.w"][0] == 0.0
+
+
 def test_outer_apply_steps_parameters_only_and_keeps_the_state_order():
     prev = OrderedDict([("w", np.float32([1.0, 1.0])), ("bn.running_var", np.float32([1.0])),
                         ("bn.num_batches_tracked", np.int64(3)), ("outer.w", np.float32([0.0, 1.0]))])
@@ -37,8 +43,8 @@ def test_outer_apply_steps_parameters_only_and_keeps_the_state_order():
     assert averaging.digest(again) == averaging.digest(out)
 
 
-def _net_and_opt(optimizer: str, **train):
-    cfg = config.override(config.Config(), model={"width_mult": 0.1}, train={"optimizer": optimizer, **train})
+def _net_and_opt(optimizer: str, width_mult: float = 0.1, **train):
+    cfg = config.override(config.Config(), model={"width_mult": width_mult}, train={"optimizer": optimizer, **train})
     net = model.channels_last(model.build(cfg.model, seed=0))
     return cfg, net, model.make_optimizer(net, cfg.train)
 
@@ -93,7 +99,9 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
     same digest as the others again: its downloaded optimizer buffers and outer momentum are right."""
     train = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0, "rounds": 7, "optimizer": "sgd", "lr": 0.05,
              "outer_momentum": 0.5, "outer_lr": 0.5, "average_optimizer_state": True}
-    cfg, path = make_config(tmp_path, 4, train=train)
+    # width 0.35: the round state (model, momentum buffers, outer momentum: 3 x 1.7 MB) is larger
+    # than a message limit sized for the model alone would allow, so the dissenter's download checks it
+    cfg, path = make_config(tmp_path, 4, train=train, model={"width_mult": 0.35})
     _dissent(path, 3, [3])
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(4)]
@@ -105,19 +113,29 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
     for rnd in range(4, 8):
         assert len({round_records(run, p)[rnd]["digest"] for p in range(4)}) == 1, rnd
     # the outer step on the float64 mean, checked on round 5 from the dumped models
-    _, net, _ = _net_and_opt("sgd")
+    _, net, _ = _net_and_opt("sgd", width_mult=0.35)
     params = roundstate.param_names(net)
     n_model = len(net.state_dict())
+    names = list(net.state_dict()) + [f"optimizer.{n}.momentum_buffer" for n in params] + [f"outer.{n}" for n in params]
 
     def load(rnd, peer, post):
         z = np.load(run / "pre" / f"round{rnd}-peer{peer}{'-post' if post else ''}.npz")
         return [z[f"t{i}"] for i in range(len(z.files) - 1)], int(z["n_samples"])
 
+    # round 1 has no agreed anchor yet: its result is the exact mean, with zero outer momentum
+    pre1 = [load(1, p, False) for p in range(4)]
+    post1, _ = load(1, 0, True)
+    w1 = np.array([w for _, w in pre1], np.float64)
+    for i, name in enumerate(names):
+        if name.startswith("outer."):
+            assert not post1[i].any(), name
+        elif np.issubdtype(post1[i].dtype, np.floating):
+            mean = sum(w * t[i].astype(np.float64) for w, (t, _) in zip(w1, pre1)) / w1.sum()
+            np.testing.assert_allclose(post1[i], mean, rtol=1e-5, atol=1e-7, err_msg=name)
     pre = [load(5, p, False) for p in range(4)]
     weights = np.array([w for _, w in pre], np.float64)
     anchor, _ = load(4, 0, True)
     post, _ = load(5, 0, True)
-    names = list(net.state_dict()) + [f"optimizer.{n}.momentum_buffer" for n in params] + [f"outer.{n}" for n in params]
     assert len(post) == len(names) == len(anchor)
     for i, name in enumerate(names):
         if name.startswith("outer.") or not np.issubdtype(post[i].dtype, np.floating):
