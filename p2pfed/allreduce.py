@@ -109,7 +109,6 @@ class AllReduce:
         self.on_phase = on_phase
         self.candidates: dict[str, OrderedDict] = {}   # digest -> result computed in an aborted attempt
         self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
-        self.post: Callable[[dict], dict] | None = None
         self._quorum_logged = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -135,7 +134,6 @@ class AllReduce:
         state = roundstate.exchanged(state)
         flat = averaging.flatten(state)
         ints = OrderedDict((k, v) for k, v in state.items() if not averaging.is_float(v))
-        self.post = post
         self.mb.advance(rnd)
         self.candidates.clear()
         expected = set(previous if previous is not None else self.all_peers)
@@ -145,7 +143,7 @@ class AllReduce:
             attempt, members, weights = self._await_group(rnd, last_attempt, started, n_samples, expected)
             grouped_at = time.monotonic()
             try:
-                new_state, dg, digests = self._attempt(rnd, attempt, members, weights, flat, ints, state)
+                new_state, dg, digests = self._attempt(rnd, attempt, members, weights, flat, ints, state, post)
             except AttemptFailed as e:
                 reason = str(e)
                 log.warning("attempt %d with %s failed: %s; keeping my pre-round model", attempt, members, reason)
@@ -260,7 +258,7 @@ class AllReduce:
             self._check_commit(rnd)
             self.mb.wait(deadline, watch=missing)
 
-    def _attempt(self, rnd, attempt, members, weights, flat, ints, state):
+    def _attempt(self, rnd, attempt, members, weights, flat, ints, state, post):
         k, pos = len(members), members.index(self.me)
         bounds = averaging.shard_bounds(flat.size, k)
         lo, hi = bounds[pos]
@@ -294,11 +292,13 @@ class AllReduce:
         self._broadcast(members, "reduced", [mine, *extra], round=rnd, attempt=attempt, shard=pos,
                         ints=list(ints.keys()) if self.me == source else [])
         out = np.empty_like(flat)
-        hasher = averaging.IncrementalDigest(out)
+        # hash chunks as they arrive, unless a post-step changes the result (then it is hashed once, after)
+        hasher = averaging.IncrementalDigest(out) if post is None else None
         out[lo:hi] = mine
         if corrupt and hi > lo:                  # fault injection: my own copy differs by one ulp (bad memory)
             out[lo] = np.nextafter(out[lo], np.float32(np.inf))
-        hasher.placed(lo, hi)
+        if hasher:
+            hasher.placed(lo, hi)
         int_values: dict = ints
 
         def take_reduced(m: int, msg: wire.Message) -> None:
@@ -312,14 +312,15 @@ class AllReduce:
                     int_values = wire.check_ints(msg["ints"], msg.arrays[1:], state)
             except wire.WireError as e:
                 raise AttemptFailed(f"peer {m}: {e}") from None
-            hasher.placed(*bounds[j])
+            if hasher:
+                hasher.placed(*bounds[j])
 
         self._collect("reduced", rnd, attempt, members, deadline, take_reduced)
         new_state = averaging.unflatten(out, int_values, state, copy=False)
-        if self.post is None:
+        if hasher:
             dg = hasher.digest(averaging.layout(state), [new_state[k] for k in ints])
-        else:                                    # the outer step: one more pass over the result
-            new_state = self.post(new_state)
+        else:                                    # the outer step, then one pass to hash its result
+            new_state = post(new_state)
             dg = averaging.digest(new_state)
         self.candidates[dg] = new_state
         # agree: a strict majority of the members must report one digest. A member that dies

@@ -53,13 +53,17 @@ class Split:
 
 # ---------------------------------------------------------------- partitions (pure)
 
+def sample_indices(n_items: int, n: int, seed: int) -> np.ndarray:
+    """n of range(n_items), chosen at random with seed, sorted. Image folders and partitions list
+    images class by class, so a prefix would hold only one or two classes: never sample a prefix."""
+    return np.sort(np.random.default_rng(seed).permutation(n_items)[:n])
+
+
 def spread_sample(split: "Split", n: int, seed: int) -> "Split":
-    """A fixed random subset of n images (all of them if there are fewer), in index order, decoded.
-    Image folders and partitions list images class by class, so the first n images would
-    hold only one or two classes: never take a prefix as a sample."""
+    """A fixed random subset of n images (all of them if there are fewer), in index order, decoded."""
     if n >= len(split):
         return split.loaded()
-    return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]))
+    return split.subset(sample_indices(len(split), n, seed))
 
 
 def partition_iid(n_items: int, n_parts: int, seed: int) -> list[np.ndarray]:
@@ -228,7 +232,7 @@ def load_split(cfg, split: str) -> Split:
     limit = cfg.train_limit if split == "train" else cfg.test_limit
     if limit and limit < len(s):
         # a deterministic, class-balanced-in-expectation subset; files stay undecoded
-        keep = np.sort(np.random.default_rng(cfg.seed + 7).permutation(len(s))[:limit])
+        keep = sample_indices(len(s), limit, cfg.seed + 7)
         s = Split(s.labels[keep], s.classes, images=None if s.images is None else s.images[torch.from_numpy(keep)],
                   files=None if s.files is None else [s.files[i] for i in keep])
     return s

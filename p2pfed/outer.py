@@ -42,14 +42,13 @@ def start(mean: dict, like: dict) -> "OrderedDict[str, np.ndarray]":
 def apply(mean: dict, previous: dict, params: list[str], lr: float, beta: float) -> "OrderedDict[str, np.ndarray]":
     """The round's result from its exact mean (every exchanged entry) and the previous round
     state (anchor parameters and outer.* momentum), in the order of `previous`."""
+    stepped = {name: step(previous[name], mean[name], previous[OUTER + name], lr, beta) for name in params}
     out: OrderedDict[str, np.ndarray] = OrderedDict()
-    new_m = {}
-    for name in params:
-        out_p, new_m[OUTER + name] = step(previous[name], mean[name], previous[OUTER + name], lr, beta)
-        out[name] = out_p.reshape(previous[name].shape)
-    for name in previous:
+    for name, prev in previous.items():
         if name.startswith(OUTER):
-            out[name] = new_m[name]
-        elif name not in out:
+            out[name] = stepped[name[len(OUTER):]][1]
+        elif name in stepped:
+            out[name] = stepped[name][0].reshape(prev.shape)
+        else:                                   # BatchNorm statistics, integer and optimizer buffers
             out[name] = mean[name]
-    return OrderedDict((k, out[k]) for k in previous)
+    return out

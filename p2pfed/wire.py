@@ -203,8 +203,8 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
             raise WireError("bnstats carries one float64 vector no longer than the model")
     elif msg.kind == "group":
         members, weights = msg["members"], msg["weights"]
-        if (len(members) != len(weights) or not all(type(m) is int and 0 <= m < 2**31 for m in members)
-                or len(set(members)) != len(members) or members != sorted(members)
+        # the ids themselves were checked by _ids above
+        if (len(members) != len(weights) or len(set(members)) != len(members) or members != sorted(members)
                 or not all(type(w) is int and 0 < w < 2**53 for w in weights)):
             raise WireError("group members/weights must be equal-length lists of distinct ascending ids and "
                             "positive counts below 2^53")
