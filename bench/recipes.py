@@ -10,6 +10,7 @@ Recipes (train.* overrides on top of the defaults):
     outer    outer Nesterov momentum 0.5, outer lr 0.5 (SlowMo/DiLoCo-style, the same step on every peer)
     avgopt   the optimizer's buffers (SGD momentum) averaged with the weights
     outer7   outer momentum 0.7, outer lr 0.5
+    scaffold SCAFFOLD control variates (train.scaffold; meant for --partition dirichlet)
 Accuracy is the final consensus (pooled BatchNorm statistics) on the dev test split. Each
 recipe's wall time and bytes sent per peer per round are given relative to `base`.
 Last line: RESULT base_acc=.. outer_acc=.. outer_vs_base=.. outer_bytes_ratio=.. ...
@@ -32,6 +33,7 @@ RECIPES = {
     "outer": {"outer_momentum": 0.5, "outer_lr": 0.5},
     "outer7": {"outer_momentum": 0.7, "outer_lr": 0.5},
     "avgopt": {"average_optimizer_state": True},
+    "scaffold": {"scaffold": True},
 }
 
 

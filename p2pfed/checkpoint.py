@@ -6,7 +6,8 @@ bytes from the network.
     consensus   format, state_dict, model_args, config, round, peers, digest, written_by
                 (+ bn_pooled when BatchNorm statistics were pooled over all peers)
     checkpoint  format, state_dict, optimizer, round, digest, members, global_step, model_args,
-                outer (the outer momentum, {} when train.outer_momentum = 0)
+                carried (the round state's scaffold.* and outer.* entries, {} when neither
+                train.scaffold nor train.outer_momentum is on)
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ def save_consensus(path: str | os.PathLike, *, state_dict, model_args: dict, con
 
 
 def save_checkpoint(path: str | os.PathLike, *, state_dict, optimizer: dict, rnd: int, digest: str,
-                    members: list[int], global_step: int, model_args: dict, outer: dict) -> Path:
+                    members: list[int], global_step: int, model_args: dict, carried: dict) -> Path:
     return atomic.save_torch(Path(path), {
         "format": CHECKPOINT_FORMAT, "state_dict": state_dict, "optimizer": optimizer, "round": rnd,
         "digest": digest, "members": list(members), "global_step": global_step, "model_args": model_args,
-        "outer": outer})
+        "carried": carried})
 
 
 def read(path: str | os.PathLike, fmt: str = CONSENSUS_FORMAT) -> dict:

@@ -75,6 +75,7 @@ class TrainConfig:
     outer_momentum: float = 0.0  # > 0: Nesterov outer momentum on each round's mean (SlowMo/DiLoCo); 0 = off
     outer_lr: float = 1.0        # outer learning rate, used when outer_momentum > 0
     average_optimizer_state: bool = False  # also average the optimizer's buffers (SGD momentum; AdamW moments)
+    scaffold: bool = False       # SCAFFOLD control variates against client drift on skewed partitions (2x the bytes)
 
 
 @dataclass(frozen=True)

@@ -97,9 +97,11 @@ def channels_last(net: nn.Module) -> nn.Module:
 
 def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, tcfg, n_steps: int,
                 first_global_step: int, total_steps: int, global_batch: int,
-                on_step: Callable[[int, float], None] | None = None) -> list[float]:
+                on_step: Callable[[int, float], None] | None = None,
+                grad_hook: Callable[[], None] | None = None) -> list[float]:
     """Run n_steps optimiser steps on the next batches of an endless batch stream (see
-    data.stream); returns the losses. global_batch sizes the learning rate (peak_lr)."""
+    data.stream); returns the losses. global_batch sizes the learning rate (peak_lr). grad_hook
+    runs after each backward pass, before the step (SCAFFOLD's correction, scaffold.py)."""
     net.train()
     losses: list[float] = []
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
@@ -116,6 +118,8 @@ def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, t
             raise ModelError(f"training loss became {loss.item()} at step {first_global_step + len(losses)}; "
                              f"lower train.lr")
         loss.backward()
+        if grad_hook:
+            grad_hook()
         opt.step()
         losses.append(loss.item())
         if on_step:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import allreduce, atomic, averaging, checkpoint, config, data, model, outer, protocol, roundstate
+from . import allreduce, atomic, averaging, checkpoint, config, data, model, outer, protocol, roundstate, scaffold
 from . import schedule, summary, wire
 from . import writer as writer_mod
 from .download import download
@@ -77,10 +77,12 @@ class Peer:
         torch.set_num_threads(cfg.train.threads or model.default_threads(local))
         self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed))
         self.opt = model.make_optimizer(self.net, cfg.train)
-        # the round state (roundstate.py): the model, and the optimizer buffers / outer momentum if
-        # the config asks for them. A copy: it is also round 1's anchor for the outer step
+        # the round state (roundstate.py): the model, and the optimizer buffers / control variates /
+        # outer momentum if the config asks for them. A copy: it is also round 1's anchor for the
+        # outer step
         self.template = roundstate.capture(self.net, self.opt, cfg.train, copy=True)
-        self.outer_state: dict = {}          # outer.* entries of the last committed round
+        self.carried: dict = {}          # scaffold.* (c) and outer.* entries of the last committed round
+        self.controls = scaffold.Controls(self.net) if cfg.train.scaffold else None
         model_bytes = sum(a.nbytes for a in roundstate.model_part(self.template).values())
         state_bytes = sum(a.nbytes for a in self.template.values())    # what a `model` message carries
         self.train_split, _, n_total = data.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
@@ -134,8 +136,11 @@ class Peer:
         self.net.load_state_dict(ck["state_dict"])
         self.opt.load_state_dict(ck["optimizer"])
         self.global_step = ck["global_step"]
-        self.outer_state = {k: v.numpy() for k, v in ck.get("outer", {}).items()}
-        state = roundstate.capture(self.net, self.opt, self.cfg.train, self.outer_state, copy=True)
+        self.carried = {k: v.numpy() for k, v in ck.get("carried", {}).items()}
+        if self.controls:
+            self.controls.set_common(roundstate.capture(self.net, self.opt, self.cfg.train, self.carried),
+                                     reset_local=True)
+        state = roundstate.capture(self.net, self.opt, self.cfg.train, self.carried, copy=True)
         if averaging.digest(state) != ck["digest"]:
             raise allreduce.RoundError(
                 f"--resume: {path} does not hold the round state its digest names (written with other "
@@ -211,13 +216,16 @@ class Peer:
         self._adopt(got.round, got.digest, got.members, got.state, source=f"peer {got.source}")
         return True
 
-    def _load(self, state) -> None:
-        """Train on from a round state: model, averaged optimizer buffers, outer momentum."""
-        self.outer_state = roundstate.restore(self.net, self.opt, self.cfg.train, state, self.global_step)
+    def _load(self, state, downloaded: bool = False) -> None:
+        """Train on from a round state: model, averaged optimizer buffers, the federation's control
+        variate, outer momentum. After a download my own control variate restarts at c."""
+        self.carried = roundstate.restore(self.net, self.opt, self.cfg.train, state, self.global_step)
+        if self.controls:
+            self.controls.set_common(self.carried, reset_local=downloaded)
 
     def _adopt(self, rnd: int, dg: str, members: list[int], state, source: str) -> None:
         self.global_step = self.plan.start_step(rnd + 1)
-        self._load(state)
+        self._load(state, downloaded=True)
         self.committed = {"round": rnd, "digest": dg, "members": members, "state": state}
         self._checkpoint()
         self._serve()
@@ -232,7 +240,7 @@ class Peer:
                                    optimizer=self.opt.state_dict(), rnd=c["round"], digest=c["digest"],
                                    members=c["members"], global_step=self.global_step,
                                    model_args=model.model_args(self.cfg.model),
-                                   outer={k: torch.from_numpy(np.array(v)) for k, v in self.outer_state.items()})
+                                   carried={k: torch.from_numpy(np.array(v)) for k, v in self.carried.items()})
         self.metrics.write("checkpoint", round=c["round"])
 
     def train_round(self) -> list[float]:
@@ -249,7 +257,10 @@ class Peer:
                                epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4))
 
         losses = model.train_steps(self.net, self.opt, self.batches, self.cfg.train, steps, self.global_step,
-                                   self.plan.total_steps, self.cfg.train.batch_size * len(self.ids), on_step)
+                                   self.plan.total_steps, self.cfg.train.batch_size * len(self.ids), on_step,
+                                   grad_hook=self.controls.round_hook() if self.controls else None)
+        if self.controls:
+            self.controls.finish_round()
         self.global_step += len(losses)
         return losses
 
@@ -313,7 +324,9 @@ class Peer:
         train_started = time.monotonic()
         losses = self.train_round()
         train_s = time.monotonic() - train_started
-        state = roundstate.capture(self.net, self.opt, self.cfg.train, self.outer_state)
+        # what I send: my own control variate c_i in place of the committed c
+        sent = {**self.carried, **self.controls.local} if self.controls else self.carried
+        state = roundstate.capture(self.net, self.opt, self.cfg.train, sent)
         if self.cfg.output.dump_round_models:
             self._dump(rnd, state, "pre")
         self.set_phase(Phase.WAIT)
@@ -403,7 +416,8 @@ class Peer:
                                   round_digest=c["digest"], bn_pooled=ev["bn_pooled"])
         summ = summary.build(self.cfg, reports, final_digest=ev["digest"], final_round=c["round"],
                              model_bytes=model_bytes, run_dir=self.run_dir, round_digest=c["digest"],
-                             bn_pooled=ev["bn_pooled"])
+                             bn_pooled=ev["bn_pooled"],
+                             exchanged_bytes=sum(a.nbytes for a in roundstate.exchanged(c["state"]).values()))
         summary.write(self.run_dir, summ)
         log.info("wrote %s and summary.json (final digest %s%s)", path, ev["digest"][:16],
                  ", BatchNorm statistics pooled over all peers" if ev["bn_pooled"] else "")

@@ -101,7 +101,10 @@ def plot_averaging(summ: dict, out: Path) -> dict:
     a1.set(title="Synchronisation time per round (max over peers)", xlabel="round", ylabel="seconds", yscale="log")
     a1.legend(fontsize=8)
     a2.plot(rounds, mb, style, ms=3, color="#4c72b0", label="mean bytes sent per peer")
-    a2.axhline(2 * summ["final"]["model_bytes"] / 1e6, color="k", ls="--", lw=1, label="2 x model size")
+    fin = summ["final"]
+    exchanged = fin.get("exchanged_bytes", fin["model_bytes"])     # summaries written before it existed
+    what = "model size" if exchanged == fin["model_bytes"] else "averaged round state"
+    a2.axhline(2 * exchanged / 1e6, color="k", ls="--", lw=1, label=f"2 x {what}")
     a2.set(title="Bytes sent per peer per round", xlabel="round", ylabel="MB")
     a2.legend(fontsize=8)
     _save(fig, out)

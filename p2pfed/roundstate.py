@@ -3,10 +3,12 @@
     optimizer.<param>.<buffer>   the local optimizer's per-parameter buffers (SGD: momentum_buffer;
                                  AdamW: exp_avg, exp_avg_sq), averaged with the weights
                                  (train.average_optimizer_state)
+    scaffold.<param>             SCAFFOLD's control variate (train.scaffold): a peer sends its own
+                                 c_i, the mean is the federation's c (scaffold.py)
     outer.<param>                the outer momentum (train.outer_momentum > 0): identical on every
                                  member, never exchanged, derived from the round's mean (outer.py)
 
-One OrderedDict of numpy arrays, in that order (model, optimizer, outer). It is what the
+One OrderedDict of numpy arrays, in that order (model, optimizer, scaffold, outer). It is what the
 all-reduce averages (every entry but outer.*), what the digest covers, what a peer serves to one
 that downloads, and what a checkpoint restores. With neither option it is the state_dict alone,
 so the protocol is unchanged.
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from . import averaging
+from .scaffold import PREFIX as SCAFFOLD
 
 OPT = "optimizer."
 OUTER = "outer."
@@ -32,7 +35,7 @@ def is_derived(name: str) -> bool:
 
 
 def model_part(state: dict) -> "OrderedDict[str, np.ndarray]":
-    return OrderedDict((k, v) for k, v in state.items() if not k.startswith((OPT, OUTER)))
+    return OrderedDict((k, v) for k, v in state.items() if not k.startswith((OPT, SCAFFOLD, OUTER)))
 
 
 def model_of(state: dict, digest: str) -> tuple["OrderedDict[str, np.ndarray]", str]:
@@ -63,25 +66,28 @@ def to_numpy(state_dict) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((k, _numpy(v)) for k, v in state_dict.items())
 
 
-def capture(net: nn.Module, opt: torch.optim.Optimizer, tcfg, outer: dict | None = None,
+def capture(net: nn.Module, opt: torch.optim.Optimizer, tcfg, carried: dict | None = None,
             copy: bool = False) -> "OrderedDict[str, np.ndarray]":
-    """The round state of this peer now. Optimizer buffers that do not exist yet (no step taken)
-    are zeros, which is what the optimizer starts from. copy=False may share the model's memory."""
+    """The round state of this peer now. `carried` holds the scaffold.* and outer.* entries
+    (missing ones are zeros). Optimizer buffers that do not exist yet (no step taken) are zeros,
+    which is what the optimizer starts from. copy=False may share the model's memory."""
+    carried = carried or {}
     out = to_numpy(net.state_dict())
     if tcfg.average_optimizer_state:
         for name, p in net.named_parameters():
             st = opt.state.get(p, {})
             for buf in BUFFERS[tcfg.optimizer]:
                 out[f"{OPT}{name}.{buf}"] = _numpy(st[buf]) if buf in st else np.zeros(p.shape, np.float32)
-    if tcfg.outer_momentum > 0:
-        for name, p in net.named_parameters():
-            out[f"{OUTER}{name}"] = (outer or {}).get(f"{OUTER}{name}", np.zeros(p.shape, np.float32))
+    for prefix, on in ((SCAFFOLD, tcfg.scaffold), (OUTER, tcfg.outer_momentum > 0)):
+        if on:
+            for name, p in net.named_parameters():
+                out[prefix + name] = carried.get(prefix + name, np.zeros(p.shape, np.float32))
     return OrderedDict((k, v.copy()) for k, v in out.items()) if copy else out
 
 
 def restore(net: nn.Module, opt: torch.optim.Optimizer, tcfg, state: dict, global_step: int) -> dict:
     """Load a round state: the model into net, averaged optimizer buffers into opt. Returns the
-    outer.* entries (copies) for the caller to keep."""
+    scaffold.* and outer.* entries (copies) for the caller to keep."""
     net.load_state_dict(to_torch(model_part(state)))
     if tcfg.average_optimizer_state:
         for name, p in net.named_parameters():
@@ -92,4 +98,4 @@ def restore(net: nn.Module, opt: torch.optim.Optimizer, tcfg, state: dict, globa
                     torch.from_numpy(np.asarray(state[f"{OPT}{name}.{buf}"])))
             if tcfg.optimizer == "adamw":        # bias correction matches the averaged moments' age
                 st["step"] = torch.tensor(float(global_step))
-    return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items() if is_derived(k))
+    return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items() if k.startswith((SCAFFOLD, OUTER)))

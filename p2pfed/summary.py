@@ -29,8 +29,11 @@ def _valid(stats) -> bool:
 
 
 def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_round: int, model_bytes: int,
-          run_dir: Path | None = None, round_digest: str = "", bn_pooled: bool = False) -> dict:
-    """reports: round -> peer -> stats. Returns the summary.json document."""
+          run_dir: Path | None = None, round_digest: str = "", bn_pooled: bool = False,
+          exchanged_bytes: int = 0) -> dict:
+    """reports: round -> peer -> stats. Returns the summary.json document. exchanged_bytes: the
+    part of the round state that is averaged (the model, plus optimizer buffers and control
+    variates when configured); 0 = the model alone."""
     rounds, prev = [], list(cfg.peer_ids)
     for r in sorted(reports):
         by = {p: s for p, s in reports[r].items() if _valid(s)}
@@ -81,6 +84,7 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
         "faults": faults,
         "final": {"round": final_round, "digest": final_digest, "round_digest": round_digest or final_digest,
                   "bn_pooled": bn_pooled, "accuracy": final_acc, "model_bytes": model_bytes,
+                  "exchanged_bytes": exchanged_bytes or model_bytes,
                   "members": rounds[-1]["members"] if rounds else []},
     }
 

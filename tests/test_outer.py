@@ -92,14 +92,15 @@ def _dissent(path, peer, rounds):
         f'\n[[faults]]\npeer = {peer}\nround = {r}\nphase = "exchange"\naction = "dissent"\n' for r in rounds))
 
 
-def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_path, procs):
-    """4 peers, SGD, outer momentum 0.5 / lr 0.5 and averaged momentum buffers, 7 rounds of 2
-    steps; peer 3 dissents in round 3 and downloads. Every round's result is the outer step of
-    the exact float64 mean of the members' models, and after the download peer 3 computes the
-    same digest as the others again: its downloaded optimizer buffers and outer momentum are right."""
+def test_live_outer_step_averaged_optimizer_state_and_scaffold_stay_exact_and_agreed(tmp_path, procs):
+    """4 peers, SGD, outer momentum 0.5 / lr 0.5, averaged momentum buffers and SCAFFOLD control
+    variates, 7 rounds of 2 steps; peer 3 dissents in round 3 and downloads. Every round's result
+    is the outer step of the exact float64 mean of the members' models, the control variate c is
+    the exact mean of the peers' own c_i, and after the download peer 3 computes the same digest as
+    the others again: its downloaded optimizer buffers, c and outer momentum are right."""
     train = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0, "rounds": 7, "optimizer": "sgd", "lr": 0.05,
-             "outer_momentum": 0.5, "outer_lr": 0.5, "average_optimizer_state": True}
-    # width 0.35: the round state (model, momentum buffers, outer momentum: 3 x 1.7 MB) is larger
+             "outer_momentum": 0.5, "outer_lr": 0.5, "average_optimizer_state": True, "scaffold": True}
+    # width 0.35: the round state (model, momentum buffers, c, outer momentum: 4 x 1.7 MB) is larger
     # than a message limit sized for the model alone would allow, so the dissenter's download checks it
     cfg, path = make_config(tmp_path, 4, train=train, model={"width_mult": 0.35})
     _dissent(path, 3, [3])
@@ -116,7 +117,11 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
     _, net, _ = _net_and_opt("sgd", width_mult=0.35)
     params = roundstate.param_names(net)
     n_model = len(net.state_dict())
-    names = list(net.state_dict()) + [f"optimizer.{n}.momentum_buffer" for n in params] + [f"outer.{n}" for n in params]
+    # the report's bytes line: model + momentum buffers + c are averaged (outer.* never travels)
+    param_bytes = sum(p.numel() * 4 for p in net.parameters())
+    assert s["final"]["exchanged_bytes"] == s["final"]["model_bytes"] + 2 * param_bytes
+    names = (list(net.state_dict()) + [f"optimizer.{n}.momentum_buffer" for n in params] +
+             [f"scaffold.{n}" for n in params] + [f"outer.{n}" for n in params])
 
     def load(rnd, peer, post):
         z = np.load(run / "pre" / f"round{rnd}-peer{peer}{'-post' if post else ''}.npz")
@@ -137,6 +142,11 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
     anchor, _ = load(4, 0, True)
     post, _ = load(5, 0, True)
     assert len(post) == len(names) == len(anchor)
+    # each peer sends its own c_i (its mean gradient of the round), and they differ; c is their mean
+    sc = [i for i, n in enumerate(names) if n.startswith("scaffold.") and pre[0][0][i].size > 1]
+    assert all(pre[0][0][i].any() for i in sc)
+    assert not all(np.array_equal(pre[0][0][i], pre[1][0][i]) for i in sc)
+    assert not all(np.array_equal(pre[0][0][i], post[i]) for i in sc)
     for i, name in enumerate(names):
         if name.startswith("outer.") or not np.issubdtype(post[i].dtype, np.floating):
             continue
@@ -147,7 +157,7 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
             expect = anchor[i].astype(np.float64) - 0.5 * (d + 0.5 * m)
             np.testing.assert_allclose(post[names.index("outer." + name)], m, rtol=1e-4, atol=1e-6)
         else:
-            expect = mean                      # BatchNorm statistics and momentum buffers: the mean
+            expect = mean                      # BatchNorm statistics, momentum buffers and c: the mean
         np.testing.assert_allclose(post[i], expect, rtol=1e-4, atol=1e-6, err_msg=name)
     for p in range(1, 4):
         other, _ = load(5, p, True)
@@ -157,19 +167,22 @@ def test_live_outer_step_and_averaged_optimizer_state_stay_exact_and_agreed(tmp_
 
 def test_a_checkpoint_keeps_the_whole_round_state(tmp_path):
     from p2pfed import checkpoint
-    cfg, net, opt = _net_and_opt("sgd", average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5)
+    opts = dict(average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5, scaffold=True)
+    cfg, net, opt = _net_and_opt("sgd", **opts)
     _one_step(net, opt)
-    outer_m = {f"outer.{n}": np.full(p.shape, 0.5, np.float32) for n, p in net.named_parameters()}
-    state = roundstate.capture(net, opt, cfg.train, outer_m, copy=True)
+    carried = {f"{prefix}{n}": np.full(p.shape, value, np.float32) for n, p in net.named_parameters()
+               for prefix, value in (("outer.", 0.5), ("scaffold.", -0.25))}
+    state = roundstate.capture(net, opt, cfg.train, carried, copy=True)
+    assert [k for k in state if k.startswith("scaffold.")] and [k for k in state if k.startswith("outer.")]
     path = tmp_path / "ck.pt"
     checkpoint.save_checkpoint(path, state_dict=net.state_dict(), optimizer=opt.state_dict(), rnd=3,
                                digest=averaging.digest(state), members=[0, 1], global_step=1,
                                model_args=model.model_args(cfg.model),
-                               outer={k: torch.from_numpy(v) for k, v in outer_m.items()})
+                               carried={k: torch.from_numpy(v) for k, v in carried.items()})
     # what Peer._load_checkpoint does
-    _, net2, opt2 = _net_and_opt("sgd", average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5)
+    _, net2, opt2 = _net_and_opt("sgd", **opts)
     ck = checkpoint.read(path, checkpoint.CHECKPOINT_FORMAT)
     net2.load_state_dict(ck["state_dict"])
     opt2.load_state_dict(ck["optimizer"])
-    outer2 = {k: v.numpy() for k, v in ck["outer"].items()}
-    assert averaging.digest(roundstate.capture(net2, opt2, cfg.train, outer2)) == ck["digest"]
+    carried2 = {k: v.numpy() for k, v in ck["carried"].items()}
+    assert averaging.digest(roundstate.capture(net2, opt2, cfg.train, carried2)) == ck["digest"]

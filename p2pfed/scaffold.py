@@ -1,0 +1,85 @@
+"""SCAFFOLD control variates (Karimireddy et al. 2020) for label-skewed partitions.
+
+Local steps on a skewed partition drift towards that partition's optimum. SCAFFOLD corrects each
+local gradient g by the difference between the federation's mean gradient c and this peer's own
+c_i, so every peer steps along an estimate of the global gradient:
+
+    g  <-  g + (c - c_i)
+
+After a round each peer sets c_i to the mean of the raw (uncorrected) loss gradients it computed
+in that round's local steps, SCAFFOLD's option I evaluated along the way instead of in an extra
+pass. The new c is the sample-weighted mean of the peers' c_i: the round state carries c_i as
+`scaffold.<param>` next to the weights, so the round's one exact all-reduce averages both, and
+every member ends the round with the same c (the digest covers it). c_i stays local.
+
+Round 1 starts from c = c_i = 0, so its steps are plain local SGD. A peer that joins or resumes
+without a c_i of its own takes c_i = c, which makes its first round uncorrected. The correction
+is applied to the loss gradient before the optimizer step, so momentum and weight decay act on
+the corrected gradient as usual. Weighting the mean by sample count keeps c the gradient of the
+weighted objective that the averaged model minimises.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+PREFIX = "scaffold."
+
+
+def names(net: nn.Module) -> list[str]:
+    return [f"{PREFIX}{n}" for n, _ in net.named_parameters()]
+
+
+def zeros(net: nn.Module) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((f"{PREFIX}{n}", np.zeros(p.shape, np.float32)) for n, p in net.named_parameters())
+
+
+class Controls:
+    """This peer's control variate c_i and the federation's c, and the gradient hook of a round.
+
+    Use: `hook = controls.round_hook(net)`; pass it to model.train_steps, which calls it after each
+    backward pass; then `controls.finish_round()` makes the round's mean raw gradient the new c_i."""
+
+    def __init__(self, net: nn.Module):
+        self.params = list(net.named_parameters())
+        self.local = zeros(net)                  # c_i
+        self.common = zeros(net)                 # c (the last committed round's)
+        self._sums: list[torch.Tensor] | None = None
+        self._steps = 0
+
+    def set_common(self, state: dict, reset_local: bool = False) -> None:
+        """Take c from a committed round state (scaffold.* entries); reset_local makes c_i = c
+        (a peer that joins, rejoins or resumes without a c_i of its own)."""
+        self.common = OrderedDict((k, np.array(state[k], np.float32, copy=True)) for k in self.common)
+        if reset_local:
+            self.local = OrderedDict((k, v.copy()) for k, v in self.common.items())
+
+    def correction(self) -> list[torch.Tensor]:
+        """c - c_i per parameter, float32, in parameter order."""
+        return [torch.from_numpy(np.subtract(self.common[PREFIX + n], self.local[PREFIX + n], dtype=np.float32))
+                for n, _ in self.params]
+
+    def round_hook(self):
+        """The per-step gradient hook for one round's local steps."""
+        corr = self.correction()
+        self._sums = [torch.zeros(p.shape, dtype=torch.float32) for _, p in self.params]
+        self._steps = 0
+
+        def hook() -> None:
+            for (_, p), s, c in zip(self.params, self._sums, corr):
+                if p.grad is None:
+                    continue
+                s.add_(p.grad)
+                p.grad.add_(c)
+            self._steps += 1
+        return hook
+
+    def finish_round(self) -> None:
+        """c_i = the mean raw gradient of the round's steps (unchanged if no step ran)."""
+        if self._sums is None or not self._steps:
+            return
+        self.local = OrderedDict((PREFIX + n, (s / self._steps).numpy()) for (n, _), s in zip(self.params, self._sums))
+        self._sums = None
