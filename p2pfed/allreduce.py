@@ -1,6 +1,8 @@
 """One round of averaging among the live peers: group, butterfly all-reduce, digest agreement.
 
-    ready    every peer broadcasts `ready(round, n_samples)` once its local steps are done
+    ready    every peer broadcasts `ready(round, n_samples, recipe)` once its local steps are
+             done. A peer whose recipe (recipe.py) differs from mine takes no part in my
+             rounds; if such peers are not fewer than those sharing my recipe, I stop instead
     group    fast path: once every member of the last committed round and every other live
              peer is ready, each peer derives the group itself (the sorted ready ids, attempt
              0): no extra round trip. Otherwise (a failure, a straggler past ready_timeout_s)
@@ -32,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import averaging, protocol, roundstate, wire
+from . import averaging, protocol, recipe, roundstate, wire
 from .mailbox import Mailbox
 
 log = logging.getLogger("p2pfed.allreduce")
@@ -99,7 +101,7 @@ class RoundResult:
 class AllReduce:
     def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
                  fault: Callable[[str], bool | None] = lambda where: None,
-                 on_phase: Callable[[str], None] = lambda phase: None):
+                 on_phase: Callable[[str], None] = lambda phase: None, recipe_text: str = ""):
         self.t = transport
         self.mb = mailbox
         self.cfg = acfg
@@ -110,6 +112,8 @@ class AllReduce:
         self.candidates: dict[str, OrderedDict] = {}   # digest -> result computed in an aborted attempt
         self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
         self._quorum_logged = 0.0
+        self.recipe = recipe_text                      # recipe.py: what every member must share
+        self.foreign: dict[int, str] = {}              # peers whose ready carried another recipe
 
     # ------------------------------------------------------------------ helpers
     def _broadcast(self, dests, kind: str, arrays=(), **fields) -> None:
@@ -137,7 +141,7 @@ class AllReduce:
         self.mb.advance(rnd)
         self.candidates.clear()
         expected = set(previous if previous is not None else self.all_peers)
-        self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples))
+        self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples), recipe=self.recipe)
         last_attempt, events = IMPLICIT - 1, []
         for tries in range(1, self.cfg.max_attempts + 1):
             attempt, members, weights = self._await_group(rnd, last_attempt, started, n_samples, expected)
@@ -152,7 +156,7 @@ class AllReduce:
                 last_attempt = max(attempt, last_attempt)
                 self._backoff(min(1.0, protocol.BACKOFF_S * tries))
                 # tell a possibly new leader that I am still ready for this round
-                self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples))
+                self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples), recipe=self.recipe)
                 continue
             self._broadcast(self.all_peers, "commit", round=rnd, digest=dg, members=members)
             dissenters = sorted(m for m, d in digests.items() if d != dg)
@@ -172,10 +176,34 @@ class AllReduce:
             self.mb.pump(until - time.monotonic())
 
     def _ready(self, rnd: int, n_samples: int) -> dict[int, int]:
-        ready = {m.sender: int(m["n_samples"]) for m in self.mb.get("ready", rnd).values()
-                 if self.mb.alive(m.sender) and 0 < m["n_samples"] < 2**53}
+        """The ready peers that share my recipe (sender -> n_samples), me included."""
+        ready = {}
+        for m in self.mb.get("ready", rnd).values():
+            if m["recipe"] != self.recipe:
+                self._foreign(rnd, m.sender, m["recipe"])
+                continue
+            if self.foreign.pop(m.sender, None) is not None:
+                log.info("round %d: peer %d now shares my options; it takes part again", rnd, m.sender)
+            if self.mb.alive(m.sender) and 0 < m["n_samples"] < 2**53:
+                ready[m.sender] = int(m["n_samples"])
         ready[self.me] = int(n_samples)
         return ready
+
+    def _foreign(self, rnd: int, peer: int, theirs: str) -> None:
+        """A peer trains with other options: leave it out of every round, or stop if mine are
+        not the majority's (a tie stops both sides: no side can claim the run)."""
+        if self.foreign.get(peer) == theirs:
+            return
+        self.foreign[peer] = theirs
+        diff = recipe.differences(self.recipe, theirs)
+        if len(self.foreign) >= len(self.all_peers) - len(self.foreign):
+            raise RoundError(
+                f"round {rnd}: peer {self.me} trains with other options than peers {sorted(self.foreign)}, and "
+                f"they are not fewer than the peers that share mine ({diff}). Every peer of a run must use the "
+                f"same [data], [model] and [train] options (docs/configuration.md): fix this peer's config and "
+                f"restart it; stopping")
+        log.error("round %d: peer %d trains with other options (%s); leaving it out of every round. Fix its "
+                  "config and restart it", rnd, peer, diff)
 
     def _await_group(self, rnd: int, last_attempt: int, ready_at: float, n_samples: int, expected: set[int]):
         """Block until a group for an attempt > last_attempt includes me (or I derive or propose one)."""
@@ -186,7 +214,7 @@ class AllReduce:
                 members = [int(m) for m in msg["members"]]
                 if self.me in members:
                     return a, members, [int(w) for w in msg["weights"]]
-            live = self.mb.live(self.all_peers)
+            live = [p for p in self.mb.live(self.all_peers) if p not in self.foreign]
             for p in live:
                 if p != self.me and self.mb.committed(p) >= rnd:
                     raise Behind(self.mb.committed(p), p)

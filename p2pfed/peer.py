@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import allreduce, atomic, averaging, checkpoint, config, data, model, outer, protocol, roundstate, scaffold
+from . import allreduce, atomic, averaging, checkpoint, config, data, model, outer, protocol, recipe, roundstate, scaffold
 from . import schedule, summary, wire
 from . import writer as writer_mod
 from .download import download
@@ -115,7 +115,7 @@ class Peer:
         self.evaluator = Evaluator(cfg, self.id, self.train_split, test_split, self.transport, self.mailbox)
         self.allreduce = allreduce.AllReduce(self.transport, self.mailbox, cfg.averaging, self.ids,
                                              fault=lambda where: self.faults.at(self.round, where),
-                                             on_phase=self.set_phase)
+                                             on_phase=self.set_phase, recipe_text=recipe.of(cfg))
         if self.resume:
             self._load_checkpoint()
 

@@ -24,12 +24,13 @@ VERSION = 1
 MAX_HEADER_BYTES = 1 << 20          # a header (names of ~300 tensors) is a few KB
 MAX_ARRAYS = 4096
 MAX_DIMS = 8                        # a tensor of MobileNetV2 has at most 4
+MAX_RECIPE = 4096                   # ready.recipe (recipe.py) is a few hundred characters
 ALLOWED_DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|u1", "|i1", "|b1"}
 
 # kind -> {field: type}; "from" and "v" are common to all. Types: int, str, float, list, dict.
 KINDS: dict[str, dict[str, type]] = {
     "hb":      {"round": int, "phase": str, "committed": int},       # heartbeat, from the transport thread
-    "ready":   {"round": int, "n_samples": int},                     # trained, waiting for a group
+    "ready":   {"round": int, "n_samples": int, "recipe": str},      # trained, waiting for a group
     "group":   {"round": int, "attempt": int, "members": list, "weights": list},  # leader's proposal
     "part":    {"round": int, "attempt": int, "shard": int, "members": list},  # + 1 float32 array: my slice of shard
     "reduced": {"round": int, "attempt": int, "shard": int, "ints": list},  # + averaged shard (+ int arrays)
@@ -174,6 +175,8 @@ def _ids(kind: str, name: str, values, peer_ids=None) -> list[int]:
 def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | None = None) -> None:
     """Cheap checks of a received message against the local model (and, if given, the config's
     peer ids), before it is filed. Raises only WireError, whatever the message holds."""
+    if msg.kind == "ready" and len(msg["recipe"]) > MAX_RECIPE:
+        raise WireError(f"ready.recipe of {len(msg['recipe'])} characters exceeds {MAX_RECIPE}")
     if msg.kind in ("model", "commit", "part", "group"):
         _ids(msg.kind, "members", msg["members"], peer_ids)
     if msg.kind == "abort":

@@ -81,7 +81,7 @@ def build() -> dict:
         },
         "frames": [
             frames_json("hb", 2, round=4, phase="train", committed=3),
-            frames_json("ready", 2, round=4, n_samples=8000),
+            frames_json("ready", 2, round=4, n_samples=8000, recipe="data.seed=0;train.lr=0.05"),
             frames_json("group", 0, round=4, attempt=1, members=[0, 1, 2], weights=[3, 1, 2]),
             frames_json("part", 0, [part], round=4, attempt=0, shard=1, members=[0, 1, 2]),
             frames_json("reduced", 0, [reduced[0], states[0]["bn.num_batches_tracked"]], round=4, attempt=0,

@@ -54,7 +54,7 @@ def malformed_frames(rng, n_floats: int, max_bytes: int):
     for _ in range(1200):
         out.append(("random", [rng.bytes(int(rng.integers(0, 300))) for _ in range(int(rng.integers(1, 4)))]))
     for _ in range(400):
-        h = _hdr("ready", round=2, n_samples=10)
+        h = _hdr("ready", round=2, n_samples=10, recipe="")
         out.append(("truncated", [h[:int(rng.integers(1, len(h)))]]))
     for _ in range(50):
         out.append(("names", wire.encode("model", 3, [np.zeros(3, np.float32)], round=5, digest="0" * 64,
@@ -70,11 +70,11 @@ def malformed_frames(rng, n_floats: int, max_bytes: int):
         out.append(("nonfinite", wire.encode("part", 3, [np.array([1.0, v], np.float32)], round=2, attempt=1,
                                              shard=0, members=[3])))
     for _ in range(600):
-        out.append(("impostor", wire.encode("ready", int(rng.choice([0, 1, 2])), round=2, n_samples=10 ** 6)))
+        out.append(("impostor", wire.encode("ready", int(rng.choice([0, 1, 2])), round=2, n_samples=10 ** 6, recipe="")))
     for _ in range(300):
         out.append(("stale", wire.encode("group", 3, round=1, attempt=99, members=[3], weights=[1])))
     for _ in range(50):
-        out.append(("range", [_hdr("ready", round=-1, n_samples=10)]))
+        out.append(("range", [_hdr("ready", round=-1, n_samples=10, recipe="")]))
         out.append(("range", [_hdr("part", round=2, attempt=1, shard=2**64 - 1, members=[3], arrays=[])]))
     for _ in range(200):
         out.append(("fields", [_hdr("group", round=2, attempt="1", members=[0], weights=[1])]))
@@ -164,7 +164,7 @@ def test_curve_unlisted_key_is_refused_while_listed_peers_agree(tmp_path, procs)
         for _ in range(50):
             for sock in (s, plain):
                 try:
-                    sock.send_multipart(wire.encode("ready", 1, round=2, n_samples=10 ** 6), zmq.NOBLOCK)
+                    sock.send_multipart(wire.encode("ready", 1, round=2, n_samples=10 ** 6, recipe=""), zmq.NOBLOCK)
                 except zmq.Again:
                     pass
             time.sleep(0.05)

@@ -122,7 +122,7 @@ def test_live_transport_survives_hostile_frames_and_counts_them():
                              "members": [0, 1], "arrays": [["<f4", [2**30] * 4]]})
         for _ in range(200):
             s.send_multipart([bad, b""])
-        s.send_multipart(wire.encode("ready", 1, round=1, n_samples=5))
+        s.send_multipart(wire.encode("ready", 1, round=1, n_samples=5, recipe=""))
         msg = t.recv(5.0)
         assert msg is not None and msg.kind == "ready"      # still receiving after 200 hostile frames
         assert t._thread.is_alive() and t.failed is None
@@ -151,8 +151,8 @@ def test_an_internal_error_on_one_frame_is_a_rejected_frame_that_names_the_sende
         s.connect(f"tcp://127.0.0.1:{peers[0].port}")
         time.sleep(0.3)
         with caplog.at_level(logging.WARNING):
-            s.send_multipart(wire.encode("ready", 1, round=1, n_samples=5))
-            s.send_multipart(wire.encode("ready", 1, round=2, n_samples=5))
+            s.send_multipart(wire.encode("ready", 1, round=1, n_samples=5, recipe=""))
+            s.send_multipart(wire.encode("ready", 1, round=2, n_samples=5, recipe=""))
             msg = t.recv(5.0)
         assert msg is not None and msg["round"] == 2        # the first frame was dropped, the second delivered
         assert t.rejected == 1 and t._thread.is_alive() and t.failed is None
@@ -174,6 +174,6 @@ def test_a_dead_network_thread_makes_recv_and_send_fail_fast(monkeypatch):
             t.recv(30.0)
         assert time.monotonic() - t0 < 3.0
         with pytest.raises(TransportDown):
-            t.send(1, wire.encode("ready", 0, round=1, n_samples=1))
+            t.send(1, wire.encode("ready", 0, round=1, n_samples=1, recipe=""))
     finally:
         t.close()
