@@ -101,7 +101,7 @@ class RoundResult:
 class AllReduce:
     def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
                  fault: Callable[[str], bool | None] = lambda where: None,
-                 on_phase: Callable[[str], None] = lambda phase: None, recipe_text: str = ""):
+                 on_phase: Callable[[str], None] = lambda phase: None):
         self.t = transport
         self.mb = mailbox
         self.cfg = acfg
@@ -112,8 +112,6 @@ class AllReduce:
         self.candidates: dict[str, OrderedDict] = {}   # digest -> result computed in an aborted attempt
         self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
         self._quorum_logged = 0.0
-        self.recipe = recipe_text                      # recipe.py: what every member must share
-        self.foreign: dict[int, str] = {}              # peers whose ready carried another recipe
 
     # ------------------------------------------------------------------ helpers
     def _broadcast(self, dests, kind: str, arrays=(), **fields) -> None:
@@ -141,7 +139,7 @@ class AllReduce:
         self.mb.advance(rnd)
         self.candidates.clear()
         expected = set(previous if previous is not None else self.all_peers)
-        self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples), recipe=self.recipe)
+        self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples), recipe=self.mb.recipe)
         last_attempt, events = IMPLICIT - 1, []
         for tries in range(1, self.cfg.max_attempts + 1):
             attempt, members, weights = self._await_group(rnd, last_attempt, started, n_samples, expected)
@@ -156,7 +154,7 @@ class AllReduce:
                 last_attempt = max(attempt, last_attempt)
                 self._backoff(min(1.0, protocol.BACKOFF_S * tries))
                 # tell a possibly new leader that I am still ready for this round
-                self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples), recipe=self.recipe)
+                self._broadcast(self.all_peers, "ready", round=rnd, n_samples=int(n_samples), recipe=self.mb.recipe)
                 continue
             self._broadcast(self.all_peers, "commit", round=rnd, digest=dg, members=members)
             dissenters = sorted(m for m, d in digests.items() if d != dg)
@@ -176,50 +174,41 @@ class AllReduce:
             self.mb.pump(until - time.monotonic())
 
     def _ready(self, rnd: int, n_samples: int) -> dict[int, int]:
-        """The ready peers that share my recipe (sender -> n_samples), me included."""
-        ready = {}
-        for m in self.mb.get("ready", rnd).values():
-            if m["recipe"] != self.recipe:
-                self._foreign(rnd, m.sender, m["recipe"])
-                continue
-            if self.foreign.pop(m.sender, None) is not None:
-                log.info("round %d: peer %d now shares my options; it takes part again", rnd, m.sender)
-            if self.mb.alive(m.sender) and 0 < m["n_samples"] < 2**53:
-                ready[m.sender] = int(m["n_samples"])
+        """sender -> n_samples of the ready peers, me included (the mailbox files only readies
+        that carry my recipe)."""
+        ready = {m.sender: int(m["n_samples"]) for m in self.mb.get("ready", rnd).values()
+                 if self.mb.live([m.sender]) and 0 < m["n_samples"] < 2**53}
         ready[self.me] = int(n_samples)
         return ready
 
-    def _foreign(self, rnd: int, peer: int, theirs: str) -> None:
-        """A peer trains with other options: leave it out of every round, or stop if mine are
-        not the majority's (a tie stops both sides: no side can claim the run)."""
-        if self.foreign.get(peer) == theirs:
-            return
-        self.foreign[peer] = theirs
-        diff = recipe.differences(self.recipe, theirs)
-        if len(self.foreign) >= len(self.all_peers) - len(self.foreign):
+    def _check_recipes(self, rnd: int) -> None:
+        """Stop if the live peers with other options are not fewer than those sharing mine (me
+        included): the majority keeps the run, and a tie stops both sides."""
+        foreign = self.mb.live_foreign()
+        if foreign and len(foreign) >= len(self.mb.live(self.all_peers)):
+            theirs = max(set(foreign.values()), key=list(foreign.values()).count)
             raise RoundError(
-                f"round {rnd}: peer {self.me} trains with other options than peers {sorted(self.foreign)}, and "
-                f"they are not fewer than the peers that share mine ({diff}). Every peer of a run must use the "
-                f"same [data], [model] and [train] options (docs/configuration.md): fix this peer's config and "
-                f"restart it; stopping")
-        log.error("round %d: peer %d trains with other options (%s); leaving it out of every round. Fix its "
-                  "config and restart it", rnd, peer, diff)
+                f"round {rnd}: peer {self.me} trains with other options than peers {sorted(foreign)} "
+                f"({recipe.differences(self.mb.recipe, theirs)}), and they are not fewer than the peers that "
+                f"share mine. Every peer of a run must use the same [data], [model] and [train] options "
+                f"(docs/configuration.md): fix this peer's config and restart it; stopping")
 
     def _await_group(self, rnd: int, last_attempt: int, ready_at: float, n_samples: int, expected: set[int]):
         """Block until a group for an attempt > last_attempt includes me (or I derive or propose one)."""
         deadline = ready_at + self.cfg.ready_timeout_s + self.cfg.exchange_timeout_s * self.cfg.max_attempts
         while True:
+            self._check_recipes(rnd)
             self._check_commit(rnd)
             for a, msg in self.mb.groups(rnd, last_attempt):
                 members = [int(m) for m in msg["members"]]
                 if self.me in members:
                     return a, members, [int(w) for w in msg["weights"]]
-            live = [p for p in self.mb.live(self.all_peers) if p not in self.foreign]
+            live = self.mb.live(self.all_peers)
             for p in live:
                 if p != self.me and self.mb.committed(p) >= rnd:
                     raise Behind(self.mb.committed(p), p)
             ready = self._ready(rnd, n_samples)
-            if (last_attempt < IMPLICIT and expected <= set(ready) and set(live) <= set(ready)
+            if (last_attempt < IMPLICIT and expected - set(self.mb.foreign) <= set(ready) and set(live) <= set(ready)
                     and len(ready) >= self.min_members):
                 members = sorted(ready)
                 return IMPLICIT, members, [ready[m] for m in members]
@@ -228,9 +217,11 @@ class AllReduce:
                 if proposal:
                     return proposal
             if time.monotonic() > deadline:
+                foreign = self.mb.live_foreign()
                 raise RoundError(f"round {rnd}: no group formed within {deadline - ready_at:.0f} s "
-                                 f"(live peers {live}, leader {min(live) if live else '?'}); "
-                                 f"check that every peer runs the same config")
+                                 f"(live peers {live}, leader {min(live) if live else '?'}"
+                                 + (f"; peers {sorted(foreign)} train with other options" if foreign else "")
+                                 + "); check that every peer runs the same config")
             wake = deadline
             if live and min(live) == self.me and any(p not in ready for p in live):
                 wake = min(wake, ready_at + self.cfg.ready_timeout_s)

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from . import wire
+from . import recipe, wire
 
 log = logging.getLogger("p2pfed.mailbox")
 
@@ -25,8 +25,11 @@ class Mailbox:
     ANY_ROUND = KEEP_ALL + ("model",)              # a downloaded model may be of any round
     AHEAD_OK = ANY_ROUND + ("commit",)             # commits far ahead tell me I am behind
 
-    def __init__(self, transport, validate: Callable[[wire.Message], None] = lambda msg: None):
+    def __init__(self, transport, validate: Callable[[wire.Message], None] = lambda msg: None,
+                 recipe_text: str = ""):
         self.transport = transport
+        self.recipe = recipe_text         # recipe.py: the options every partner must share with me
+        self.foreign: dict[int, str] = {}  # peers whose last ready carried another recipe
         self.me = transport.me.id
         self.dead_after_s = transport.dead_after_s
         self.validate = validate          # schema check against the local model; raises WireError
@@ -67,6 +70,19 @@ class Mailbox:
         except Exception as e:    # WireError, or anything a hostile but well-typed message provokes
             self._limited(("rejected", msg.sender, msg.kind), logging.WARNING, "rejected %s from peer %s: %s",
                           msg.kind, msg.sender, str(e)[:300])
+            return
+        if msg.kind == "ready":
+            if msg["recipe"] != self.recipe:
+                if self.foreign.get(msg.sender) != msg["recipe"]:
+                    log.error("peer %d trains with other options (%s); it takes no part in my rounds until it "
+                              "shares mine. Fix its config and restart it", msg.sender,
+                              recipe.differences(self.recipe, msg["recipe"]))
+                self.foreign[msg.sender] = msg["recipe"]
+                return
+            if self.foreign.pop(msg.sender, None) is not None:
+                log.info("peer %d now shares my options; it takes part again", msg.sender)
+        elif msg.sender in self.foreign and msg.kind != "bye":
+            self._drop(msg, f"dropped {msg.kind} from peer {msg.sender}, which trains with other options")
             return
         if msg.kind == "abort":
             for d in msg["dead"]:
@@ -149,7 +165,12 @@ class Mailbox:
         return suspected is None or seen > suspected
 
     def live(self, peers: Iterable[int]) -> list[int]:
-        return sorted(p for p in peers if self.alive(p))
+        """The alive peers I can work with: those with another recipe are left out."""
+        return sorted(p for p in peers if self.alive(p) and p not in self.foreign)
+
+    def live_foreign(self) -> dict[int, str]:
+        """Alive peers whose last ready carried another recipe -> that recipe."""
+        return {p: r for p, r in self.foreign.items() if self.alive(p)}
 
     def next_expiry(self, peers: Iterable[int]) -> float:
         """The monotonic time at which the first of these live peers turns dead if it stays silent."""
@@ -161,7 +182,7 @@ class Mailbox:
         """The last round this peer says (by heartbeat) it has committed; 0 if unknown, if the
         claim is beyond the run's last round, or if an earlier claim of this peer proved false."""
         value = self.transport.info.get(peer, {}).get("committed", 0)
-        if peer in self._distrusted or not isinstance(value, int) or isinstance(value, bool):
+        if peer in self._distrusted or peer in self.foreign or not isinstance(value, int) or isinstance(value, bool):
             return 0
         if self.last_round and not 0 <= value <= self.last_round:
             self._limited(("claim", peer), logging.WARNING, "peer %s claims to have committed round %s, but the run has %d rounds; "

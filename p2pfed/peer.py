@@ -54,6 +54,11 @@ class Peer:
         self.evaluated: dict | None = None   # {"round", "state", "digest", "bn_pooled"}: the last evaluated model
         self.global_step = 0
         self.dissents = 0                   # consecutive rounds in which a majority outvoted my digest
+        self.recipe = recipe.of(cfg)        # sent in every ready: the options my partners must share
+        if len(self.recipe) > recipe.MAX_LENGTH:
+            raise config.ConfigError(f"the shared options of this config come to {len(self.recipe)} characters, "
+                                     f"more than the {recipe.MAX_LENGTH} a ready message carries; shorten "
+                                     f"train.local_steps")
 
     # ------------------------------------------------------------------ setup
     def _fault_fired(self, f) -> None:
@@ -110,12 +115,13 @@ class Peer:
         n_floats = averaging.flatten(roundstate.exchanged(self.template)).size
         peer_ids = set(self.ids)
         self.mailbox = Mailbox(self.transport,
-                               validate=lambda msg: wire.check_schema(msg, self.template, n_floats, peer_ids))
+                               validate=lambda msg: wire.check_schema(msg, self.template, n_floats, peer_ids),
+                               recipe_text=self.recipe)
         self.mailbox.last_round = self.plan.rounds
         self.evaluator = Evaluator(cfg, self.id, self.train_split, test_split, self.transport, self.mailbox)
         self.allreduce = allreduce.AllReduce(self.transport, self.mailbox, cfg.averaging, self.ids,
                                              fault=lambda where: self.faults.at(self.round, where),
-                                             on_phase=self.set_phase, recipe_text=recipe.of(cfg))
+                                             on_phase=self.set_phase)
         if self.resume:
             self._load_checkpoint()
 
@@ -136,15 +142,15 @@ class Peer:
         self.net.load_state_dict(ck["state_dict"])
         self.opt.load_state_dict(ck["optimizer"])
         self.global_step = ck["global_step"]
-        self.carried = {k: v.numpy() for k, v in ck.get("carried", {}).items()}
+        # "outer": the key's name in checkpoints written before SCAFFOLD existed
+        self.carried = {k: v.numpy() for k, v in ck.get("carried", ck.get("outer", {})).items()}
         if self.controls:
-            self.controls.set_common(roundstate.capture(self.net, self.opt, self.cfg.train, self.carried),
-                                     reset_local=True)
+            self.controls.set_common(roundstate.capture(self.net, self.opt, self.cfg.train, self.carried))
         state = roundstate.capture(self.net, self.opt, self.cfg.train, self.carried, copy=True)
         if averaging.digest(state) != ck["digest"]:
             raise allreduce.RoundError(
                 f"--resume: {path} does not hold the round state its digest names (written with other "
-                f"train.outer_momentum / train.average_optimizer_state settings?); restore the config it was "
+                f"train.outer_momentum / train.average_optimizer_state / train.scaffold settings?); restore the config it was "
                 f"written with, or delete it to rejoin by downloading the consensus")
         self.committed = {"round": ck["round"], "digest": ck["digest"], "members": ck["members"], "state": state}
         self._set_round(ck["round"] + 1)
@@ -164,8 +170,11 @@ class Peer:
         self.transport.serve(model_frames)
 
     def _respond(self, msg: wire.Message):
-        """Runs in the network thread: tell peers still in a round I committed that it is done."""
+        """Runs in the network thread: tell peers still in a round I committed that it is done
+        (not a peer with other options: my rounds are not its rounds)."""
         served = getattr(self, "_served", None)
+        if msg.kind == "ready" and msg["recipe"] != self.recipe:
+            return None
         if served and msg.kind in ("ready", "group", "part") and msg["round"] <= served[0]:
             return served[1]
         return None
@@ -216,16 +225,16 @@ class Peer:
         self._adopt(got.round, got.digest, got.members, got.state, source=f"peer {got.source}")
         return True
 
-    def _load(self, state, downloaded: bool = False) -> None:
+    def _load(self, state) -> None:
         """Train on from a round state: model, averaged optimizer buffers, the federation's control
-        variate, outer momentum. After a download my own control variate restarts at c."""
+        variate c, outer momentum."""
         self.carried = roundstate.restore(self.net, self.opt, self.cfg.train, state, self.global_step)
         if self.controls:
-            self.controls.set_common(self.carried, reset_local=downloaded)
+            self.controls.set_common(self.carried)
 
     def _adopt(self, rnd: int, dg: str, members: list[int], state, source: str) -> None:
         self.global_step = self.plan.start_step(rnd + 1)
-        self._load(state, downloaded=True)
+        self._load(state)
         self.committed = {"round": rnd, "digest": dg, "members": members, "state": state}
         self._checkpoint()
         self._serve()

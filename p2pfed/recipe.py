@@ -4,9 +4,10 @@ Peers on several hosts each read their own copy of peers.toml. If one copy diffe
 that changes what a round averages or how a peer trains (the optimizer, the round state's extras,
 the schedule, the model, the partition), its rounds would be wrong in ways the protocol catches
 only indirectly: shards of another length, an outvoted digest, or silently overlapping data. So
-every `ready` carries this string; a peer leaves out of its rounds any peer whose recipe differs
-from its own, and stops with an error naming the keys when its own recipe is not the majority's
-(allreduce.py). Options that may differ per host are not in it: paths, threads, evaluation batch
+every `ready` carries this string. A peer's mailbox files no message of a peer whose recipe
+differs from its own (but its bye), so that peer takes no part in its rounds, downloads or
+writer choice; and a peer stops with an error naming the keys when the live peers with other
+recipes are not fewer than those sharing its own (allreduce.py). Options that may differ per host are not in it: paths, threads, evaluation batch
 size, timeouts, security, output.
 
 Format: `section.key=value` pairs joined by ";" in sorted key order, values as in TOML (lists

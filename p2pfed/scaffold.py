@@ -7,13 +7,16 @@ c_i, so every peer steps along an estimate of the global gradient:
     g  <-  g + (c - c_i)
 
 After a round each peer sets c_i to the mean of the raw (uncorrected) loss gradients it computed
-in that round's local steps, SCAFFOLD's option I evaluated along the way instead of in an extra
-pass. The new c is the sample-weighted mean of the peers' c_i: the round state carries c_i as
+in that round's local steps. With plain SGD that is exactly SCAFFOLD's option II, (x - y_i) / (K lr)
+- c + c_i; unlike option II it stays the mean gradient under momentum and a changing learning rate. The new c is the sample-weighted mean of the peers' c_i: the round state carries c_i as
 `scaffold.<param>` next to the weights, so the round's one exact all-reduce averages both, and
 every member ends the round with the same c (the digest covers it). c_i stays local.
 
-Round 1 starts from c = c_i = 0, so its steps are plain local SGD. A peer that joins or resumes
-without a c_i of its own takes c_i = c, which makes its first round uncorrected. The correction
+Round 1 starts from c = c_i = 0, so its steps are plain local SGD. A peer that has not yet
+trained a round in this process (it joined late, or resumed from a checkpoint) takes c_i = c
+when it loads a round state, which makes its first round uncorrected. A peer that downloads the
+consensus after training (a dissenter, a straggler) keeps its own c_i: it is still its mean
+gradient of its last round. The correction
 is applied to the loss gradient before the optimizer step, so momentum and weight decay act on
 the corrected gradient as usual. Weighting the mean by sample count keeps c the gradient of the
 weighted objective that the averaged model minimises.
@@ -40,7 +43,7 @@ def zeros(net: nn.Module) -> "OrderedDict[str, np.ndarray]":
 class Controls:
     """This peer's control variate c_i and the federation's c, and the gradient hook of a round.
 
-    Use: `hook = controls.round_hook(net)`; pass it to model.train_steps, which calls it after each
+    Use: `hook = controls.round_hook()`; pass it to model.train_steps, which calls it after each
     backward pass; then `controls.finish_round()` makes the round's mean raw gradient the new c_i."""
 
     def __init__(self, net: nn.Module):
@@ -49,12 +52,12 @@ class Controls:
         self.common = zeros(net)                 # c (the last committed round's)
         self._sums: list[torch.Tensor] | None = None
         self._steps = 0
+        self.trained = False                     # c_i is my own mean gradient of a round
 
-    def set_common(self, state: dict, reset_local: bool = False) -> None:
-        """Take c from a committed round state (scaffold.* entries); reset_local makes c_i = c
-        (a peer that joins, rejoins or resumes without a c_i of its own)."""
+    def set_common(self, state: dict) -> None:
+        """Take c from a round state (its scaffold.* entries); without a c_i of my own yet, c_i = c."""
         self.common = OrderedDict((k, np.array(state[k], np.float32, copy=True)) for k in self.common)
-        if reset_local:
+        if not self.trained:
             self.local = OrderedDict((k, v.copy()) for k, v in self.common.items())
 
     def correction(self) -> list[torch.Tensor]:
@@ -83,3 +86,4 @@ class Controls:
             return
         self.local = OrderedDict((PREFIX + n, (s / self._steps).numpy()) for (n, _), s in zip(self.params, self._sums))
         self._sums = None
+        self.trained = True

@@ -45,3 +45,16 @@ def test_a_peer_with_other_train_options_stops_with_the_keys_and_the_others_fini
     assert "peer 2 trains with other options (train.scaffold: false here, true there)" in log0
     # left out at once, not after ready_timeout_s (60 s in these tests) per round
     assert time.monotonic() - t0 < 55, time.monotonic() - t0
+
+
+def test_two_peers_with_different_options_both_stop_naming_the_keys(tmp_path, procs):
+    """A tie: neither side can claim the run, so both stop at once (not after their deadlines)."""
+    cfg, path = make_config(tmp_path, 2, train={"rounds": 2, "max_steps": 5}, averaging={"min_peers": 1})
+    odd = tmp_path / "peer1.toml"
+    odd.write_text(config.dumps_toml(config.override(cfg, train={"lr": 0.02})))
+    t0 = time.monotonic()
+    ps = [start_peer(procs, path, 0), start_peer(procs, odd, 1)]
+    assert wait_all(ps, 120) == [1, 1]
+    assert "train.lr: 0.01 here, 0.02 there" in peer_log(tmp_path / "run", 0)
+    assert "train.lr: 0.02 here, 0.01 there" in peer_log(tmp_path / "run", 1)
+    assert time.monotonic() - t0 < 55

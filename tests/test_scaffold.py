@@ -20,7 +20,7 @@ def test_the_hook_adds_c_minus_c_i_and_the_round_mean_of_raw_gradients_becomes_c
     ctl = scaffold.Controls(net)
     assert list(ctl.local) == ["scaffold.weight", "scaffold.bias"] and not any(v.any() for v in ctl.local.values())
     common = OrderedDict((k, np.full(v.shape, 2.0, np.float32)) for k, v in ctl.common.items())
-    ctl.set_common(common, reset_local=True)                  # a fresh peer: c_i = c, no correction
+    ctl.set_common(common)                                    # no c_i of my own yet: c_i = c, no correction
     assert all(np.array_equal(ctl.local[k], common[k]) for k in common)
     ctl.local["scaffold.weight"][:] = 0.5
     hook = ctl.round_hook()
@@ -35,7 +35,8 @@ def test_the_hook_adds_c_minus_c_i_and_the_round_mean_of_raw_gradients_becomes_c
     ctl.finish_round()
     assert np.all(ctl.local["scaffold.weight"] == 2.0) and np.all(ctl.local["scaffold.bias"] == 2.0)
     ctl.set_common(OrderedDict((k, np.zeros(v.shape, np.float32)) for k, v in common.items()))
-    assert np.all(ctl.local["scaffold.weight"] == 2.0)        # c_i is kept unless reset
+    assert np.all(ctl.local["scaffold.weight"] == 2.0)        # after a round of my own, c_i is mine
+    assert not any(v.any() for v in ctl.common.values())
     ctl.finish_round()                                        # no step since: unchanged
     assert np.all(ctl.local["scaffold.bias"] == 2.0)
 
@@ -51,7 +52,10 @@ def test_the_round_state_carries_c_i_out_and_restores_c():
     assert list(roundstate.model_part(state)) == list(net.state_dict())
     assert set(roundstate.exchanged(state)) == set(state)     # c_i is sent and averaged
     carried = roundstate.restore(net, opt, cfg.train, state, global_step=0)
-    assert list(carried) == names
+    assert list(carried) == names and all(np.array_equal(carried[k], state[k]) for k in names)
+    ctl = scaffold.Controls(net)
+    ctl.set_common(carried)                                   # the committed mean becomes c
+    assert all(np.all(ctl.common[k] == 0.25) for k in names)
 
 
 # --- a strongly skewed split: each peer holds (almost) one class of four -------------------------
