@@ -187,8 +187,11 @@ class AllReduce:
         foreign = self.mb.live_foreign()
         if foreign and len(foreign) >= len(self.mb.live(self.all_peers)):
             theirs = max(set(foreign.values()), key=list(foreign.values()).count)
+            self.mb.outnumbered = self.mb.outnumbered or (sorted(foreign), theirs)
+        if self.mb.outnumbered:
+            peers, theirs = self.mb.outnumbered
             raise RoundError(
-                f"round {rnd}: peer {self.me} trains with other options than peers {sorted(foreign)} "
+                f"round {rnd}: peer {self.me} trains with other options than peers {peers} "
                 f"({recipe.differences(self.mb.recipe, theirs)}), and they are not fewer than the peers that "
                 f"share mine. Every peer of a run must use the same [data], [model] and [train] options "
                 f"(docs/configuration.md): fix this peer's config and restart it; stopping")

@@ -30,6 +30,8 @@ class Mailbox:
         self.transport = transport
         self.recipe = recipe_text         # recipe.py: the options every partner must share with me
         self.foreign: dict[int, str] = {}  # peers whose last ready carried another recipe
+        self.outnumbered: tuple[list[int], str] | None = None   # (foreign peers, their recipe), once they were
+        #                                  at least as many as the live peers sharing mine
         self.me = transport.me.id
         self.dead_after_s = transport.dead_after_s
         self.validate = validate          # schema check against the local model; raises WireError
@@ -78,6 +80,11 @@ class Mailbox:
                               "shares mine. Fix its config and restart it", msg.sender,
                               recipe.differences(self.recipe, msg["recipe"]))
                 self.foreign[msg.sender] = msg["recipe"]
+                # judged now, while the sender is surely alive: if it stops first, its bye must not
+                # make me the majority of one
+                foreign = [p for p in self.foreign if p == msg.sender or self.alive(p)]
+                if self.outnumbered is None and len(foreign) >= len(self.live([self.me, *self.transport.peers])):
+                    self.outnumbered = (sorted(foreign), msg["recipe"])
                 return
             if self.foreign.pop(msg.sender, None) is not None:
                 log.info("peer %d now shares my options; it takes part again", msg.sender)
