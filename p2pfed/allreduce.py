@@ -184,12 +184,9 @@ class AllReduce:
     def _check_recipes(self, rnd: int) -> None:
         """Stop if the live peers with other options are not fewer than those sharing mine (me
         included): the majority keeps the run, and a tie stops both sides."""
-        foreign = self.mb.live_foreign()
-        if foreign and len(foreign) >= len(self.mb.live(self.all_peers)):
-            theirs = max(set(foreign.values()), key=list(foreign.values()).count)
-            self.mb.outnumbered = self.mb.outnumbered or (sorted(foreign), theirs)
-        if self.mb.outnumbered:
-            peers, theirs = self.mb.outnumbered
+        verdict = self.mb.judge_recipes()
+        if verdict:
+            peers, theirs = verdict
             raise RoundError(
                 f"round {rnd}: peer {self.me} trains with other options than peers {peers} "
                 f"({recipe.differences(self.mb.recipe, theirs)}), and they are not fewer than the peers that "

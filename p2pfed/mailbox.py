@@ -82,9 +82,7 @@ class Mailbox:
                 self.foreign[msg.sender] = msg["recipe"]
                 # judged now, while the sender is surely alive: if it stops first, its bye must not
                 # make me the majority of one
-                foreign = [p for p in self.foreign if p == msg.sender or self.alive(p)]
-                if self.outnumbered is None and len(foreign) >= len(self.live([self.me, *self.transport.peers])):
-                    self.outnumbered = (sorted(foreign), msg["recipe"])
+                self.judge_recipes(alive=msg.sender)
                 return
             if self.foreign.pop(msg.sender, None) is not None:
                 log.info("peer %d now shares my options; it takes part again", msg.sender)
@@ -178,6 +176,17 @@ class Mailbox:
     def live_foreign(self) -> dict[int, str]:
         """Alive peers whose last ready carried another recipe -> that recipe."""
         return {p: r for p, r in self.foreign.items() if self.alive(p)}
+
+    def judge_recipes(self, alive: int | None = None) -> tuple[list[int], str] | None:
+        """(peers, their recipe) once the live peers with other recipes were at least as many as
+        the live peers sharing mine, me included (a tie counts: no side can claim the run); the
+        verdict stays. `alive`: a peer to count as live whatever its heartbeat says."""
+        if self.outnumbered is None:
+            foreign = {p: r for p, r in self.foreign.items() if p == alive or self.alive(p)}
+            if foreign and len(foreign) >= len(self.live([self.me, *self.transport.peers])):
+                recipes = list(foreign.values())
+                self.outnumbered = (sorted(foreign), max(set(recipes), key=recipes.count))
+        return self.outnumbered
 
     def next_expiry(self, peers: Iterable[int]) -> float:
         """The monotonic time at which the first of these live peers turns dead if it stays silent."""

@@ -7,8 +7,9 @@ only indirectly: shards of another length, an outvoted digest, or silently overl
 every `ready` carries this string. A peer's mailbox files no message of a peer whose recipe
 differs from its own (but its bye), so that peer takes no part in its rounds, downloads or
 writer choice; and a peer stops with an error naming the keys when the live peers with other
-recipes are not fewer than those sharing its own (allreduce.py). Options that may differ per host are not in it: paths, threads, evaluation batch
-size, timeouts, security, output.
+recipes are not fewer than those sharing its own (Mailbox.judge_recipes, AllReduce). Options
+that may differ per host are not in it: paths, threads, evaluation batch size, timeouts,
+security, output.
 
 Format: `section.key=value` pairs joined by ";" in sorted key order, values as in TOML (lists
 comma-separated). Pure: no sockets, no torch.

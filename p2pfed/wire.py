@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from .recipe import MAX_LENGTH as MAX_RECIPE_LENGTH
+from .recipe import MAX_LENGTH as MAX_RECIPE   # ready.recipe is a few hundred characters
 
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20          # a header (names of ~300 tensors) is a few KB
 MAX_ARRAYS = 4096
 MAX_DIMS = 8                        # a tensor of MobileNetV2 has at most 4
-MAX_RECIPE = MAX_RECIPE_LENGTH      # ready.recipe (recipe.py) is a few hundred characters
 ALLOWED_DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|u1", "|i1", "|b1"}
 
 # kind -> {field: type}; "from" and "v" are common to all. Types: int, str, float, list, dict.
