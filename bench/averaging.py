@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _state(width: float, seed: int):
     import torch
-    from p2pfed import config, model
-    from p2pfed.roundstate import to_numpy
+    from p2pfed import config
+    from p2pfed.learning import model
+    from p2pfed.learning.capture import to_numpy
     net = model.build(config.ModelConfig(width_mult=width), seed=0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -38,9 +39,11 @@ def _state(width: float, seed: int):
 def worker_p2pfed(args) -> None:
     import logging
     import torch
-    from p2pfed import allreduce, averaging, config, protocol
-    from p2pfed.mailbox import Mailbox
-    from p2pfed.transport import Transport
+    from p2pfed import config
+    from p2pfed.consensus import allreduce, averaging
+    from p2pfed.consensus.mailbox import Mailbox
+    from p2pfed.net import protocol
+    from p2pfed.net.transport import Transport
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     ports = json.loads(args.ports)
@@ -49,9 +52,9 @@ def worker_p2pfed(args) -> None:
     state = _state(args.width_mult, args.rank)
     model_bytes = sum(a.nbytes for a in state.values())
     t = Transport(peers[args.rank], peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
-                  heartbeat_interval_s=acfg.heartbeat_interval_s, dead_after_s=acfg.dead_after_s)
+                  heartbeat_interval_s=acfg.heartbeat_interval_s)
     t.start()
-    mb = Mailbox(t)
+    mb = Mailbox(t, acfg.dead_after_s)
     ids = [p.id for p in peers]
     ar = allreduce.AllReduce(t, mb, acfg, ids)
     deadline = time.monotonic() + 60
@@ -66,7 +69,7 @@ def worker_p2pfed(args) -> None:
         commit_at.append(time.time())
         times.append(res.averaging_s)
         sent.append(res.bytes_sent)
-        state, members = res.state, res.members
+        state, members = res.committed.state, list(res.committed.members)
         t.set_status(committed=r)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF); th1=time.thread_time()
     print("CPU p2pfed user %.1f sys %.1f main-thread %.1f ms/round" % (1000*(cpu1.ru_utime-cpu0.ru_utime)/args.rounds, 1000*(cpu1.ru_stime-cpu0.ru_stime)/args.rounds, 1000*(th1-th0)/args.rounds), file=sys.stderr)
@@ -84,7 +87,7 @@ def worker_p2pfed(args) -> None:
 def worker_gloo(args) -> None:
     import torch
     import torch.distributed as dist
-    from p2pfed import averaging
+    from p2pfed.consensus import averaging
     torch.set_num_threads(1)
     flat = torch.from_numpy(averaging.flatten(_state(args.width_mult, args.rank)))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
@@ -102,7 +105,7 @@ def worker_gloo(args) -> None:
 
 
 def run_workers(kind: str, n: int, rounds: int, width: float) -> list[dict]:
-    from p2pfed.launcher import free_ports
+    from p2pfed.run.preflight import free_ports
     ports = free_ports(n + 1)
     procs = []
     try:

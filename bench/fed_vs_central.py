@@ -39,8 +39,10 @@ def federated(args, run: Path, partition: str) -> list[tuple[float, float]]:
 
 
 def central(args, run: Path) -> list[tuple[float, float]]:
-    from p2pfed import config, launcher, metrics
-    cfg, _ = launcher.resolve_config(launcher.parse_args(
+    from p2pfed import config
+    from p2pfed.outputs import metrics
+    from p2pfed.run import launcher
+    cfg, _, _ = launcher.resolve_config(launcher.parse_args(
         ["--peers", str(args.peers), "--dataset", "folder", "--data-dir", args.data, "--epochs", str(args.epochs),
          "--run-dir", str(run)] + (["--config", args.config] if args.config else [])
         + (["--train-limit", str(args.train_limit)] if args.train_limit else [])

@@ -24,14 +24,14 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--calibration-images", type=int, default=256)
     args = ap.parse_args()
-    from p2pfed import logs, quantize
+    from p2pfed.outputs import comparison, logs, quantize
     logs.setup("bench")
-    res = quantize.run_target(args.target, calibration_images=args.calibration_images,
+    res = comparison.run_target(args.target, calibration_images=args.calibration_images,
                               n_test=args.test_images, threads=args.threads)
-    print(quantize.format_table(res))
+    print(comparison.format_table(res))
     print("ops in the INT8 file:", res["int8_onnx_ops"])
     print("ops ONNX Runtime runs (int8):", res["int8_onnx_runtime_ops"])
-    print("ops ONNX Runtime runs (fp32):", quantize.runtime_ops(quantize.model_file_of(args.target).with_suffix(".onnx"), args.threads))
+    print("ops ONNX Runtime runs (fp32):", quantize.runtime_ops(comparison.model_file_of(args.target).with_suffix(".onnx"), args.threads))
     r = res["rows"]
     f, q = r["fp32 onnx"], r["int8 onnx static"]
     print(f"RESULT int8_size_ratio={q['bytes'] / f['bytes']:.3f} acc_drop_pts={100 * (f['accuracy'] - q['accuracy']):.2f} "

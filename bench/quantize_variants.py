@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def quantize_variant(prep: Path, src: Path, out: Path, cal, variant: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from p2pfed import quantize
+    from p2pfed.outputs import quantize
     reader = quantize._Calibration(cal)
     if variant == "default":
         quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ)
@@ -76,17 +76,17 @@ def main() -> None:
     import torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from p2pfed import export, logs, quantize
+    from p2pfed.outputs import comparison, export, logs, quantize
     logs.setup("bench")
-    model_file = quantize.model_file_of(args.target)
+    model_file = comparison.model_file_of(args.target)
     fp32 = model_file.with_suffix(".onnx")
     if not fp32.exists():
         sys.exit(f"{fp32} is missing: run `p2pfed quantize {args.target}` (or bench/quantize.py) first")
     _, meta = export.load_consensus(model_file)
     cfg = export.config_of(meta)
     torch.set_num_threads(args.threads)
-    split = quantize.writer_partition(meta, cfg)
-    cal = quantize.calibration_batch(split, args.calibration_images, cfg.model.input_size)
+    split = comparison.writer_partition(meta, cfg)
+    cal = comparison.calibration_batch(split, args.calibration_images, cfg.model.input_size)
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-qvariants-"))
     prep = tmp / "prep.onnx"
     quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def one_run(n: int, dead_after_s: float, kills: list[int]) -> tuple[float, float | None]:
     from helpers import make_config
-    from p2pfed import metrics
+    from p2pfed.outputs import metrics
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-recovery-"))
     make_config(tmp, n, train={"rounds": 3, "max_steps": 10, "local_epochs": 2.0},
                 averaging={"dead_after_s": dead_after_s, "heartbeat_interval_s": dead_after_s / 5})

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(run: Path) -> dict:
-    from p2pfed import metrics
+    from p2pfed.outputs import metrics
     per_peer = []
     for pid, recs in metrics.read_run(run).items():
         steps = [r for r in recs if r["type"] == "phase" and r["phase"] == "train"]

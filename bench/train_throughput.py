@@ -6,7 +6,7 @@
 Both train the same MobileNetV2 (CIFAR stem, channels_last) with AdamW on the same uint8 images
 (the dev CIFAR-10 if present, else synthetic), normalised and augmented (random crop with 4 px
 padding, horizontal flip) on the fly, with the same batch and number of threads. The project's
-side is model.train_steps on a data.stream with its metrics callback; the plain side is the
+side is train.train_steps on a augment.stream with its metrics callback; the plain side is the
 loop a user would write by hand. Trials alternate (plain, project, plain, ...) so that machine
 noise hits both. Last line: RESULT ratio=<project img/s / plain img/s> ...
 """
@@ -24,20 +24,21 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from p2pfed import config, data, model  # noqa: E402
+from p2pfed import config  # noqa: E402
+from p2pfed.learning import augment, datasets, model, train  # noqa: E402
 
 
 def plain_loop(net, images_u8, labels, batch, steps, gen):
     """What one would write by hand: shuffle, crop+flip, normalise, forward, backward, step."""
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
-    mean = torch.tensor(data.CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(data.CIFAR_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(augment.CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(augment.CIFAR_STD).view(1, 3, 1, 1)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     net.train()
     order = torch.randperm(len(labels), generator=gen)
     for i in range(steps):
         idx = order[(i * batch) % len(order):][:batch]
-        x = data.augment(images_u8[idx], gen)
+        x = augment.augment(images_u8[idx], gen)
         x = ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(x), labels[idx])
@@ -62,7 +63,7 @@ def main() -> None:
     else:
         dcfg = config.DataConfig(dataset="synthetic", synthetic_train=4000)
         source = "synthetic"
-    split = data.load_split(dcfg, "train").loaded()
+    split = datasets.load_split(dcfg, "train").loaded()
     labels = torch.from_numpy(split.labels)
     tcfg = config.override(config.Config(), train={"batch_size": args.batch, "lr_scaling": "none"}).train
     mcfg = config.ModelConfig(width_mult=args.width_mult)
@@ -75,9 +76,9 @@ def main() -> None:
             if side == "plain":
                 plain_loop(net, split.images, labels, args.batch, args.steps, gen)
             else:
-                opt = model.make_optimizer(net, tcfg)
-                stream = data.stream(split, args.batch, gen, True, 32)
-                model.train_steps(net, opt, stream, tcfg, args.steps, 0, args.steps, args.batch,
+                opt = train.make_optimizer(net, tcfg)
+                stream = augment.stream(split, args.batch, gen, True, 32)
+                train.train_steps(net, opt, stream, tcfg, args.steps, 0, args.steps, args.batch,
                                   on_step=lambda i, loss: None)
             rate = args.steps * args.batch / (time.perf_counter() - t0)
             if trial:

@@ -5,12 +5,14 @@ import json
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from p2pfed import config
-from p2pfed.launcher import free_ports
+from p2pfed.consensus.averaging import is_float
+from p2pfed.run.preflight import free_ports
 
 FAST = dict(
     data={"dataset": "synthetic", "synthetic_train": 1000, "synthetic_test": 300},
@@ -82,7 +84,7 @@ def peer_log(run_dir: Path, peer: int) -> str:
 
 
 def round_records(run_dir: Path, peer: int) -> dict[int, dict]:
-    from p2pfed import metrics
+    from p2pfed.outputs import metrics
     return {r["round"]: r for r in metrics.read(run_dir / f"metrics-{peer}.jsonl") if r["type"] == "round"}
 
 
@@ -98,25 +100,49 @@ def check_round_exact(run_dir: Path, rnd: int, members: list[int], holders: list
     """Every holder's post-round model equals the float64 weighted mean of the members' pre-round
     models (1e-6 relative); all holders are bit-identical; integer buffers come from min(members).
     Returns the worst relative error."""
-    from collections import OrderedDict
-
-    from p2pfed import averaging
+    from p2pfed.consensus import digest
     pres = {m: load_pre(run_dir, rnd, m) for m in members}
     states = [OrderedDict((str(i), a) for i, a in enumerate(pres[m][0])) for m in sorted(members)]
     weights = [pres[m][1] for m in sorted(members)]
-    ref = averaging.reference_mean(states, weights)
+    ref = reference_mean(states, weights)
     worst = 0.0
     first = None
     for h in holders:
         post = load_post(run_dir, rnd, h)
         assert post is not None, f"peer {h} has no post-round model for round {rnd}"
         got = OrderedDict((str(i), a) for i, a in enumerate(post))
-        worst = max(worst, averaging.max_relative_error(got, ref))
+        worst = max(worst, max_relative_error(got, ref))
         for i, a in enumerate(post):
             if not np.issubdtype(a.dtype, np.floating):
                 assert np.array_equal(a, pres[min(members)][0][i]), "integer buffer not copied from lowest id"
         if first is None:
-            first = averaging.digest(got)
-        assert averaging.digest(got) == first, f"peer {h} differs from peer {holders[0]} in round {rnd}"
+            first = digest.digest(got)
+        assert digest.digest(got) == first, f"peer {h} differs from peer {holders[0]} in round {rnd}"
     assert worst < 1e-6, f"round {rnd}: relative error {worst}"
+    return worst
+
+
+def reference_mean(states: list[dict], weights: list[float]) -> "OrderedDict[str, np.ndarray]":
+    """Float64 reference: weighted mean of float arrays, ints from states[0]."""
+    total = float(sum(weights))
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, ref in states[0].items():
+        if is_float(ref):
+            out[name] = sum(np.asarray(s[name], np.float64) * (w / total) for s, w in zip(states, weights))
+        else:
+            out[name] = np.array(ref)
+    return out
+
+
+def max_relative_error(state: dict, reference: dict) -> float:
+    """max |a - b| / max(|b|, tiny) over all float arrays; the invariant bounds this by 1e-6."""
+    worst = 0.0
+    for name, ref in reference.items():
+        if not is_float(ref):
+            continue
+        a = np.asarray(state[name], np.float64)
+        b = np.asarray(ref, np.float64)
+        scale = np.maximum(np.abs(b), 1e-6)
+        if a.size:
+            worst = max(worst, float(np.max(np.abs(a - b) / scale)))
     return worst

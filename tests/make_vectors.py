@@ -15,7 +15,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from p2pfed import averaging, wire  # noqa: E402
+from p2pfed.consensus import averaging, digest  # noqa: E402
+from p2pfed.net import wire  # noqa: E402
 
 OUT = ROOT / "docs" / "vectors" / "protocol-vectors.json"
 
@@ -64,12 +65,12 @@ def build() -> dict:
                  "little-endian bytes as hex. Regenerate with tests/make_vectors.py.",
         "digest": {
             "state": state_json(tiny),
-            "layout_utf8": averaging.layout(tiny).decode(),
+            "layout_utf8": digest.layout(tiny).decode(),
             "flat_float32_hex": averaging.flatten(tiny).tobytes().hex(),
-            "digest": averaging.digest(tiny),
+            "digest": digest.digest(tiny),
         },
         "digest_two_chunks": {"state": "w[i] = float32(i mod 1000) / float32(1000) for i < 300000 (<f4); n = 7 (<i8)",
-                              "digest": averaging.digest(big)},
+                              "digest": digest.digest(big)},
         "round": {
             "members": members, "weights": weights,
             "inputs": [state_json(s) for s in states],
@@ -77,7 +78,7 @@ def build() -> dict:
             "reduced_shards_hex": [r.tobytes().hex() for r in reduced],
             "integer_buffers_from": averaging.integer_source(members),
             "result": state_json(result),
-            "digest": averaging.digest(result),
+            "digest": digest.digest(result),
         },
         "frames": [
             frames_json("hb", 2, round=4, phase="train", committed=3),
@@ -90,7 +91,7 @@ def build() -> dict:
             frames_json("abort", 1, round=4, attempt=0, reason="peer 2 died (silent for 4.0 s)", dead=[2]),
             frames_json("commit", 1, round=4, digest=d, members=[0, 1, 2]),
             frames_json("fetch", 3, round=4),
-            frames_json("model", 1, list(result.values()), round=4, digest=averaging.digest(result),
+            frames_json("model", 1, list(result.values()), round=4, digest=digest.digest(result),
                         names=list(result), members=[0, 1, 2]),
             frames_json("report", 1, round=4, stats={"members": [0, 1, 2], "digest": d, "attempt": 0}),
             frames_json("bnstats", 1, [np.array([2.0, 0.5, -1.0], np.float64)], round=4),

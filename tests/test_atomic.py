@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[2])
-    from p2pfed import atomic
+    from p2pfed.outputs import atomic
 
     def slow(f):
         for _ in range(1000):          # 1,000 x 64 KiB, flushed, far slower than the test waits
@@ -44,7 +44,7 @@ def test_kill_during_write_keeps_the_old_file(tmp_path):
             p.wait()
     assert target.read_bytes() == b"OLD" * 1000
     # the dead writer's temporary is swept; a live writer's and another host's are not
-    from p2pfed import atomic
+    from p2pfed.outputs import atomic
     left = list(tmp_path.glob(".checkpoint.pt.tmp-*"))
     assert len(left) == 1
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -61,7 +61,7 @@ def test_kill_during_write_keeps_the_old_file(tmp_path):
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
-    from p2pfed import atomic
+    from p2pfed.outputs import atomic
     target = tmp_path / "summary.json"
     target.write_text("old")
 

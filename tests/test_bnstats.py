@@ -2,8 +2,10 @@
 import numpy as np
 import torch
 
-from p2pfed import bnstats, config, model
-from p2pfed.roundstate import to_numpy
+from p2pfed import config
+from p2pfed.consensus import pooling
+from p2pfed.learning import bnstats, model
+from p2pfed.learning.capture import to_numpy
 
 
 def _batches(seed, n=3, size=16):
@@ -20,7 +22,7 @@ def test_pooled_statistics_equal_one_pass_over_the_union_and_leave_the_model_unt
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())   # buffers restored
     # the reference: one process runs every peer's batches and pools per channel directly
     union = bnstats.collect(net, [b for p in peers for b in p])
-    total = bnstats.combine(vectors)
+    total = pooling.combine(vectors)
     assert np.allclose(total, union, rtol=1e-9, atol=0)
     state = to_numpy(net.state_dict())
     pooled = bnstats.apply(state, total, list(bnstats.bn_layers(net)))
@@ -41,5 +43,5 @@ def test_pooled_statistics_equal_one_pass_over_the_union_and_leave_the_model_unt
     assert np.allclose(pooled[f"{name}.running_mean"], mean.numpy(), rtol=1e-5, atol=1e-6)
     assert np.allclose(pooled[f"{name}.running_var"], var.numpy(), rtol=1e-5, atol=1e-6)
     # the sum is taken in member order: the same inputs give the same bytes on every peer
-    assert bnstats.combine(vectors).tobytes() == bnstats.combine(list(vectors)).tobytes()
+    assert pooling.combine(vectors).tobytes() == pooling.combine(list(vectors)).tobytes()
     assert len(total) == bnstats.vector_length(net)

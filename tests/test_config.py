@@ -18,7 +18,7 @@ def test_every_dataclass_field_is_documented_in_peers_toml_and_docs():
     text = (ROOT / "peers.toml").read_text()
     docs = (ROOT / "docs" / "configuration.md").read_text()
     import dataclasses
-    for name, cls in config._SECTIONS.items():
+    for name, cls in config.SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert f"\n{f.name} =" in text, f"peers.toml lacks {name}.{f.name}"
             assert f"`{name}.{f.name}`" in docs, f"docs/configuration.md lacks {name}.{f.name}"
@@ -26,7 +26,7 @@ def test_every_dataclass_field_is_documented_in_peers_toml_and_docs():
 
 def test_docs_key_tables_are_generated_from_the_code():
     docs = (ROOT / "docs" / "configuration.md").read_text()
-    for name, cls in {"peers": config.PeerSpec, "faults": config.Fault, **config._SECTIONS}.items():
+    for name, cls in {"peers": config.PeerSpec, "faults": config.Fault, **config.SECTIONS}.items():
         assert config.markdown_table(cls, name) in docs, f"docs/configuration.md: regenerate the [{name}] table " \
             f"with config.markdown_table"
 
@@ -37,7 +37,7 @@ def test_unknown_key_is_named_with_the_allowed_keys():
 
 
 def test_bad_choice_names_key_and_allowed_values():
-    with pytest.raises(ConfigError, match=r"data.partition = 'random' is not allowed; use one of \['iid', 'dirichlet'\]"):
+    with pytest.raises(ConfigError, match=r"data.partition = 'random' is not allowed; use one of \['iid', 'dirichlet', 'shards'\]"):
         config.from_dict({"data": {"partition": "random"}})
 
 
@@ -87,19 +87,19 @@ def test_parse_fault():
 
 
 def test_launch_presets_apply_before_explicit_options(tmp_path):
-    from p2pfed import launcher
-    cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--peers", "2",
+    from p2pfed.run import launcher
+    cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--peers", "2",
                                                           "--run-dir", str(tmp_path)]))
     assert (cfg.model.pretrained, cfg.model.input_size, cfg.model.cifar_stem) == (True, 224, False)
     assert (cfg.train.rounds, cfg.train.local_epochs, cfg.train.local_steps) == (1, 1.0, ())
-    cfg, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--rounds", "4", "--peers", "3",
+    cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--rounds", "4", "--peers", "3",
                                                           "--run-dir", str(tmp_path)]))
     assert cfg.train.rounds == 4 and len(cfg.peers) == 3 and len({p.port for p in cfg.peers}) == 3
 
 
 def test_launch_lets_any_survivors_finish_on_one_host(tmp_path):
-    from p2pfed import launcher
-    cfg, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--run-dir", str(tmp_path)]))
+    from p2pfed.run import launcher
+    cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--run-dir", str(tmp_path)]))
     assert cfg.averaging.min_peers == 1
     assert config.load(ROOT / "peers.toml").averaging.min_peers == 0     # multi-host default: a majority
 

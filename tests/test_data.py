@@ -1,27 +1,30 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from p2pfed import config, data, model
+from p2pfed import config
+from p2pfed.learning import augment, datasets, evaluate, model, partition, schedule
+from p2pfed.learning import train as training
 
 
 def test_iid_partition_is_deterministic_disjoint_and_covering():
-    a = data.partition_iid(1003, 5, seed=7)
-    b = data.partition_iid(1003, 5, seed=7)
+    a = partition.partition_iid(1003, 5, seed=7)
+    b = partition.partition_iid(1003, 5, seed=7)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     allidx = np.concatenate(a)
     assert len(allidx) == 1003 and len(np.unique(allidx)) == 1003
     assert max(map(len, a)) - min(map(len, a)) <= 1
-    assert not np.array_equal(a[0], data.partition_iid(1003, 5, seed=8)[0])
+    assert not np.array_equal(a[0], partition.partition_iid(1003, 5, seed=8)[0])
 
 
 def test_dirichlet_partition_is_deterministic_disjoint_covering_and_skewed():
     labels = np.random.default_rng(0).integers(0, 10, 5000)
-    a = data.partition_dirichlet(labels, 5, alpha=0.1, seed=3)
-    b = data.partition_dirichlet(labels, 5, alpha=0.1, seed=3)
+    a = partition.partition_dirichlet(labels, 5, alpha=0.1, seed=3)
+    b = partition.partition_dirichlet(labels, 5, alpha=0.1, seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     allidx = np.concatenate(a)
     assert len(allidx) == 5000 and len(np.unique(allidx)) == 5000
@@ -31,9 +34,9 @@ def test_dirichlet_partition_is_deterministic_disjoint_covering_and_skewed():
 
 
 def test_synthetic_is_deterministic_and_train_test_differ():
-    a, b = data.synthetic(50, seed=1), data.synthetic(50, seed=1)
+    a, b = datasets.synthetic(50, seed=1), datasets.synthetic(50, seed=1)
     assert torch.equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
-    t = data.synthetic(50, seed=1, split_seed=1)
+    t = datasets.synthetic(50, seed=1, split_seed=1)
     assert not torch.equal(a.images, t.images)
     assert a.images.dtype == torch.uint8 and a.images.shape == (50, 3, 32, 32)
 
@@ -43,45 +46,45 @@ def test_synthetic_is_learnable_far_above_chance():
     torch.set_num_threads(1)
     cfg = config.override(config.Config(), model={"width_mult": 0.1},
                           train={"batch_size": 32, "lr": 0.01, "schedule": "constant"})
-    train, test = data.synthetic(1000, 0), data.synthetic(300, 0, split_seed=1)
+    train, test = datasets.synthetic(1000, 0), datasets.synthetic(300, 0, split_seed=1)
     net = model.channels_last(model.build(cfg.model))
-    opt = model.make_optimizer(net, cfg.train)
-    stream = data.stream(train, 32, torch.Generator().manual_seed(0), True, 32)
-    model.train_steps(net, opt, stream, cfg.train, 150, 0, 150, 32)
-    ev = model.evaluate(net, test, 256, 32)
+    opt = training.make_optimizer(net, cfg.train)
+    stream = augment.stream(train, 32, torch.Generator().manual_seed(0), True, 32)
+    training.train_steps(net, opt, stream, cfg.train, 150, 0, 150, 32)
+    ev = evaluate.evaluate(net, test, 256, 32)
     assert ev["correct"] / ev["total"] > 0.5       # chance is 0.1
 
 
 def test_augment_keeps_shape_dtype_and_changes_images():
-    x = data.synthetic(16, 0).images
-    y = data.augment(x, torch.Generator().manual_seed(0))
+    x = datasets.synthetic(16, 0).images
+    y = augment.augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.dtype == torch.uint8 and not torch.equal(x, y)
 
 
 def test_folder_loader_reads_the_dev_archive(dev_data, tmp_path):
     dcfg = config.DataConfig(dataset="folder", data_dir=str(dev_data), cache_dir=str(tmp_path))
-    train, test = data.load_split(dcfg, "train"), data.load_split(dcfg, "test")
+    train, test = datasets.load_split(dcfg, "train"), datasets.load_split(dcfg, "test")
     assert len(train) == 40000 and len(test) == 10000
     assert train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert np.array_equal(np.bincount(train.labels), [4000] * 10)
     assert all(f"/{train.classes[l]}/" in f for f, l in zip(train.files[::997], train.labels[::997]))
     # a peer decodes only its own partition
-    part, idx, n_total = data.peer_partition(dcfg, 2, 5)
+    part, idx, n_total = datasets.peer_partition(dcfg, 2, 5)
     assert len(part) == 8000 and part.images.shape == (8000, 3, 32, 32)
     mean = part.images.float().div(255).mean(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.tensor([0.491, 0.482, 0.447]), atol=0.02)
     # unpacked once: a second load reuses the cache
     before = sorted(p.name for p in tmp_path.iterdir())
-    data.load_split(dcfg, "test")
+    datasets.load_split(dcfg, "test")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_missing_folder_gives_clear_error(tmp_path):
-    with pytest.raises(data.DataError, match="does not exist; pass --data-dir"):
-        data.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "nope")), "train")
+    with pytest.raises(datasets.DataError, match="does not exist; pass --data-dir"):
+        datasets.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "nope")), "train")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="no train/ folder"):
-        data.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "empty")), "train")
+    with pytest.raises(datasets.DataError, match="no train/ folder"):
+        datasets.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "empty")), "train")
 
 
 def test_cifar10_offline_fails_with_one_clear_line_and_no_traceback(tmp_path):
@@ -110,7 +113,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 
 
 def test_onecycle_schedule_warms_up_then_decays():
-    lrs = [model.lr_at(s, 100, 0.01, "onecycle") for s in range(100)]
+    lrs = [schedule.lr_at(s, 100, 0.01, "onecycle") for s in range(100)]
     peak = int(np.argmax(lrs))
     assert 5 < peak < 25 and abs(max(lrs) - 0.01) < 1e-3 and lrs[-1] < 1e-4 and lrs[0] < 0.002
 
@@ -118,12 +121,43 @@ def test_onecycle_schedule_warms_up_then_decays():
 def test_spread_sample_of_a_class_sorted_split_covers_every_class():
     # image folders and partitions list images class by class: a prefix would be one class
     labels = np.repeat(np.arange(10), 100)
-    split = data.Split(labels, [str(c) for c in range(10)], images=torch.zeros((1000, 3, 2, 2), dtype=torch.uint8))
-    s = data.spread_sample(split, 200, seed=3)
+    split = datasets.Split(labels, [str(c) for c in range(10)], images=torch.zeros((1000, 3, 2, 2), dtype=torch.uint8))
+    s = datasets.spread_sample(split, 200, seed=3)
     assert len(s) == 200 and min(np.bincount(s.labels, minlength=10)) >= 8
-    assert np.array_equal(data.spread_sample(split, 200, seed=3).labels, s.labels)      # deterministic
-    assert data.spread_sample(split, 5000, seed=3) is split
-    lazy = data.Split(labels[:3], ["a"], files=["x", "y", "z"])
+    assert np.array_equal(datasets.spread_sample(split, 200, seed=3).labels, s.labels)      # deterministic
+    assert datasets.spread_sample(split, 5000, seed=3) is split
+    lazy = datasets.Split(labels[:3], ["a"], files=["x", "y", "z"])
     import unittest.mock
-    with unittest.mock.patch.object(data, "decode_images", lambda files: torch.zeros((len(files), 3, 2, 2))):
-        assert data.spread_sample(lazy, 10, seed=0).images is not None        # all of a lazy split: decoded
+    with unittest.mock.patch.object(datasets, "decode_images", lambda files: torch.zeros((len(files), 3, 2, 2))):
+        assert datasets.spread_sample(lazy, 10, seed=0).images is not None        # all of a lazy split: decoded
+
+
+def test_an_archive_is_unpacked_once_even_when_several_processes_ask_at_once(tmp_path):
+    """Four processes open the same image-folder archive at the same moment: one unpacks it, the
+    others wait for that copy; every process gets the same complete tree, and no temporary is left."""
+    import tarfile
+
+    from PIL import Image
+    src = tmp_path / "src" / "tiny"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (src / split / c).mkdir(parents=True)
+            for i in range(150):
+                Image.new("RGB", (4, 4), (i, 0, 0)).save(src / split / c / f"{i}.png")
+    archive = tmp_path / "tiny.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(src, arcname="tiny")
+    cache = tmp_path / "cache"
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
+            "from pathlib import Path; from p2pfed.learning import datasets; "
+            f"print('ROOT', datasets.unpack_archive(Path({str(archive)!r}), {str(cache)!r}))")
+    ps = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in ps]
+    assert all(p.returncode == 0 for p in ps), outs
+    roots = {line.split("ROOT ", 1)[1] for out in outs for line in out.splitlines() if line.startswith("ROOT ")}
+    assert len(roots) == 1, outs
+    assert sum(out.count("unpacking ") for out in outs) == 1, outs
+    root = Path(roots.pop())
+    assert len(list(root.glob("tiny/*/*/*.png"))) == 600
+    assert [p.name for p in cache.iterdir() if ".tmp" in p.name] == []

@@ -2,7 +2,8 @@
 the strict majority commits, the dissenter downloads the committed model and goes on; a peer
 outvoted round after round stops with an error that says why."""
 from helpers import check_round_exact, make_config, peer_log, round_records, start_peer, summary, wait_all
-from p2pfed import averaging, protocol
+from p2pfed.consensus import exchange
+from p2pfed.net import protocol
 
 STEPS = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0}
 
@@ -14,11 +15,11 @@ def _dissent(path, peer, rounds):
 
 def test_majority_rule():
     a, b = "a" * 64, "b" * 64
-    assert averaging.majority({0: a, 1: a, 2: b}, 3) == a
-    assert averaging.majority({0: a, 1: b}, 2) is None                  # a tie
-    assert averaging.majority({0: a, 1: a, 2: b, 3: b}, 4) is None
-    assert averaging.majority({0: a, 1: a}, 5) is None                  # dead members count against it
-    assert averaging.majority({0: a, 1: a, 2: a}, 5) == a
+    assert exchange.majority({0: a, 1: a, 2: b}, 3) == a
+    assert exchange.majority({0: a, 1: b}, 2) is None                  # a tie
+    assert exchange.majority({0: a, 1: a, 2: b, 3: b}, 4) is None
+    assert exchange.majority({0: a, 1: a}, 5) is None                  # dead members count against it
+    assert exchange.majority({0: a, 1: a, 2: a}, 5) == a
 
 
 def test_one_dissenter_is_outvoted_downloads_the_consensus_and_rejoins(tmp_path, procs):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import check_round_exact, make_config, start_peer, summary, wait_all
-from p2pfed.faults import CRASH_EXIT_CODE
+from p2pfed.run.faults import CRASH_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 5
@@ -88,7 +88,7 @@ def test_sigstopped_peer_is_dropped_then_resyncs_without_injecting_stale_state(t
 
 
 def _records(run, peer):
-    from p2pfed import metrics
+    from p2pfed.outputs import metrics
     return metrics.read(run / f"metrics-{peer}.jsonl")
 
 

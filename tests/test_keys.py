@@ -3,7 +3,8 @@ config exposes ports without CURVE."""
 import subprocess
 import sys
 
-from p2pfed import config, security
+from p2pfed import config
+from p2pfed.run import keys as security
 
 CONFIG = """# my cluster
 [security]

@@ -39,13 +39,13 @@ def test_five_peers_reach_exact_agreed_consensus_and_learn(tmp_path, procs):
     assert c["bn_pooled"] and c["round_digest"] == s["rounds"][-1]["digests"]["0"] != c["digest"]
     last = [round_records(run, p)[3] for p in range(5)]
     assert {r["bn_digest"] for r in last} == {c["digest"]} and all(r["bn_pooled"] for r in last)
-    from p2pfed import averaging
+    from p2pfed.consensus import digest
     from helpers import load_post
     post = load_post(run, 3, 0)
     for i, (k, v) in enumerate(c["state_dict"].items()):
         same = np.array_equal(v.numpy(), post[i])
         assert same != k.endswith(("running_mean", "running_var")), k
-    assert averaging.digest({k: v.numpy() for k, v in c["state_dict"].items()}) == c["digest"]
+    assert digest.digest({k: v.numpy() for k, v in c["state_dict"].items()}) == c["digest"]
     assert c["model_args"]["width_mult"] == 0.1
     assert c["written_by"] == 0                      # the lowest live id, and only it
     assert sum("wrote " in (run / f"peer-{i}.log").read_text() for i in range(5)) == 1
@@ -56,9 +56,9 @@ def test_dirichlet_partitions_weight_by_sample_count(tmp_path, procs):
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(4)]
     assert wait_all(ps, 180) == [0] * 4
-    from p2pfed import data
-    labels = data.load_split(cfg.data, "train").labels
-    sizes = [len(p) for p in data.partition(labels, 4, "dirichlet", 0.3, cfg.data.seed)]
+    from p2pfed.learning import datasets, partition
+    labels = datasets.load_split(cfg.data, "train").labels
+    sizes = [len(p) for p in partition.partition(labels, 4, "dirichlet", 0.3, cfg.data.seed)]
     assert len(set(sizes)) > 1, "the partition should be unequal for this test to mean anything"
     r = summary(run)["rounds"][0]
     assert r["weights"] == {str(i): sizes[i] for i in range(4)}
@@ -129,7 +129,7 @@ def test_launch_verdict_names_a_peer_killed_from_outside_and_still_reports(tmp_p
     p = _launch(tmp_path, procs)
     kids = _peers_of(p, 3)
     deadline = time.monotonic() + 60
-    from p2pfed import metrics
+    from p2pfed.outputs import metrics
     victim = None
     while time.monotonic() < deadline and victim is None:    # kill whichever peer is id 2, once it trains
         for k in kids:

@@ -7,7 +7,11 @@ import numpy as np
 import torch
 
 from helpers import make_config, peer_log, round_records, start_peer, summary, wait_all
-from p2pfed import averaging, config, model, outer, roundstate
+from p2pfed import config
+from p2pfed.consensus import digest, outer
+from p2pfed.learning import model
+from p2pfed.learning import train as training
+from p2pfed.run.state import capture_state, restore_state
 
 
 def test_outer_step_is_nesterov_momentum_on_the_pseudo_gradient():
@@ -33,20 +37,20 @@ def test_outer_apply_steps_parameters_only_and_keeps_the_state_order():
                         ("bn.num_batches_tracked", np.int64(3)), ("outer.w", np.float32([0.0, 1.0]))])
     mean = OrderedDict([("w", np.float32([0.0, 2.0])), ("bn.running_var", np.float32([4.0])),
                         ("bn.num_batches_tracked", np.int64(7))])
-    out = outer.apply(mean, prev, ["w"], lr=1.0, beta=0.5)
+    out = outer.apply(mean, prev, lr=1.0, beta=0.5)
     assert list(out) == list(prev)
     np.testing.assert_array_equal(out["outer.w"], [1.0, -0.5])            # 0.5 m + d, d = [1, -1]
     np.testing.assert_array_equal(out["w"], [1.0 - (1.0 + 0.5), 1.0 - (-1.0 - 0.25)])
     assert out["bn.running_var"][0] == 4.0 and out["bn.num_batches_tracked"] == 7   # the mean, as given
     # bit-identical on a second evaluation (every member computes it)
-    again = outer.apply(mean, prev, ["w"], lr=1.0, beta=0.5)
-    assert averaging.digest(again) == averaging.digest(out)
+    again = outer.apply(mean, prev, lr=1.0, beta=0.5)
+    assert digest.digest(again) == digest.digest(out)
 
 
 def _net_and_opt(optimizer: str, width_mult: float = 0.1, **train):
     cfg = config.override(config.Config(), model={"width_mult": width_mult}, train={"optimizer": optimizer, **train})
     net = model.channels_last(model.build(cfg.model, seed=0))
-    return cfg, net, model.make_optimizer(net, cfg.train)
+    return cfg, net, training.make_optimizer(net, cfg.train)
 
 
 def _one_step(net, opt):
@@ -58,27 +62,27 @@ def _one_step(net, opt):
 
 def test_round_state_is_the_state_dict_alone_without_the_options():
     cfg, net, opt = _net_and_opt("sgd")
-    state = roundstate.capture(net, opt, cfg.train)
+    state = capture_state(net, opt, cfg.train)
     assert list(state) == list(net.state_dict())
 
 
 def test_round_state_round_trips_optimizer_buffers_and_outer_momentum():
     for optimizer, bufs in [("sgd", ["momentum_buffer"]), ("adamw", ["exp_avg", "exp_avg_sq"])]:
         cfg, net, opt = _net_and_opt(optimizer, average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5)
-        names = roundstate.param_names(net)
-        before = roundstate.capture(net, opt, cfg.train, copy=True)
+        names = [n for n, _ in net.named_parameters()]
+        before = capture_state(net, opt, cfg.train, copy=True)
         assert before[f"optimizer.{names[0]}.{bufs[-1]}"].max() == 0.0        # no step yet: zeros
         _one_step(net, opt)
         outer_m = {f"outer.{n}": np.full(p.shape, 0.25, np.float32) for n, p in net.named_parameters()}
-        state = roundstate.capture(net, opt, cfg.train, outer_m, copy=True)
+        state = capture_state(net, opt, cfg.train, outer_m, copy=True)
         n_model = len(net.state_dict())
         assert list(state)[:n_model] == list(net.state_dict())
         assert list(state)[n_model:] == [f"optimizer.{n}.{b}" for n in names for b in bufs] + \
             [f"outer.{n}" for n in names]
         # a fresh peer restores everything, and takes the same next step as the original
         cfg2, net2, opt2 = _net_and_opt(optimizer, average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5)
-        got_outer = roundstate.restore(net2, opt2, cfg2.train, state, global_step=1)
-        assert averaging.digest(roundstate.capture(net2, opt2, cfg2.train, got_outer)) == averaging.digest(state)
+        got_outer = restore_state(net2, opt2, cfg2.train, state, global_step=1)
+        assert digest.digest(capture_state(net2, opt2, cfg2.train, got_outer)) == digest.digest(state)
         torch.manual_seed(1)
         _one_step(net, opt)
         torch.manual_seed(1)
@@ -115,7 +119,7 @@ def test_live_outer_step_averaged_optimizer_state_and_scaffold_stay_exact_and_ag
         assert len({round_records(run, p)[rnd]["digest"] for p in range(4)}) == 1, rnd
     # the outer step on the float64 mean, checked on round 5 from the dumped models
     _, net, _ = _net_and_opt("sgd", width_mult=0.35)
-    params = roundstate.param_names(net)
+    params = [n for n, _ in net.named_parameters()]
     n_model = len(net.state_dict())
     # the report's bytes line: model + momentum buffers + c are averaged (outer.* never travels)
     param_bytes = sum(p.numel() * 4 for p in net.parameters())
@@ -166,23 +170,23 @@ def test_live_outer_step_averaged_optimizer_state_and_scaffold_stay_exact_and_ag
 
 
 def test_a_checkpoint_keeps_the_whole_round_state(tmp_path):
-    from p2pfed import checkpoint
+    from p2pfed.outputs import checkpoint
     opts = dict(average_optimizer_state=True, outer_momentum=0.5, outer_lr=0.5, scaffold=True)
     cfg, net, opt = _net_and_opt("sgd", **opts)
     _one_step(net, opt)
     carried = {f"{prefix}{n}": np.full(p.shape, value, np.float32) for n, p in net.named_parameters()
                for prefix, value in (("outer.", 0.5), ("scaffold.", -0.25))}
-    state = roundstate.capture(net, opt, cfg.train, carried, copy=True)
+    state = capture_state(net, opt, cfg.train, carried, copy=True)
     assert [k for k in state if k.startswith("scaffold.")] and [k for k in state if k.startswith("outer.")]
     path = tmp_path / "ck.pt"
     checkpoint.save_checkpoint(path, state_dict=net.state_dict(), optimizer=opt.state_dict(), rnd=3,
-                               digest=averaging.digest(state), members=[0, 1], global_step=1,
+                               digest=digest.digest(state), members=[0, 1], global_step=1,
                                model_args=model.model_args(cfg.model),
                                carried={k: torch.from_numpy(v) for k, v in carried.items()})
-    # what Peer._load_checkpoint does
+    # what run/checkpoints.load does
     _, net2, opt2 = _net_and_opt("sgd", **opts)
     ck = checkpoint.read(path, checkpoint.CHECKPOINT_FORMAT)
     net2.load_state_dict(ck["state_dict"])
     opt2.load_state_dict(ck["optimizer"])
     carried2 = {k: v.numpy() for k, v in ck["carried"].items()}
-    assert averaging.digest(roundstate.capture(net2, opt2, cfg.train, carried2)) == ck["digest"]
+    assert digest.digest(capture_state(net2, opt2, cfg.train, carried2)) == ck["digest"]

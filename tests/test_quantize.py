@@ -6,7 +6,9 @@ import onnx
 import pytest
 import torch
 
-from p2pfed import config, export, model, quantize
+from p2pfed import config
+from p2pfed.learning import model
+from p2pfed.outputs import export, quantize
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ import time
 
 from helpers import make_config, peer_log, start_peer, summary, wait_all
 
-from p2pfed import config, recipe
+from p2pfed import config
+from p2pfed.consensus import recipe
 
 
 def test_the_recipe_holds_shared_options_only_and_names_differences():

@@ -3,8 +3,8 @@ cadences of evaluation and checkpoints, faults and restarts at small k."""
 import pytest
 
 from helpers import check_round_exact, make_config, round_records, start_peer, summary, wait_all
-from p2pfed import metrics
-from p2pfed.faults import CRASH_EXIT_CODE
+from p2pfed.outputs import metrics
+from p2pfed.run.faults import CRASH_EXIT_CODE
 
 STEPS = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0}
 

@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from p2pfed import averaging, config, model, roundstate, scaffold
+from helpers import reference_mean
+from p2pfed import config
+from p2pfed.consensus import roundstate
+from p2pfed.learning import capture, model, scaffold, train
+from p2pfed.run.state import capture_state, restore_state
 
 
 def _grads(net, values):
@@ -18,11 +22,11 @@ def _grads(net, values):
 def test_the_hook_adds_c_minus_c_i_and_the_round_mean_of_raw_gradients_becomes_c_i():
     net = nn.Linear(3, 2)
     ctl = scaffold.Controls(net)
-    assert list(ctl.local) == ["scaffold.weight", "scaffold.bias"] and not any(v.any() for v in ctl.local.values())
+    assert list(ctl.local) == ["weight", "bias"] and not any(v.any() for v in ctl.local.values())
     common = OrderedDict((k, np.full(v.shape, 2.0, np.float32)) for k, v in ctl.common.items())
     ctl.set_common(common)                                    # no c_i of my own yet: c_i = c, no correction
     assert all(np.array_equal(ctl.local[k], common[k]) for k in common)
-    ctl.local["scaffold.weight"][:] = 0.5
+    ctl.local["weight"][:] = 0.5
     hook = ctl.round_hook()
     raw = [(1.0, -1.0), (3.0, 5.0)]                           # two steps' raw gradients (weight, bias)
     seen = []
@@ -33,29 +37,30 @@ def test_the_hook_adds_c_minus_c_i_and_the_round_mean_of_raw_gradients_becomes_c
     assert torch.all(seen[0][0] == 1.0 + 2.0 - 0.5) and torch.all(seen[0][1] == -1.0 + 2.0 - 2.0)
     assert torch.all(seen[1][0] == 3.0 + 1.5) and torch.all(seen[1][1] == 5.0)
     ctl.finish_round()
-    assert np.all(ctl.local["scaffold.weight"] == 2.0) and np.all(ctl.local["scaffold.bias"] == 2.0)
+    assert np.all(ctl.local["weight"] == 2.0) and np.all(ctl.local["bias"] == 2.0)
     ctl.set_common(OrderedDict((k, np.zeros(v.shape, np.float32)) for k, v in common.items()))
-    assert np.all(ctl.local["scaffold.weight"] == 2.0)        # after a round of my own, c_i is mine
+    assert np.all(ctl.local["weight"] == 2.0)        # after a round of my own, c_i is mine
     assert not any(v.any() for v in ctl.common.values())
     ctl.finish_round()                                        # no step since: unchanged
-    assert np.all(ctl.local["scaffold.bias"] == 2.0)
+    assert np.all(ctl.local["bias"] == 2.0)
 
 
 def test_the_round_state_carries_c_i_out_and_restores_c():
     cfg = config.override(config.Config(), model={"width_mult": 0.1}, train={"scaffold": True})
     net = model.channels_last(model.build(cfg.model, seed=0))
-    opt = model.make_optimizer(net, cfg.train)
-    mine = OrderedDict((k, np.full(v.shape, 0.25, np.float32)) for k, v in scaffold.zeros(net).items())
-    state = roundstate.capture(net, opt, cfg.train, mine, copy=True)
+    opt = train.make_optimizer(net, cfg.train)
+    mine = OrderedDict(("scaffold." + k, np.full(v.shape, 0.25, np.float32))
+                       for k, v in capture.param_zeros(net).items())
+    state = capture_state(net, opt, cfg.train, mine, copy=True)
     names = [k for k in state if k.startswith("scaffold.")]
-    assert names == scaffold.names(net) and all(np.all(state[k] == 0.25) for k in names)
+    assert names == [f"scaffold.{n}" for n, _ in net.named_parameters()] and all(np.all(state[k] == 0.25) for k in names)
     assert list(roundstate.model_part(state)) == list(net.state_dict())
     assert set(roundstate.exchanged(state)) == set(state)     # c_i is sent and averaged
-    carried = roundstate.restore(net, opt, cfg.train, state, global_step=0)
+    carried = restore_state(net, opt, cfg.train, state, global_step=0)
     assert list(carried) == names and all(np.array_equal(carried[k], state[k]) for k in names)
     ctl = scaffold.Controls(net)
-    ctl.set_common(carried)                                   # the committed mean becomes c
-    assert all(np.all(ctl.common[k] == 0.25) for k in names)
+    ctl.set_common(roundstate.split(carried).scaffold)        # the committed mean becomes c
+    assert all(np.all(v == 0.25) for v in ctl.common.values())
 
 
 # --- a strongly skewed split: each peer holds (almost) one class of four -------------------------
@@ -91,7 +96,7 @@ def _federate(parts, seed: int, use_scaffold: bool, rounds: int = 12, k: int = 3
     nets = [nn.Sequential(nn.Flatten(), nn.Linear(DIM, CLASSES)) for _ in range(PEERS)]
     for n in nets[1:]:
         n.load_state_dict(nets[0].state_dict())
-    opts = [model.make_optimizer(n, tcfg) for n in nets]
+    opts = [train.make_optimizer(n, tcfg) for n in nets]
     ctls = [scaffold.Controls(n) for n in nets]
     streams = [_stream(x, y, tcfg.batch_size, seed * 10 + p) for p, (x, y) in enumerate(parts)]
     weights = [float(len(y)) for _, y in parts]
@@ -99,16 +104,17 @@ def _federate(parts, seed: int, use_scaffold: bool, rounds: int = 12, k: int = 3
     for r in range(rounds):
         states = []
         for net, opt, ctl, batches in zip(nets, opts, ctls, streams):
-            model.train_steps(net, opt, batches, tcfg, k, r * k, total, tcfg.batch_size,
+            train.train_steps(net, opt, batches, tcfg, k, r * k, total, tcfg.batch_size,
                               grad_hook=ctl.round_hook() if use_scaffold else None)
             ctl.finish_round()
-            states.append(roundstate.capture(net, opt, tcfg, ctl.local if use_scaffold else None, copy=True))
-        mean = averaging.reference_mean(states, weights)
+            mine = {"scaffold." + n: v for n, v in ctl.local.items()} if use_scaffold else None
+            states.append(capture_state(net, opt, tcfg, mine, copy=True))
+        mean = reference_mean(states, weights)
         mean = OrderedDict((k_, v.astype(np.float32)) for k_, v in mean.items())
         for net, opt, ctl in zip(nets, opts, ctls):
-            carried = roundstate.restore(net, opt, tcfg, mean, global_step=(r + 1) * k)
+            carried = restore_state(net, opt, tcfg, mean, global_step=(r + 1) * k)
             if use_scaffold:
-                ctl.set_common(carried)
+                ctl.set_common(roundstate.split(carried).scaffold)
     x = torch.cat([x for x, _ in parts])
     y = torch.cat([y for _, y in parts])
     with torch.no_grad():

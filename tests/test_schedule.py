@@ -1,5 +1,6 @@
 """Rounds, epochs and cadences: pure functions every peer computes identically."""
-from p2pfed import config, schedule
+from p2pfed import config
+from p2pfed.learning import schedule
 
 
 def _train(**kw):

@@ -11,11 +11,12 @@ import numpy as np
 import zmq
 
 from helpers import check_round_exact, make_config, start_peer, summary, wait_all
-from p2pfed import config, wire
+from p2pfed import config
+from p2pfed.net import wire
 
 
 def _wait_for_round(run: Path, peer: int, rnd: int, timeout_s: float = 120) -> None:
-    from p2pfed import metrics
+    from p2pfed.outputs import metrics
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if any(r["type"] == "step" and r["round"] == rnd for r in metrics.read(run / f"metrics-{peer}.jsonl")):
@@ -94,13 +95,15 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     twin_cfg, twin_path = make_config(tmp_path / "twin", 4, **FUZZ_RUN)     # the same run, unfuzzed
     twins = [start_peer(procs, twin_path, i) for i in range(3)]
     assert wait_all(twins, 240) == [0, 0, 0]
-    cfg, path = make_config(tmp_path, 4, **FUZZ_RUN)
+    # debug: routine drops (a stale group) and closed links are logged too, so every reason shows
+    cfg, path = make_config(tmp_path, 4, **FUZZ_RUN, output={"dump_round_models": True, "log_level": "debug"})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     _wait_for_round(run, 0, 2)
     target = cfg.peer(0)
     rng = np.random.default_rng(0)
-    from p2pfed import averaging, model
+    from p2pfed.consensus import averaging
+    from p2pfed.learning import model
     state = {k: v.numpy() for k, v in model.build(cfg.model).state_dict().items()}
     n_floats = averaging.flatten(state).size            # "length" frames carry one float too many
     max_bytes = int(sum(a.nbytes for a in state.values()) * 1.25) + (1 << 20) + 1000   # over the peer's limit

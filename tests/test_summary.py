@@ -1,8 +1,10 @@
-"""summary.json is built from reports other peers sent: absurd or ill-typed stats are ignored,
-never trusted and never a crash."""
+"""summary.json is built from reports other peers sent: absurd or ill-typed stats are ignored
+when they arrive (consensus.writer.valid_reports), never trusted and never a crash."""
 import math
 
-from p2pfed import config, summary
+from p2pfed import config
+from p2pfed.consensus import writer
+from p2pfed.outputs import summary
 
 
 def _stats(**kw):
@@ -17,7 +19,8 @@ def test_reports_with_absurd_or_ill_typed_stats_are_ignored():
     bad = [_stats(members=["x"]), _stats(members=[-1]), _stats(correct=60), _stats(total=-5, correct=-6),
            _stats(averaging_s=math.nan), _stats(n_samples=True), _stats(bytes_sent=2**60), "not a dict"]
     for b in bad:
-        doc = summary.build(cfg, {1: {0: _stats(), 1: b}}, "ab" * 32, 1, 1000)
+        assert not writer.valid_report(b), b
+        doc = summary.build(cfg, writer.valid_reports({1: {0: _stats(), 1: b}}), "ab" * 32, 1, 1000)
         assert [r["members"] for r in doc["rounds"]] == [[0, 1]], b
         assert doc["rounds"][0]["eval_samples"] == 50 and list(doc["rounds"][0]["digests"]) == ["0"], b
 

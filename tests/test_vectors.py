@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from p2pfed import averaging, wire
+from p2pfed.consensus import averaging, digest
+from p2pfed.net import wire
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "docs" / "vectors" / "protocol-vectors.json").read_text())
 
@@ -20,15 +21,15 @@ def _state(entries) -> "OrderedDict[str, np.ndarray]":
 def test_digest_layout_and_value():
     v = VECTORS["digest"]
     state = _state(v["state"])
-    assert averaging.layout(state).decode() == v["layout_utf8"]
+    assert digest.layout(state).decode() == v["layout_utf8"]
     assert averaging.flatten(state).tobytes().hex() == v["flat_float32_hex"]
-    assert averaging.digest(state) == v["digest"]
+    assert digest.digest(state) == v["digest"]
 
 
 def test_digest_of_a_model_of_two_chunks():
     w = (np.arange(300_000) % 1000).astype(np.float32) / np.float32(1000)
     state = OrderedDict([("w", w), ("n", np.array(7, dtype=np.int64))])
-    assert averaging.digest(state) == VECTORS["digest_two_chunks"]["digest"]
+    assert digest.digest(state) == VECTORS["digest_two_chunks"]["digest"]
 
 
 def test_three_member_round_shards_mean_and_digest():
@@ -44,7 +45,7 @@ def test_three_member_round_shards_mean_and_digest():
     ints = OrderedDict((k, a) for k, a in src.items() if not averaging.is_float(a))
     got = averaging.unflatten(np.concatenate([np.frombuffer(bytes.fromhex(h), "<f4") for h in v["reduced_shards_hex"]]),
                               ints, inputs[0])
-    assert averaging.digest(got) == averaging.digest(result) == v["digest"]
+    assert digest.digest(got) == digest.digest(result) == v["digest"]
 
 
 def test_every_message_kind_encodes_to_the_vector_bytes_and_decodes_back():

@@ -4,7 +4,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from p2pfed import wire
+from p2pfed.net import wire
 
 LIMIT = 1 << 20
 

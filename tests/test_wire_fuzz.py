@@ -11,9 +11,11 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pfed import config, wire
-from p2pfed.launcher import free_ports
-from p2pfed.transport import Transport, TransportDown
+from p2pfed import config
+from p2pfed.net import wire
+from p2pfed.run.preflight import free_ports
+from p2pfed.net.netthread import NetworkThread
+from p2pfed.net.transport import Transport, TransportDown
 
 LIMIT = 1 << 20
 LIKE = OrderedDict([("a.weight", np.zeros((2, 3), np.float32)), ("a.bias", np.zeros(3, np.float32)),
@@ -104,7 +106,7 @@ def test_overflowing_dims_are_rejected_not_crashing():
 def _pair():
     ports = free_ports(2)
     peers = config.local_peers(2, ports)
-    t = Transport(peers[0], peers, max_message_bytes=LIMIT, heartbeat_interval_s=0.1, dead_after_s=1.0)
+    t = Transport(peers[0], peers, max_message_bytes=LIMIT, heartbeat_interval_s=0.1)
     t.start()
     return t, peers
 
@@ -139,12 +141,15 @@ def test_an_internal_error_on_one_frame_is_a_rejected_frame_that_names_the_sende
     s = ctx.socket(zmq.DEALER)
     calls = []
 
+    heard = t.shared.heard
+
     def broken(msg):
         calls.append(msg.kind)
         if len(calls) == 1:
             raise KeyError("injected")
+        return heard(msg)
 
-    t.responder = broken
+    t.shared.heard = broken
     try:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.ROUTING_ID, b"1")
@@ -166,7 +171,7 @@ def test_an_internal_error_on_one_frame_is_a_rejected_frame_that_names_the_sende
 def test_a_dead_network_thread_makes_recv_and_send_fail_fast(monkeypatch):
     def boom(self):
         raise RuntimeError("injected")
-    monkeypatch.setattr(Transport, "_loop", boom)
+    monkeypatch.setattr(NetworkThread, "_loop", boom)
     t, _ = _pair()
     try:
         t0 = time.monotonic()

@@ -1,0 +1,136 @@
+"""The config's schema: one frozen dataclass per section of peers.toml, every field with a
+default and a one-line comment (docs/configuration.md's key tables are made from them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    id: int                      # unique peer id, >= 0; the lowest live id proposes groups
+    host: str = "127.0.0.1"      # address other peers connect to (advertised address)
+    port: int = 0                # TCP port this peer listens on
+    bind: str = ""               # address to bind; "" means the same as host (use 0.0.0.0 on multi-host)
+    public_key: str = ""         # Z85 CURVE public key (from `p2pfed keygen`); required when security.curve
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["cifar10", "folder", "synthetic"] = "synthetic"  # which data set
+    data_dir: str = "data"       # cifar10: download/cache dir; folder: root with train/ test/, or a .tar.xz
+    cache_dir: str = ""          # where a .tar.xz is unpacked; "" = ~/.cache/p2pfed
+    partition: Literal["iid", "dirichlet", "shards"] = "iid"  # how the training set is split across peers
+    alpha: float = 0.5           # dirichlet concentration; smaller = more skewed label mix
+    shards_per_peer: int = 2     # shards: label-sorted shards per peer (McMahan et al. 2017); 2 = two classes each
+    seed: int = 0                # seed for partitions, synthetic data, init and shuffling
+    synthetic_train: int = 2000  # synthetic: number of training images
+    synthetic_test: int = 500    # synthetic: number of test images
+    train_limit: int = 0         # use a fixed random subset of N training images (0 = all), e.g. quick demos
+    test_limit: int = 0          # evaluate on a fixed random subset of N test images (0 = all)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width_mult: float = 1.0      # MobileNetV2 width multiplier (tests use 0.1)
+    cifar_stem: bool = True      # first conv stride 1 instead of 2: much better on 32x32 inputs
+    input_size: int = 32         # images are resized to this (224 to use ImageNet weights as designed)
+    pretrained: bool = False     # start from torchvision's ImageNet weights (needs internet or cache)
+    weights_file: str = ""       # start from a local state_dict file instead (backbone; head is replaced)
+    num_classes: int = 10        # output classes; must match the data set
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 8.0          # run length: passes over the (average) partition; rounds follow from it
+    rounds: int = 0              # > 0: run exactly this many rounds instead (tests, demos); 0 = from epochs
+    local_steps: tuple[int, ...] = (1, 2, 4)  # local optimiser steps per round; a list grows k over equal parts of the run
+    local_epochs: float = 0.0    # or: local epochs per round (fractions allowed); set exactly one of the two
+    batch_size: int = 32         # local mini-batch size (per peer; the global batch is peers x this)
+    optimizer: Literal["adamw", "sgd"] = "sgd"  # local optimizer (sgd: momentum 0.9, Nesterov)
+    lr: float = 0.05             # peak learning rate at a global batch of lr_base_batch images
+    lr_scaling: Literal["sqrt", "linear", "none"] = "linear"  # lr x the ratio global batch / lr_base_batch (SGD), x its square root (AdamW), or as given
+    lr_base_batch: int = 128     # the global batch (peers x batch_size) at which `lr` applies as given
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
+    weight_decay: float = 5e-4   # weight decay
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"  # LR over the whole run's steps
+    augment: bool = True         # random crop (pad 4) + horizontal flip
+    threads: int = 0             # torch threads per peer; 0 = cores / local peers
+    max_steps: int = 0           # with local_epochs: cap local steps per round (0 = no cap); tests and demos
+    eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
+    eval_batch_size: int = 64    # batch size for evaluation (larger batches raise peak memory, not speed)
+    bn_pool_images: int = 512    # images per peer for pooled BatchNorm statistics before eval/export; 0 = off
+    outer_momentum: float = 0.0  # > 0: Nesterov outer momentum on each round's mean (SlowMo/DiLoCo); 0 = off
+    outer_lr: float = 1.0        # outer learning rate, used when outer_momentum > 0
+    average_optimizer_state: bool = False  # also average the optimizer's buffers (SGD momentum; AdamW moments)
+    scaffold: bool = False       # SCAFFOLD control variates against client drift on skewed partitions (2x the bytes)
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    heartbeat_interval_s: float = 0.5  # transport thread sends a heartbeat this often
+    dead_after_s: float = 4.0          # a peer silent this long is dead for the current attempt
+    ready_timeout_s: float = 600.0     # leader waits this long for live peers to finish training
+    exchange_timeout_s: float = 60.0   # max time for one all-reduce attempt (shards + digests)
+    startup_timeout_s: float = 60.0    # how long to wait for peers to appear at start-up
+    fetch_timeout_s: float = 60.0      # max time to download the consensus from a live peer
+    max_attempts: int = 10             # attempts per round before giving up
+    min_peers: int = 0                 # a round needs this many members; 0 = a majority of [[peers]]
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    curve: bool = False          # CURVE encryption + authentication; keys in [[peers]] public_key
+    secret_key_file: str = ""    # this peer's secret key file; {id} is replaced by the peer id
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    run_dir: str = "runs/latest"  # where logs, metrics, checkpoints and the consensus go
+    writer: int = -1             # peer that writes consensus.pt and summary; -1 = lowest live id
+    quantize: bool = False       # the writer also exports ONNX and quantizes to INT8 at the end
+    calibration_images: int = 256  # images from the writer's partition used to calibrate INT8
+    checkpoint_every: int = 0    # checkpoint every N rounds; 0 = at every evaluation (a restarted peer downloads anyway)
+    dump_round_models: bool = False  # write each peer's model before and after averaging, per round (tests)
+    log_level: Literal["info", "debug"] = "info"  # debug also logs routine protocol events (late messages, links)
+
+
+@dataclass(frozen=True)
+class Fault:
+    peer: int                    # which peer misbehaves
+    round: int                   # in which round (1-based)
+    phase: Literal["train", "exchange", "between-rounds"] = "train"  # where
+    action: Literal["crash", "stall", "dissent"] = "crash"  # crash = os._exit; stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only)
+    stall_s: float = 30.0        # how long a stall lasts
+
+
+@dataclass(frozen=True)
+class Config:
+    peers: tuple[PeerSpec, ...] = ()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    averaging: AveragingConfig = AveragingConfig()
+    security: SecurityConfig = SecurityConfig()
+    output: OutputConfig = OutputConfig()
+    faults: tuple[Fault, ...] = ()
+
+    def peer(self, peer_id: int) -> PeerSpec:
+        for p in self.peers:
+            if p.id == peer_id:
+                return p
+        raise ConfigError(f"peer id {peer_id} is not in [[peers]] (ids: {self.peer_ids}); "
+                          f"pass one of those to --id")
+
+    @property
+    def peer_ids(self) -> list[int]:
+        return sorted(p.id for p in self.peers)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+             "averaging": AveragingConfig, "security": SecurityConfig, "output": OutputConfig}

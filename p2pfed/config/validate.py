@@ -1,0 +1,87 @@
+"""Checks across keys: every error names the key, its value and what is allowed."""
+from __future__ import annotations
+
+from .schema import Config, ConfigError
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first key whose value is not allowed."""
+    _peers(cfg)
+    _train(cfg)
+    _ranges(cfg)
+    _faults(cfg)
+
+
+def _peers(cfg: Config) -> None:
+    ids = [p.id for p in cfg.peers]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"[[peers]] ids must be unique, got {ids}")
+    for p in cfg.peers:
+        if p.id < 0:
+            raise ConfigError(f"peers.id = {p.id} must be >= 0")
+        if not 0 < p.port < 65536:
+            raise ConfigError(f"peers.port = {p.port} for peer {p.id} must be in 1..65535")
+        if cfg.security.curve and not p.public_key:
+            raise ConfigError(f"security.curve is on but peer {p.id} has no public_key; "
+                              f"run `p2pfed keygen` and list its public key")
+    if not 0 <= cfg.averaging.min_peers <= max(1, len(ids)):
+        raise ConfigError(f"averaging.min_peers = {cfg.averaging.min_peers} must be in 0..{len(ids)} "
+                          f"(0 = a majority of the {len(ids)} peers)")
+
+
+def _train(cfg: Config) -> None:
+    t = cfg.train
+    if bool(t.local_steps) == bool(t.local_epochs):
+        raise ConfigError(f"set exactly one of train.local_steps (optimiser steps per round) and train.local_epochs "
+                          f"(epochs per round); got local_steps = {list(t.local_steps)}, local_epochs = "
+                          f"{t.local_epochs}")
+    if any(k < 1 for k in t.local_steps):
+        raise ConfigError(f"train.local_steps = {list(t.local_steps)}: every entry must be >= 1")
+    if t.local_epochs < 0:
+        raise ConfigError(f"train.local_epochs = {t.local_epochs} must be > 0 (or 0 with train.local_steps set)")
+    if t.outer_lr != 1.0 and t.outer_momentum == 0:
+        raise ConfigError(f"train.outer_lr = {t.outer_lr} has no effect without train.outer_momentum > 0; "
+                          f"set both, or leave outer_lr at 1")
+    a = cfg.averaging
+    if a.dead_after_s < 2 * a.heartbeat_interval_s:
+        raise ConfigError(f"averaging.dead_after_s ({a.dead_after_s}) must be at least twice "
+                          f"averaging.heartbeat_interval_s ({a.heartbeat_interval_s})")
+
+
+def _ranges(cfg: Config) -> None:
+    """Each key alone: (key, value, low, high, text of the allowed range); None = unbounded."""
+    t, a, m = cfg.train, cfg.averaging, cfg.model
+    checks = [
+        ("train.rounds", t.rounds, 0, None, ">= 0"), ("train.bn_pool_images", t.bn_pool_images, 0, None, ">= 0"),
+        ("train.threads", t.threads, 0, None, ">= 0"), ("train.max_steps", t.max_steps, 0, None, ">= 0"),
+        ("train.eval_every", t.eval_every, 0, None, ">= 0"), ("train.weight_decay", t.weight_decay, 0, None, ">= 0"),
+        ("output.checkpoint_every", cfg.output.checkpoint_every, 0, None, ">= 0"),
+        ("train.label_smoothing", t.label_smoothing, 0, 1, "in [0, 1)"),
+        ("train.outer_momentum", t.outer_momentum, 0, 1, "in [0, 1) (0 = no outer step)"),
+    ]
+    for key, value, low, high, allowed in checks:
+        if value < low or (high is not None and value >= high):
+            raise ConfigError(f"{key} = {value} must be {allowed}")
+    if not 0 < t.outer_lr <= 2:
+        raise ConfigError(f"train.outer_lr = {t.outer_lr} must be in (0, 2]")
+    positive = [("data.shards_per_peer", cfg.data.shards_per_peer), ("train.epochs", t.epochs), ("train.lr_base_batch", t.lr_base_batch),
+                ("train.batch_size", t.batch_size), ("train.lr", t.lr), ("train.eval_batch_size", t.eval_batch_size),
+                ("averaging.startup_timeout_s", a.startup_timeout_s), ("averaging.fetch_timeout_s", a.fetch_timeout_s),
+                ("averaging.heartbeat_interval_s", a.heartbeat_interval_s), ("averaging.dead_after_s", a.dead_after_s),
+                ("averaging.ready_timeout_s", a.ready_timeout_s), ("averaging.exchange_timeout_s", a.exchange_timeout_s),
+                ("averaging.max_attempts", a.max_attempts), ("model.width_mult", m.width_mult),
+                ("model.input_size", m.input_size), ("data.alpha", cfg.data.alpha)]
+    for key, value in positive:
+        if value <= 0:
+            raise ConfigError(f"{key} = {value} must be > 0")
+
+
+def _faults(cfg: Config) -> None:
+    ids = [p.id for p in cfg.peers]
+    for f in cfg.faults:
+        if f.peer not in ids:
+            raise ConfigError(f"faults.peer = {f.peer} is not a peer id (ids: {sorted(ids)})")
+        if f.round < 1 or (cfg.train.rounds and f.round > cfg.train.rounds):
+            raise ConfigError(f"faults.round = {f.round} must be in 1..{cfg.train.rounds or 'the last round'}")
+        if f.action == "dissent" and f.phase != "exchange":
+            raise ConfigError(f"faults.action = \"dissent\" (peer {f.peer}, round {f.round}) needs phase = \"exchange\"")

@@ -1,0 +1,17 @@
+"""The consensus protocol: how peers agree on one round state. numpy only; no torch, no files.
+
+    roundstate.py  what a round agrees on: the names and order of the round state's parts
+    averaging.py   pure maths: flatten, shards, the float64 weighted mean, the integer-buffer rule
+    digest.py      the chunked SHA-256 of a round state, also computed while shards arrive
+    outer.py       the outer step (Nesterov momentum on the round's mean), the same bits everywhere
+    recipe.py      the options every peer must share, as the text each `ready` carries
+    mailbox.py     validated messages by kind/round/attempt; event-driven waits; who is alive
+    exchange.py    gather and agree: the one way members combine values, with its fault rules
+    group.py       ready, then a group: derived from the readies or proposed by the leader
+    butterfly.py   one attempt's scatter, reduce and gather
+    allreduce.py   one round, as a value: Averaged, Download or Failed
+    outcome.py     those values, and Committed: the one shape of a committed round
+    pooling.py     pooled BatchNorm statistics of a committed round (a gather and an agreement)
+    download.py    a committed round state from a live peer, digest-verified
+    writer.py      the end of a run: the writer's election, reports, waiting for `done`
+"""

@@ -1,0 +1,186 @@
+"""One round of averaging among the live peers, returned as a value: Averaged, Download or Failed.
+
+    ready, group    group.py: who averages this round (derived from the readies, or proposed)
+    exchange        butterfly.py: scatter, reduce, gather; the result hashed as it arrives
+    agree           every member broadcasts its digest; the digest of a strict majority of the
+                    members is committed. A member outvoted by that majority (a dissenter)
+                    keeps nothing and downloads the committed model; no strict majority (a tie)
+                    fails the attempt.
+    commit          tell everyone (late peers download from the committers)
+
+Any failure in an attempt (a member dies, an `abort`, a newer `group`, the deadline) aborts
+it: the peer keeps its pre-round model, says `abort` to the group, and waits for the next
+group among the survivors. A round done without this peer (a `commit`, or a live peer whose
+heartbeat claims it) is a Download, unless the commit is of a result this peer computed too.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..net import protocol, wire
+from . import roundstate
+from .butterfly import Vector, exchange
+from .exchange import Interrupted, Scope, agree, majority
+from .group import Group, GroupFormation
+from .mailbox import Mailbox
+from .outcome import Averaged, Committed, Download, Failed
+
+log = logging.getLogger("p2pfed.consensus.allreduce")
+
+
+class Progress:
+    """What the averaging tells its caller as it goes (the peer maps it to its stage)."""
+    WAITING = "waiting"          # ready; waiting for a group
+    EXCHANGING = "exchanging"    # in an attempt's exchange and agreement
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An attempt that failed: why, and whom a member saw die."""
+    reason: str
+    dead: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Superseded:
+    """The leader proposed a newer attempt (to add a peer that came back): not a failure."""
+
+
+@dataclass(frozen=True)
+class _Dissent:
+    """A strict majority committed another digest than mine."""
+    download: Download
+
+
+class AllReduce:
+    def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
+                 faults=None, on_progress: Callable[[str], None] = lambda progress: None):
+        """faults: has at(round, point) -> bool (the run's fault injector; None: none)."""
+        self.t = transport
+        self.mb = mailbox
+        self.cfg = acfg
+        self.me = mailbox.me
+        self.all_peers = sorted(all_peers)
+        self.groups = GroupFormation(transport, mailbox, acfg, all_peers)
+        self.faults = faults
+        self.on_progress = on_progress
+        self.dissents = 0            # consecutive rounds in which a majority outvoted my digest
+
+    def run(self, rnd: int, state: dict, n_samples: int, previous: list[int] | None = None,
+            post: Callable[[dict], dict] | None = None) -> Averaged | Download | Failed:
+        """Average `state` with the live peers for round rnd. previous: the members of the last
+        round I committed (None: unknown, e.g. the first round: then all peers are expected).
+        post: the round's result as a function of the exact mean of every exchanged entry (the
+        outer step); derived entries are not sent, and the digest covers post's result."""
+        started, bytes_before = time.monotonic(), self.t.bytes_sent
+        mine = Vector.of(roundstate.exchanged(state))
+        self.mb.advance(rnd)
+        expected = set(previous if previous is not None else self.all_peers)
+        self.groups.ready(rnd, n_samples)
+        last_attempt, events, candidates = -1, [], {}
+        try:
+            for tries in range(1, self.cfg.max_attempts + 1):
+                self.on_progress(Progress.WAITING)
+                group = self.groups.await_group(rnd, last_attempt, started, n_samples, expected)
+                if not isinstance(group, Group):
+                    return self._adopt_computed(group, rnd, candidates, events)
+                grouped_at = time.monotonic()
+                self.on_progress(Progress.EXCHANGING)
+                outcome = self._attempt(rnd, group, mine, post, candidates, events)
+                if isinstance(outcome, _Superseded):
+                    last_attempt = max(group.attempt, last_attempt)
+                    continue
+                if isinstance(outcome, _Failure):
+                    events.append(f"attempt {group.attempt} {list(group.members)}: {outcome.reason}")
+                    last_attempt = max(group.attempt, last_attempt)
+                    self._abort(rnd, group, outcome, tries)
+                    self.groups.ready(rnd, n_samples)   # tell a possibly new leader I am still ready
+                    continue
+                if isinstance(outcome, _Dissent):
+                    return self._dissent(outcome.download, rnd)
+                if isinstance(outcome, Committed):
+                    self.dissents = 0
+                    return Averaged(outcome, group.weights, group.attempt, grouped_at - started,
+                                    time.monotonic() - grouped_at, self.t.bytes_sent - bytes_before, tuple(events))
+                return outcome
+            return Failed(f"round {rnd}: no attempt succeeded in {self.cfg.max_attempts} tries "
+                          f"(averaging.max_attempts); last failures: {events[-3:]}")
+        finally:
+            self.groups.withdraw()
+
+    def _attempt(self, rnd: int, group: Group, mine: Vector, post, candidates: dict, events: list
+                 ) -> Committed | Download | _Dissent | _Superseded | _Failure:
+        scope = Scope(rnd, group.attempt, group.members)
+        deadline = time.monotonic() + self.cfg.exchange_timeout_s
+        try:
+            result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline,
+                                  at_half=lambda: bool(self.faults and self.faults.at(rnd, "exchange")), post=post)
+        except Interrupted as stop:
+            if stop.superseded:
+                return _Superseded()
+            if not stop.commit:
+                return _Failure(stop.reason, tuple(stop.dead))
+            c = stop.commit
+            if c["round"] == rnd and c["digest"] in candidates:     # a result of mine, from an earlier attempt
+                return Committed(rnd, c["digest"], tuple(c["members"]), candidates[c["digest"]])
+            return Download(c["round"], stop.reason, digest=c["digest"])
+        candidates[dg] = result
+        # agree: a member that dies after the gather is skipped: its contribution is in everyone's model
+        try:
+            digests = agree(self.t, self.mb, "digest", scope, dg, deadline + self.cfg.exchange_timeout_s)
+            verdict = majority(digests, len(group.members))
+        except Interrupted as stop:
+            if stop.superseded:
+                return _Superseded()
+            if not stop.commit:
+                return _Failure(stop.reason, tuple(stop.dead))
+            verdict = stop.commit["digest"]     # a member already committed: its digest is the majority's
+        if verdict is None:
+            return _Failure(f"digests disagree and none is held by a strict majority of {list(group.members)}: "
+                            f"{ {m: d[:12] for m, d in sorted(digests.items())} }")
+        if verdict != dg:
+            return _Dissent(Download(rnd, f"round {rnd}: my digest {dg[:12]} differs from {verdict[:12]}, which a "
+                                          f"strict majority of {list(group.members)} computed", digest=verdict))
+        self.t.broadcast(self.all_peers, wire.encode("commit", self.me, round=rnd, digest=dg,
+                                                     members=list(group.members)))
+        dissenters = sorted(m for m, msg in self.mb.get("digest", rnd, group.attempt).items()
+                            if m in group.members and msg["digest"] != dg)
+        if dissenters:
+            log.warning("committed %s, the digest of a strict majority of %s; peers %s computed another digest and "
+                        "will download this one", dg[:12], list(group.members), dissenters)
+            events.append(f"attempt {group.attempt}: peers {dissenters} dissented (digest outvoted)")
+        return Committed(rnd, dg, group.members, result)
+
+    def _adopt_computed(self, outcome: Download | Failed, rnd: int, candidates: dict, events: list):
+        """The round was committed while I waited for a group: if it is a result I computed in an
+        earlier attempt, it is mine too; anything else stands."""
+        if isinstance(outcome, Download) and outcome.round == rnd and outcome.digest in candidates:
+            commit = next(c for c in self.mb.commits(rnd) if c["digest"] == outcome.digest)
+            return Averaged(Committed(rnd, outcome.digest, tuple(commit["members"]), candidates[outcome.digest]),
+                            (), 0, 0.0, 0.0, 0, tuple(events))
+        return outcome
+
+    def _dissent(self, download: Download, rnd: int) -> Download | Failed:
+        self.dissents += 1
+        if self.dissents >= protocol.MAX_CONSECUTIVE_DISSENT:
+            return Failed(f"peer {self.me}: in {self.dissents} rounds in a row (the last {rnd}) my model's digest "
+                          f"differed from the one a strict majority computed. This peer's computation differs from "
+                          f"the others': check that it runs the same p2pfed version and config, and its hardware "
+                          f"(memory); stopping")
+        log.warning("%s; keeping nothing of this round, downloading the committed model (dissent %d of at most %d in "
+                    "a row)", download.reason, self.dissents, protocol.MAX_CONSECUTIVE_DISSENT - 1)
+        return download
+
+    def _abort(self, rnd: int, group: Group, failure: _Failure, tries: int) -> None:
+        log.warning("attempt %d with %s failed: %s; keeping my pre-round model", group.attempt, list(group.members),
+                    failure.reason)
+        self.t.broadcast(group.members, wire.encode("abort", self.me, round=rnd, attempt=group.attempt,
+                                                    reason=failure.reason[:protocol.REASON_MAX_CHARS],
+                                                    dead=list(failure.dead)))
+        # keep reading messages (aborts carry who died) for a moment before the next attempt
+        until = time.monotonic() + min(protocol.BACKOFF_MAX_S, protocol.BACKOFF_S * tries)
+        while time.monotonic() < until:
+            self.mb.pump(until - time.monotonic())

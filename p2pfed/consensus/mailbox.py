@@ -1,0 +1,213 @@
+"""The main thread's view of the network: validated messages filed by (kind, round, attempt),
+and the one definition of which peers are alive.
+
+The transport's network thread queues every valid inbound message; `pump` blocks until the
+next one arrives (or a deadline passes) and files it here, so waiting loops are driven by
+messages, never by fixed sleeps. Heartbeats do not wake the main thread: they only refresh
+`Transport.last_seen`, and `next_expiry` says when a silent peer would turn dead. Routine drops
+(a late message of a round already done) are logged at DEBUG; rejected ones at WARNING, each
+kind at most once every LOG_EVERY_S.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from ..net import protocol, wire
+from ..net.ratelimit import RateLimitedLog
+from . import recipe
+
+log = logging.getLogger("p2pfed.consensus.mailbox")
+
+
+class Mailbox:
+    """Keeps the current round and the next two; older rounds are dropped as stale, except
+    `report`, `done` and `bye`, which the writer collects for the whole run."""
+    KEEP_ALL = ("report", "done", "bye")          # kept for the whole run (small)
+    ANY_ROUND = KEEP_ALL + ("model",)              # a downloaded model may be of any round
+    AHEAD_OK = ANY_ROUND + ("commit",)             # commits far ahead tell me I am behind
+
+    def __init__(self, transport, dead_after_s: float, validate: Callable[[wire.Message], None] = lambda msg: None,
+                 recipe_text: str = ""):
+        self.transport = transport
+        self.me: int = transport.id
+        self.peers: list[int] = [self.me, *transport.peer_ids]
+        self.recipe = recipe_text         # recipe.py: the options every partner must share with me
+        self.foreign: dict[int, str] = {}  # peers whose last ready carried another recipe
+        self.outnumbered: tuple[list[int], str] | None = None   # (foreign peers, their recipe), once they were
+        #                                  at least as many as the live peers sharing mine
+        self.dead_after_s = dead_after_s
+        self.validate = validate          # schema check against the local model; raises WireError
+        self.round = 0
+        self._box: dict[tuple, dict[int, wire.Message]] = defaultdict(dict)
+        self._departed: set[int] = set()
+        self._suspects: dict[int, float] = {}   # peer -> when a member reported it dead
+        self._log = RateLimitedLog(log, protocol.LOG_EVERY_S)
+        self.last_round = 0               # the run's last round: a claim to have committed beyond it is false
+        self._distrusted: set[int] = set()  # peers whose claims to be ahead proved false
+
+    # ------------------------------------------------------------------ receiving
+    def pump(self, timeout_s: float) -> int:
+        """Wait up to timeout_s for one message, then file whatever else is queued. Returns how
+        many messages were filed (0: the timeout passed)."""
+        n = 0
+        msg = self.transport.recv(timeout_s)
+        while msg is not None:
+            self.file(msg)
+            n += 1
+            msg = self.transport.recv(0)
+        return n
+
+    def wait(self, deadline: float, watch: Iterable[int] = (), since: float | None = None) -> None:
+        """Block until a message arrives, `deadline` (monotonic) passes, or a watched peer may
+        have turned dead (counting from `since` at the earliest): whichever comes first."""
+        until = min(deadline, self.next_expiry(watch, since))
+        self.pump(max(0.0, until - time.monotonic()))
+
+    def file(self, msg: wire.Message) -> None:
+        r = msg.header.get("round", 0)
+        if msg.kind == "bye":
+            self._departed.add(msg.sender)
+        else:
+            self._departed.discard(msg.sender)
+        try:
+            self.validate(msg)
+        except Exception as e:    # WireError, or anything a hostile but well-typed message provokes
+            self._log.log(("rejected", msg.sender, msg.kind), logging.WARNING, "rejected %s from peer %s: %s",
+                          msg.kind, msg.sender, str(e)[:300])
+            return
+        if msg.kind == "ready":
+            if msg["recipe"] != self.recipe:
+                if self.foreign.get(msg.sender) != msg["recipe"]:
+                    log.error("peer %d trains with other options (%s); it takes no part in my rounds until it "
+                              "shares mine. Fix its config and restart it", msg.sender,
+                              recipe.differences(self.recipe, msg["recipe"]))
+                self.foreign[msg.sender] = msg["recipe"]
+                # judged now, while the sender is surely alive: if it stops first, its bye must not
+                # make me the majority of one
+                self.judge_recipes(alive=msg.sender)
+                return
+            if self.foreign.pop(msg.sender, None) is not None:
+                log.info("peer %d now shares my options; it takes part again", msg.sender)
+        elif msg.sender in self.foreign and msg.kind != "bye":
+            self._drop(msg, f"dropped {msg.kind} from peer {msg.sender}, which trains with other options",
+                       logging.INFO)
+            return
+        if msg.kind == "abort":
+            for d in msg["dead"]:
+                if isinstance(d, int) and not isinstance(d, bool) and d != self.me:
+                    self._suspects[d] = time.monotonic()
+        if r < self.round and msg.kind not in self.ANY_ROUND:
+            self._drop(msg, f"dropped stale {msg.kind} from peer {msg.sender}: round {r} < current round {self.round}")
+            return
+        if r > self.round + 2 and msg.kind not in self.AHEAD_OK:
+            self._drop(msg, f"dropped {msg.kind} from peer {msg.sender} for round {r}, too far ahead of round "
+                            f"{self.round}")
+            return
+        self._box[(msg.kind, r, msg.header.get("attempt", -1))][msg.sender] = msg
+
+    def _drop(self, msg: wire.Message, text: str, level: int = logging.DEBUG) -> None:
+        """Log a dropped message (late messages of the previous round are normal when rounds are
+        short: DEBUG), at most once every LOG_EVERY_S per sender and kind."""
+        self._log.log((msg.sender, msg.kind), level, "%s", text)
+
+    # ------------------------------------------------------------------ queries
+    def get(self, kind: str, rnd: int, attempt: int = -1) -> dict[int, wire.Message]:
+        """sender -> message of this kind, round and attempt (-1: kinds without attempts)."""
+        return self._box.get((kind, rnd, attempt), {})
+
+    def all_of(self, kind: str) -> list[wire.Message]:
+        return [m for (k, _, _), d in self._box.items() if k == kind for m in d.values()]
+
+    def by_round(self, kind: str) -> dict[int, dict[int, wire.Message]]:
+        """round -> sender -> message, for kinds kept for the whole run (reports)."""
+        out: dict[int, dict[int, wire.Message]] = {}
+        for (k, r, _), d in self._box.items():
+            if k == kind:
+                out.setdefault(r, {}).update(d)
+        return out
+
+    def commits(self, min_round: int) -> list[wire.Message]:
+        return [m for (k, r, _), d in self._box.items() if k == "commit" and r >= min_round for m in d.values()]
+
+    def groups(self, rnd: int, after_attempt: int) -> list[tuple[int, wire.Message]]:
+        """(attempt, message) of group proposals for rnd newer than after_attempt, newest first."""
+        out = [(a, m) for (k, r, a), d in self._box.items() if k == "group" and r == rnd and a > after_attempt
+               for m in d.values()]
+        return sorted(out, key=lambda am: am[0], reverse=True)
+
+    def max_attempt(self, rnd: int) -> int:
+        return max((a for (_, r, a) in self._box if r == rnd and a >= 0), default=0)
+
+    def put(self, msg: wire.Message) -> None:
+        """File one of my own messages (e.g. my report), without validation."""
+        self._box[(msg.kind, msg.header.get("round", 0), msg.header.get("attempt", -1))][msg.sender] = msg
+
+    def discard(self, msg: wire.Message) -> None:
+        self._box.get((msg.kind, msg.header.get("round", 0), msg.header.get("attempt", -1)), {}).pop(msg.sender, None)
+
+    def advance(self, rnd: int) -> None:
+        """Round rnd starts: drop what belongs to earlier rounds (except KEEP_ALL)."""
+        self.round = rnd
+        for key in [k for k in self._box if k[1] < rnd and k[0] not in self.KEEP_ALL]:
+            del self._box[key]
+
+    # ------------------------------------------------------------------ liveness: the one definition
+    def alive(self, peer: int, since: float | None = None) -> bool:
+        """Heard from within dead_after_s, has not said bye, and not reported dead by a member
+        since it was last heard from. I am always alive. `since` (monotonic) gives a peer that
+        another member put into my exchange the benefit of the doubt: it counts as heard at that
+        moment (a peer just back from a partition may reach others before it reaches me)."""
+        if peer == self.me:
+            return True
+        seen = self._seen(peer, since)
+        if seen is None or peer in self._departed or time.monotonic() - seen >= self.dead_after_s:
+            return False
+        suspected = self._suspects.get(peer)
+        return suspected is None or seen > suspected
+
+    def live(self, peers: Iterable[int]) -> list[int]:
+        """The alive peers I can work with: those with another recipe are left out."""
+        return sorted(p for p in peers if self.alive(p) and p not in self.foreign)
+
+    def live_foreign(self) -> dict[int, str]:
+        """Alive peers whose last ready carried another recipe -> that recipe."""
+        return {p: r for p, r in self.foreign.items() if self.alive(p)}
+
+    def judge_recipes(self, alive: int | None = None) -> tuple[list[int], str] | None:
+        """(peers, their recipe) once the live peers with other recipes were at least as many as
+        the live peers sharing mine, me included (a tie counts: no side can claim the run); the
+        verdict stays. `alive`: a peer to count as live whatever its heartbeat says."""
+        if self.outnumbered is None:
+            foreign = {p: r for p, r in self.foreign.items() if p == alive or self.alive(p)}
+            if foreign and len(foreign) >= len(self.live(self.peers)):
+                recipes = list(foreign.values())
+                self.outnumbered = (sorted(foreign), max(set(recipes), key=recipes.count))
+        return self.outnumbered
+
+    def _seen(self, peer: int, since: float | None) -> float | None:
+        seen = self.transport.last_seen(peer)
+        return seen if since is None else max(seen if seen is not None else since, since)
+
+    def next_expiry(self, peers: Iterable[int], since: float | None = None) -> float:
+        """The monotonic time at which the first of these live peers turns dead if it stays silent."""
+        times = [self._seen(p, since) + self.dead_after_s for p in peers if p != self.me and self.alive(p, since)]
+        return min(times, default=float("inf"))
+
+    def committed(self, peer: int) -> int:
+        """The last round this peer says (by heartbeat) it has committed; 0 if unknown, if the
+        claim is beyond the run's last round, or if an earlier claim of this peer proved false."""
+        value = self.transport.heartbeat(peer).get("committed", 0)
+        if peer in self._distrusted or peer in self.foreign or not isinstance(value, int) or isinstance(value, bool):
+            return 0
+        if self.last_round and not 0 <= value <= self.last_round:
+            self._log.log(("claim", peer), logging.WARNING, "peer %s claims to have committed round %s, but the run "
+                          "has %d rounds; ignored", peer, value, self.last_round)
+            return 0
+        return value
+
+    def distrust(self, peer: int) -> None:
+        """Ignore this peer's claims to have committed rounds (it could not back one up)."""
+        self._distrusted.add(peer)

@@ -1,0 +1,59 @@
+"""The options every peer of a run must share, as one canonical string sent in `ready`.
+
+Peers on several hosts each read their own copy of peers.toml. If one copy differs in an option
+that changes what a round averages or how a peer trains (the optimizer, the round state's extras,
+the schedule, the model, the partition), its rounds would be wrong in ways the protocol catches
+only indirectly: shards of another length, an outvoted digest, or silently overlapping data. So
+every `ready` carries this string. A peer's mailbox files no message of a peer whose recipe
+differs from its own (but its bye), so that peer takes no part in its rounds, downloads or
+writer choice; and a peer stops with an error naming the keys when the live peers with other
+recipes are not fewer than those sharing its own (Mailbox.judge_recipes, group.py). A recipe is
+at most protocol.RECIPE_MAX_CHARS long on the wire. Options
+that may differ per host are not in it: paths, threads, evaluation batch size, timeouts,
+security, output.
+
+Format: `section.key=value` pairs joined by ";" in sorted key order, values as in TOML (lists
+comma-separated). Pure: no sockets, no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+_PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size"}
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_text(v) for v in value)
+    return str(value)
+
+
+def of(cfg) -> str:
+    """The recipe of a config."""
+    pairs = []
+    for section in ("data", "model", "train"):
+        table = getattr(cfg, section)
+        for f in fields(table):
+            key = f"{section}.{f.name}"
+            if key not in _PER_HOST:
+                pairs.append(f"{key}={_text(getattr(table, f.name))}")
+    return ";".join(sorted(pairs))
+
+
+def parse(recipe: str) -> dict[str, str]:
+    """key -> value text; malformed pairs are kept under their whole text (for messages only)."""
+    out: dict[str, str] = {}
+    for pair in recipe.split(";") if recipe else []:
+        key, sep, value = pair.partition("=")
+        out[key if sep else pair] = value
+    return out
+
+
+def differences(mine: str, theirs: str, limit: int = 6) -> str:
+    """'train.scaffold: true here, false there; ...' for the first `limit` keys that differ."""
+    a, b = parse(mine), parse(theirs)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    text = "; ".join(f"{k}: {a.get(k, '(absent)')} here, {b.get(k, '(absent)')} there" for k in keys[:limit])
+    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "") if keys else "none"

@@ -1,0 +1,13 @@
+"""Learning: data, the model and local training. Torch; knows nothing of sockets or the protocol.
+
+    datasets.py    CIFAR-10, image folders (and archives, unpacked once per machine), synthetic data
+    partition.py   partitions of the training set over the peers (pure)
+    augment.py     normalisation, augmentation, the endless batch stream, per-peer seeds
+    model.py       MobileNetV2 for small images; channels-last
+    schedule.py    the plan (rounds, local steps, epochs, eval cadence) and the learning rate (pure)
+    train.py       the optimizer and k local optimiser steps
+    evaluate.py    evaluation counts that several peers' test slices add up
+    scaffold.py    SCAFFOLD control variates: the gradient correction during local steps
+    bnstats.py     a peer's BatchNorm sums, and the pooled statistics they give
+    capture.py     torch state in and out of numpy (model and optimizer buffers)
+"""

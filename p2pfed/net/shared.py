@@ -1,0 +1,86 @@
+"""What the network thread learns and the main thread reads, behind one lock.
+
+The network thread writes when each peer was last heard and its last heartbeat; the main
+thread writes what the heartbeats say about it (status), what to answer while it is busy
+(served), and its standing `ready` (announced). Neither thread touches these dicts directly.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from . import protocol, wire
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the network thread answers with while the main thread works: the last committed
+    round's `model` (for `fetch`) and `commit` notice (for ready/group/part of that round or an
+    older one, except a ready with another recipe: my rounds are not that peer's rounds)."""
+    round: int
+    model_frames: list
+    commit_frames: list
+    recipe: str
+
+
+class SharedState:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._last_seen: dict[int, float] = {}
+        self._heartbeats: dict[int, dict] = {}
+        self._status = {"round": 0, "phase": "start", "committed": 0}
+        self._served: Served | None = None
+        self._announced: tuple[int, list, float] | None = None   # (round, ready frames, first sent)
+        self._resent: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ main thread
+    def last_seen(self, peer: int) -> float | None:
+        with self._lock:
+            return self._last_seen.get(peer)
+
+    def heartbeat(self, peer: int) -> dict:
+        with self._lock:
+            return dict(self._heartbeats.get(peer, {}))
+
+    def set_status(self, **fields) -> None:
+        with self._lock:
+            self._status = {**self._status, **fields}
+
+    def serve(self, served: Served) -> None:
+        with self._lock:
+            self._served = served
+
+    def announce(self, rnd: int | None, frames: list | None) -> None:
+        with self._lock:
+            self._announced = None if rnd is None else (rnd, frames, time.monotonic())
+            self._resent.clear()
+
+    # ------------------------------------------------------------------ network thread
+    def heartbeat_frames(self, me: int) -> list:
+        with self._lock:
+            return wire.encode("hb", me, **self._status)
+
+    def heard(self, msg: wire.Message) -> list | None:
+        """Record a valid message; return the network thread's own answer to it, if any: the
+        model to a fetch, a commit notice to a peer still in a round I committed, my standing
+        ready to a peer in my round that has not committed it (at most every READY_RESEND_S,
+        and only once the ready has stood that long)."""
+        now = time.monotonic()
+        with self._lock:
+            self._last_seen[msg.sender] = now
+            served, announced = self._served, self._announced
+            if msg.kind == "hb":
+                self._heartbeats[msg.sender] = msg.header
+                if announced:
+                    rnd, frames, since = announced
+                    if (msg["round"] == rnd and msg["committed"] < rnd and now - since >= protocol.READY_RESEND_S
+                            and now - self._resent.get(msg.sender, 0.0) >= protocol.READY_RESEND_S):
+                        self._resent[msg.sender] = now
+                        return frames
+                return None
+        if msg.kind == "fetch":
+            return served.model_frames if served else None
+        if served and msg.kind in ("ready", "group", "part") and msg["round"] <= served.round:
+            return None if msg.kind == "ready" and msg["recipe"] != served.recipe else served.commit_frames
+        return None

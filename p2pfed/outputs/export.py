@@ -1,0 +1,102 @@
+"""consensus.pt -> fp32 ONNX (opset 17, dynamic batch), checked with onnx.checker and against PyTorch."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import config
+from ..learning import augment, datasets, model
+from . import atomic, checkpoint
+
+log = logging.getLogger("p2pfed.outputs.export")
+
+OPSET = 17
+TOLERANCE = 1e-4          # max |logit difference| ONNX Runtime vs PyTorch
+
+
+class ExportError(RuntimeError):
+    """The model file cannot be exported; the message names the file and the fix."""
+
+
+def load_consensus(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from a self-describing consensus.pt (our own file, weights_only)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "consensus.pt"
+    try:
+        ck = checkpoint.read(path, checkpoint.CONSENSUS_FORMAT)
+    except checkpoint.FormatError as e:
+        raise ExportError(str(e)) from None
+    mcfg = config.ModelConfig(**{**ck["model_args"], "pretrained": False, "weights_file": ""})
+    net = model.build(mcfg)
+    net.load_state_dict(ck["state_dict"])
+    return net.eval(), ck
+
+
+def config_of(meta: dict) -> config.Config:
+    return config.from_dict({k: v for k, v in meta["config"].items()})
+
+
+def sample_images(cfg: config.Config, n: int, split: str = "test", data_dir: str | None = None) -> torch.Tensor:
+    """n normalised images of a split, for checks and calibration."""
+    dcfg = cfg.data if data_dir is None else config.override(cfg, data={"data_dir": data_dir}).data
+    sample = datasets.spread_sample(datasets.load_split(dcfg, split), n, cfg.data.seed + 11)
+    return augment.normalize(sample.images, cfg.model.input_size)
+
+
+def export_onnx(net: torch.nn.Module, out: str | os.PathLike, input_size: int) -> Path:
+    """Write an fp32 ONNX model atomically; dynamic batch; onnx.checker must accept it."""
+    import onnx
+    out = Path(out)
+    x = torch.zeros(1, 3, input_size, input_size)
+    tmp = atomic.temp_path(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter is deprecated in favour of dynamo, still works
+        torch.onnx.export(net.eval(), (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        onnx.checker.check_model(onnx.load(str(tmp)))
+        return atomic.publish(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ort_session(path: str | os.PathLike, threads: int = 1, optimize: bool = True):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(net: torch.nn.Module, onnx_path: str | os.PathLike, images: torch.Tensor) -> float:
+    sess = ort_session(onnx_path)
+    with torch.no_grad():
+        ref = net.eval()(images).numpy()
+    got = sess.run(None, {"input": images.numpy()})[0]
+    return float(np.abs(ref - got).max())
+
+
+def export_file(model_file: str, onnx_path: str | None = None, data_dir: str | None = None,
+                check_images: int = 64) -> tuple[Path, float]:
+    """The `p2pfed export` command: export, check, compare on real images. Returns (path, max diff)."""
+    net, meta = load_consensus(model_file)
+    src = Path(model_file)
+    out = Path(onnx_path) if onnx_path else (src if src.is_dir() else src.parent) / "consensus.onnx"
+    export_onnx(net, out, meta["model_args"]["input_size"])
+    images = sample_images(config_of(meta), check_images, data_dir=data_dir)
+    diff = max_abs_diff(net, out, images)
+    if diff >= TOLERANCE:
+        raise ExportError(f"ONNX Runtime and PyTorch disagree on {out}: max |logit difference| {diff:.2e} "
+                          f">= {TOLERANCE}")
+    log.info("exported %s (%d bytes); max |logit diff| vs PyTorch on %d images: %.2e", out, out.stat().st_size,
+             len(images), diff)
+    return out, diff

@@ -1,0 +1,107 @@
+"""RUN_DIR/summary.json from the per-round reports the peers sent (checked on arrival by
+consensus.writer.valid_reports)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import atomic
+
+def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_round: int, model_bytes: int,
+          run_dir: Path | None = None, round_digest: str = "", bn_pooled: bool = False,
+          exchanged_bytes: int = 0) -> dict:
+    """reports: round -> peer -> stats. Returns the summary.json document. exchanged_bytes: the
+    part of the round state that is averaged (the model, plus optimizer buffers and control
+    variates when configured); 0 = the model alone."""
+    rounds, prev = [], list(cfg.peer_ids)
+    for r in sorted(reports):
+        if reports[r]:
+            rounds.append(_round(r, reports[r], prev))
+            prev = rounds[-1]["members"]
+    faults = [{"peer": f.peer, "round": f.round, "phase": f.phase, "action": f.action,
+               "handled": _handled(f.peer, f.round, f.phase, rounds)} for f in cfg.faults]
+    final_acc = rounds[-1]["accuracy"] if rounds else None
+    evaluations = [{"epoch": r["epoch"], "round": r["round"], "accuracy": r["accuracy"], "test_loss": r["test_loss"]}
+                   for r in rounds if r["accuracy"] is not None]
+    sync = [r["sync_s"] for r in rounds]
+    return {
+        "peers": list(cfg.peer_ids),
+        "evaluations": evaluations,
+        "sync": {"rounds": len(rounds), "median_s": quantile(sync, 0.5) if sync else None,
+                 "p90_s": quantile(sync, 0.9) if sync else None,
+                 "all_agree": all(r["digests_agree"] for r in rounds)},
+        "rounds": rounds,
+        "faults": faults,
+        "final": {"round": final_round, "digest": final_digest, "round_digest": round_digest or final_digest,
+                  "bn_pooled": bn_pooled, "accuracy": final_acc, "model_bytes": model_bytes,
+                  "exchanged_bytes": exchanged_bytes or model_bytes,
+                  "members": rounds[-1]["members"] if rounds else []},
+    }
+
+
+def _round(r: int, by: dict[int, dict], prev: list[int]) -> dict:
+    """One line of summary.json: round r from its members' reports (peer -> stats)."""
+    members = sorted({int(m) for s in by.values() for m in s["members"]})
+    evaluated = all("total" in s for s in by.values())
+    correct = sum(s["correct"] for s in by.values()) if evaluated else 0
+    total = sum(s["total"] for s in by.values()) if evaluated else 0
+    digests = {str(p): s["digest"] for p, s in sorted(by.items())}
+    number = (int, float)
+    return {
+        "round": r,
+        "epoch": max((s.get("epoch", 0) for s in by.values() if isinstance(s.get("epoch", 0), number)), default=0),
+        "members": members,
+        "digests": digests,
+        "digests_agree": len(set(digests.values())) == 1,
+        "weights": {str(p): s["n_samples"] for p, s in sorted(by.items())},
+        "accuracy": correct / total if total else None,
+        "test_loss": sum(s["loss_sum"] for s in by.values()) / total if total else None,
+        "eval_samples": total,
+        "train_loss": {str(p): s["train_loss"] for p, s in sorted(by.items())},
+        "averaging_s": max(s["averaging_s"] for s in by.values()),
+        "sync_s": max((s.get("sync_s", 0) for s in by.values() if isinstance(s.get("sync_s", 0), number)), default=0),
+        "bytes_sent": {str(p): s["bytes_sent"] for p, s in sorted(by.items())},
+        "attempts": 1 + max(s["attempt"] for s in by.values()),     # attempts are numbered from 0
+        "dropped": sorted(set(prev) - set(members)),
+        "joined": sorted(set(members) - set(prev)),
+        "events": sorted({e for s in by.values() for e in s["events"] if isinstance(e, str)}),
+    }
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of a non-empty list, interpolated linearly between order statistics,
+    so the median of an even count is the mean of the middle two and the 90th percentile is never below it."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _handled(peer: int, rnd: int, phase: str, rounds: list[dict]) -> str:
+    """How the rounds after a fault went: who completed them, and whether the peer came back."""
+    first = rnd + 1 if phase == "between-rounds" else rnd    # a fault between rounds follows a commit
+    for r in rounds:
+        if r["round"] < first:
+            continue
+        if peer in r["dropped"]:
+            how = f"round {r['round']} completed without peer {peer} by {sorted(r['digests'])} (attempt {r['attempts']} of the round)"
+            return how + (f" after: {r['events'][0]}" if r["events"] else "")
+        if peer in r["members"]:
+            return f"peer {peer} was back in round {r['round']}"
+    return "no later round recorded"
+
+
+def write(run_dir: Path, summ: dict) -> Path:
+    """summary.json, compact for runs of 1,000+ rounds: one line per round, per evaluation and
+    per field of the other sections."""
+    def block(value, indent: str) -> str:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return "[\n" + ",\n".join(indent + "  " + json.dumps(v) for v in value) + "\n" + indent + "]"
+        if isinstance(value, dict) and value:
+            return "{\n" + ",\n".join(f"{indent}  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()) \
+                + "\n" + indent + "}"
+        return json.dumps(value)
+
+    body = ",\n".join(f"  {json.dumps(k)}: {block(v, '  ')}" for k, v in summ.items())
+    return atomic.write_text(Path(run_dir) / "summary.json", "{\n" + body + "\n}\n")

@@ -1,0 +1,19 @@
+"""Running peers: wires the other layers together. Nothing imports it.
+
+    peer.py        one peer process, one round read top to bottom
+    stages.py      RoundStage and its transitions: what the heartbeat, metrics and live view say
+    trainer.py     a peer's model, optimizer, batches and local steps
+    state.py       the peer's round state in and out of torch
+    evaluation.py  evaluating a committed round (pooled BatchNorm statistics, my test slice)
+    checkpoints.py a peer's own checkpoint: save, and load for --resume
+    finish.py      the end of a run: the writer's outputs
+    faults.py      fault injection at named points (crash, stall, dissent)
+    keys.py        the run's CURVE keys: keygen for a config, loading, exposure warning
+    launcher.py    `python launch.py`: N local peers, live progress, restarts, cleanup
+    preflight.py   what the launcher checks before it starts any peer
+    liveview.py    the launcher's live view
+    presets.py     named settings (--preset)
+    centralized.py the single-process reference run
+    cli.py         the `p2pfed` click commands
+    exitcodes.py   exit codes and their help texts
+"""

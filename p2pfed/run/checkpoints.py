@@ -1,0 +1,58 @@
+"""A peer's own checkpoint: written at its cadence and when it adopts a download, read by
+`--resume`. The file format is outputs/checkpoint.py's; this module knows what a peer puts in
+it and checks what it gets back (the restored round state must have the digest the file names).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..consensus import digest, roundstate
+from ..consensus.outcome import Committed, RoundError
+from ..learning import model
+from ..outputs import checkpoint
+from .state import capture_state
+from .trainer import Trainer
+
+log = logging.getLogger("p2pfed.run.checkpoints")
+
+
+def path_of(run_dir: Path, peer_id: int) -> Path:
+    return run_dir / "checkpoints" / f"peer-{peer_id}.pt"
+
+
+def save(path: Path, trainer: Trainer, committed: Committed, model_cfg) -> None:
+    checkpoint.save_checkpoint(path, state_dict=trainer.net.state_dict(), optimizer=trainer.opt.state_dict(),
+                               rnd=committed.round, digest=committed.digest, members=list(committed.members),
+                               global_step=trainer.global_step, model_args=model.model_args(model_cfg),
+                               carried={k: torch.from_numpy(np.array(v)) for k, v in trainer.carried.items()})
+
+
+def load(path: Path, trainer: Trainer) -> Committed | None:
+    """Restore the trainer from a checkpoint; the committed round it holds (None: no file)."""
+    if not path.exists():
+        log.warning("--resume: no checkpoint at %s; starting from round 1 (live peers will be downloaded from)", path)
+        return None
+    try:
+        ck = checkpoint.read(path, checkpoint.CHECKPOINT_FORMAT)
+    except checkpoint.FormatError as e:
+        raise RoundError(f"--resume: {e}") from None
+    trainer.net.load_state_dict(ck["state_dict"])
+    trainer.opt.load_state_dict(ck["optimizer"])
+    trainer.global_step = ck["global_step"]
+    # "outer": the key's name in checkpoints written before SCAFFOLD existed
+    carried = {k: v.numpy() for k, v in ck.get("carried", ck.get("outer", {})).items()}
+    trainer.carried = carried
+    if trainer.controls:
+        trainer.controls.set_common(roundstate.split(carried).scaffold)
+    # the committed round state: the model and optimizer as loaded, and the carried c (not my c_i)
+    state = capture_state(trainer.net, trainer.opt, trainer.tcfg, carried, copy=True)
+    if digest.digest(state) != ck["digest"]:
+        raise RoundError(f"--resume: {path} does not hold the round state its digest names (written with other "
+                         f"train.outer_momentum / train.average_optimizer_state / train.scaffold settings?); restore "
+                         f"the config it was written with, or delete it to rejoin by downloading the consensus")
+    log.info("resumed from %s: round %d committed (digest %s)", path, ck["round"], ck["digest"][:12])
+    return Committed(ck["round"], ck["digest"], tuple(ck["members"]), state)

@@ -1,0 +1,192 @@
+"""The `p2pfed` command line (click). Each command is a thin shell over one module."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from .. import config as config_mod
+from ..config import ConfigError
+from .exitcodes import ExitCode
+
+
+def _fail(msg: str, code: int = ExitCode.USAGE) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _load(path: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path) if path else config_mod.Config()
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """p2pfed: serverless federated learning over ZeroMQ."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(), help="peers.toml")
+@click.option("--id", "peer_id", required=True, type=int, help="this peer's id in [[peers]]")
+@click.option("--run-dir", default=None, help="overrides output.run_dir")
+@click.option("--resume", is_flag=True, help="reload this peer's checkpoint and rejoin the run")
+@click.option("--crash-at", multiple=True, help="fault injection: ROUND:PHASE (train|exchange|between-rounds)")
+@click.option("--quiet", is_flag=True, help="log to the run dir only, not to stderr")
+def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
+    """Run one peer (one OS process)."""
+    from ..consensus.outcome import RoundError
+    from ..learning.datasets import DataError
+    from ..learning.model import ModelError
+    from ..net.transport import BindError, TransportDown
+    from ..outputs import logs
+    cfg = _load(config_path)
+    try:
+        if crash_at:
+            extra = tuple(config_mod.parse_fault(f"{peer_id}@{spec}") for spec in crash_at)
+            cfg = config_mod.replace_faults(cfg, cfg.faults + extra)
+        cfg.peer(peer_id)
+    except ConfigError as e:
+        _fail(str(e))
+    run_dir = Path(run_dir or cfg.output.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr,
+                     level=logging.DEBUG if cfg.output.log_level == "debug" else logging.INFO)
+    from .peer import Peer
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even where SIGINT was inherited as ignored
+    try:
+        code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx).run()
+    except (ConfigError, DataError, ModelError, RoundError, BindError) as e:
+        logging.getLogger("p2pfed.peer").error("%s", e)
+        _fail(f"peer {peer_id}: {e}" if not str(e).startswith("peer ") else str(e), ExitCode.FAILED)
+    except TransportDown as e:
+        logging.getLogger("p2pfed.peer").error("%s", e)
+        _fail(str(e), ExitCode.NETWORK_DOWN)
+    except KeyboardInterrupt:
+        logging.getLogger("p2pfed.peer").warning("interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--out", default="keys", show_default=True, help="directory for the key files")
+@click.option("--name", default="peer", show_default=True, help="file name stem: NAME.key and NAME.key_secret")
+@click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="make a key pair for every peer of this config and write the public keys, curve = true and "
+                   "secret_key_file into it (comments are kept)")
+def keygen(out, name, config_path) -> None:
+    """Write a CURVE key pair and print its public key, or (--config) one per peer of a config."""
+    from ..net.curve import keygen as _keygen, read_key_file
+    from .keys import keygen_for_config
+    if config_path:
+        try:
+            keys = keygen_for_config(config_path, out)
+        except ConfigError as e:
+            _fail(str(e))
+        for pid, key in keys.items():
+            click.echo(f"peer {pid}: {out}/peer-{pid}.key  public_key = \"{key}\"")
+        click.echo(f"{config_path}: security.curve = true and every peer's public_key written. Copy each "
+                   f"peer-K.key_secret to the host of peer K only (mode 0600); the .key files may be shared.")
+        return
+    public, secret = _keygen(out, name)
+    pub, _ = read_key_file(public)
+    click.echo(f"public key file: {public}\nsecret key file: {secret} (keep it private)\n"
+               f"public_key = \"{pub.decode()}\"")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def launch(ctx) -> None:
+    """Start N local peers (same options as launch.py)."""
+    from .launcher import main as launcher_main
+    sys.exit(launcher_main(ctx.args))
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, type=click.Path(), help="peers.toml (data/model/train)")
+@click.option("--run-dir", required=True, help="where metrics-central.jsonl and central.pt go")
+@click.option("--epochs", type=float, default=None, help="overrides train.epochs")
+@click.option("--batch-size", type=int, default=0, help="default: the federation's global batch (peers x batch_size)")
+@click.option("--dataset", type=click.Choice(["cifar10", "folder", "synthetic"]), default=None)
+@click.option("--data-dir", default=None)
+@click.option("--width-mult", type=float, default=None)
+@click.option("--train-limit", type=int, default=None, help="use only N training images")
+def centralized(config_path, run_dir, epochs, batch_size, dataset, data_dir, width_mult, train_limit) -> None:
+    """Train one model on the union of all partitions: the reference for a federated run."""
+    from ..outputs import logs
+    from . import centralized as central
+    cfg = _load(config_path)
+    try:
+        cfg = config_mod.override(cfg, train={"epochs": epochs},
+                                  data={"dataset": dataset, "data_dir": data_dir, "train_limit": train_limit},
+                                  model={"width_mult": width_mult})
+    except ConfigError as e:
+        _fail(str(e))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    logs.setup("central", str(Path(run_dir) / "central.log"))
+    from ..learning.datasets import DataError
+    from ..learning.model import ModelError
+    try:
+        result = central.run(cfg, Path(run_dir), batch_size)
+    except (DataError, ModelError) as e:
+        _fail(str(e), ExitCode.FAILED)
+    click.echo(f"centralized: final accuracy {100 * result['accuracy']:.2f}%; metrics in {run_dir}")
+
+
+@main.command()
+@click.argument("model_file", type=click.Path())
+@click.option("--onnx", "onnx_path", default=None, help="output .onnx (default: beside the input)")
+@click.option("--data-dir", default=None, help="images to check ONNX against PyTorch (default: from the config)")
+def export(model_file, onnx_path, data_dir) -> None:
+    """Export a consensus.pt to fp32 ONNX and check it against PyTorch."""
+    from ..outputs import export as exp, logs
+    logs.setup("export")
+    try:
+        out, diff = exp.export_file(model_file, onnx_path, data_dir=data_dir)
+    except (exp.ExportError, FileNotFoundError) as e:
+        _fail(str(e), ExitCode.FAILED)
+    click.echo(f"wrote {out}; max |logit difference| ONNX Runtime vs PyTorch = {diff:.2e}")
+
+
+@main.command()
+@click.argument("target", type=click.Path())
+@click.option("--calibration-images", type=int, default=None, help="images used for calibration")
+def quantize(target, calibration_images) -> None:
+    """Static INT8 quantization of RUN_DIR/consensus.pt (or a consensus .pt file), with a comparison."""
+    from ..learning.datasets import DataError
+    from ..outputs import comparison as q, logs
+    from ..outputs.export import ExportError
+    logs.setup("quantize")
+    try:
+        result = q.run_target(target, calibration_images=calibration_images)
+    except (ExportError, FileNotFoundError, DataError) as e:
+        _fail(f"{e} (data paths in the run's config are relative to the directory the run was started from)"
+              if isinstance(e, DataError) else str(e), ExitCode.FAILED)
+    click.echo(q.format_table(result))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--reference", default=None, type=click.Path(), help="a centralized run dir to compare with")
+def report(run_dir, reference) -> None:
+    """Render RUN_DIR/plots/*.png and RUN_DIR/summary.md."""
+    from ..outputs import report as rep
+    out = rep.render(Path(run_dir), Path(reference) if reference else None)
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def status(run_dir) -> None:
+    """Summarise a run from its files, running or finished."""
+    from ..outputs import report as rep
+    click.echo(rep.status_text(Path(run_dir)))
+
+
+if __name__ == "__main__":
+    main()

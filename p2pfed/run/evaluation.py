@@ -1,0 +1,80 @@
+"""Evaluating a round's consensus, at the eval cadence.
+
+Each member evaluates the model on its own slice of the test set (the test set is cut into one
+part per member, so the members' counts add up to one pass over it). The model evaluated, and
+later exported, is the round's model part with BatchNorm statistics pooled over all members'
+data (consensus/pooling.py gathers and agrees; learning/bnstats.py computes the local sums and
+the pooled statistics), or the plain model part if pooling is off or fails. The pooling pass sees
+the training augmentation, because that is the input the weights were trained on. Training then
+goes on from the round's result itself.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ..consensus import pooling
+from ..consensus.outcome import Committed
+from ..learning import augment, bnstats, capture, datasets, evaluate, partition
+
+log = logging.getLogger("p2pfed.run.evaluation")
+
+
+class Evaluator:
+    def __init__(self, cfg, me: int, train_split: datasets.Split, test_split: datasets.Split, transport, mailbox):
+        self.cfg = cfg
+        self.me = me
+        self.train_split = train_split
+        self.test_split = test_split
+        self.transport = transport
+        self.mailbox = mailbox
+        self._slice: tuple[tuple, datasets.Split] | None = None
+
+    def split(self, members: tuple[int, ...]) -> datasets.Split:
+        """My slice of the test set for this member list."""
+        if self._slice is None or self._slice[0] != tuple(members):
+            parts = partition.partition_iid(len(self.test_split), len(members), self.cfg.data.seed + 1)
+            self._slice = (tuple(members), self.test_split.subset(parts[list(members).index(self.me)]))
+        return self._slice[1]
+
+    def model_to_evaluate(self, net, committed: Committed) -> Committed:
+        """The round's model part, with pooled BatchNorm statistics when that is on and every
+        member's share arrived (else the plain model part)."""
+        plain = committed.model()
+        n = self.cfg.train.bn_pool_images
+        if not n:
+            return plain
+        # a fixed random sample (my partition lists its images class by class), augmented as in
+        # training: the weights were fitted to the statistics of augmented images, and clean-image
+        # statistics cost 3.6 points on the dev test split (docs/benchmarks.md)
+        seed = augment.peer_seed(self.cfg.data.seed, self.me)
+        sample = datasets.spread_sample(self.train_split, n, seed)
+        aug = self.cfg.train.augment
+        batches = augment.batches(sample, self.cfg.train.batch_size, torch.Generator().manual_seed(seed) if aug else None,
+                                  train=aug, do_augment=aug, size=self.cfg.model.input_size)
+        layers = list(bnstats.bn_layers(net))
+        got = pooling.pool(self.transport, self.mailbox, committed.round, committed.members,
+                           bnstats.collect(net, batches), lambda total: bnstats.apply(plain.state, total, layers),
+                           self.cfg.averaging.exchange_timeout_s)
+        if isinstance(got, str):
+            log.warning("%s; evaluating the plain consensus", got)
+            return plain
+        return Committed(committed.round, got[1], committed.members, got[0], bn_pooled=True)
+
+    def run(self, net, committed: Committed) -> tuple[Committed, dict]:
+        """Evaluate the round's consensus; net holds the round's result before and after.
+        Returns (the evaluated model, the stats for the report)."""
+        started = time.monotonic()
+        evaluated = self.model_to_evaluate(net, committed)
+        if evaluated.bn_pooled:
+            net.load_state_dict(capture.to_torch(evaluated.state))
+        stats = evaluate.evaluate(net, self.split(committed.members), self.cfg.train.eval_batch_size,
+                                  self.cfg.model.input_size)
+        if evaluated.bn_pooled:                    # training goes on from the round's result
+            net.load_state_dict(capture.to_torch(committed.model().state))
+            stats["bn_digest"] = evaluated.digest
+        stats["bn_pooled"] = evaluated.bn_pooled
+        stats["eval_s"] = round(time.monotonic() - started, 3)
+        return evaluated, stats

@@ -1,0 +1,54 @@
+"""Fault injection, a product feature: make this peer crash, stall or dissent at a named point.
+
+Points (FaultPoint): `train` (halfway through a round's local steps), `exchange` (with half of
+its shard slices sent), `between-rounds` (after committing and checkpointing a round). Actions:
+`crash` (exit with code 70 at once), `stall` (sleep faults.stall_s), and `dissent` (exchange
+only): the peer's own copy of the round's result differs by one ulp, as with bad memory, so its
+digest is outvoted. The peer calls one injector at these points; a restarted peer gets an empty
+one, so it does not crash again.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+
+from .exitcodes import ExitCode
+
+log = logging.getLogger("p2pfed.run.faults")
+
+CRASH_EXIT_CODE = int(ExitCode.INJECTED_CRASH)   # so launch.py can tell an injected crash apart
+
+
+class FaultPoint(str, enum.Enum):
+    TRAIN = "train"
+    EXCHANGE = "exchange"
+    BETWEEN_ROUNDS = "between-rounds"
+
+
+class FaultInjector:
+    def __init__(self, faults, peer_id: int, on_fire=lambda fault: None):
+        self.faults = [f for f in faults if f.peer == peer_id]
+        self.on_fire = on_fire
+        self.fired: set[int] = set()
+
+    def at(self, rnd: int, point: str) -> bool:
+        """Fire the faults of this point; True if one of them is a `dissent`."""
+        dissent = False
+        for i, f in enumerate(self.faults):
+            if i in self.fired or f.round != rnd or f.phase != point:
+                continue
+            self.fired.add(i)
+            self.on_fire(f)
+            if f.action == "dissent":
+                log.warning("fault injection: corrupting my copy of round %d's result", rnd)
+                dissent = True
+                continue
+            if f.action == "crash":
+                log.warning("fault injection: crashing at %s of round %d", point, rnd)
+                logging.shutdown()
+                os._exit(CRASH_EXIT_CODE)
+            log.warning("fault injection: stalling %.1f s at %s of round %d", f.stall_s, point, rnd)
+            time.sleep(f.stall_s)
+        return dissent

@@ -1,0 +1,302 @@
+"""`python launch.py --peers N`: start N local peer processes, show progress, reap them all.
+
+The launcher is not a server: it checks what it can before any peer starts (preflight.py),
+writes the resolved config, starts `p2pfed peer` subprocesses (no fork after torch or zmq are
+imported), reads their metrics files for the live view (liveview.py), can restart a peer that
+died (`--restart ID@ROUND`), forwards Ctrl-C, reaps every child, and renders the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .. import config as config_mod
+from ..config import ConfigError
+from ..outputs import atomic
+from . import preflight
+from .exitcodes import ExitCode, describe
+from .liveview import LiveView, PeerView
+
+GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
+POLL_S = 0.25            # how often the launcher reads the metrics files and checks its children
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class Launcher:
+    def __init__(self, cfg: config_mod.Config, run_dir: Path, restarts: dict[int, int], timeout_s: float = 0):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.restarts = restarts              # peer id -> round at which to restart it
+        self.timeout_s = timeout_s
+        self.views = {p.id: PeerView(p.id) for p in cfg.peers}
+        self.live = LiveView(self.views)
+        self.config_path = run_dir / "config.toml"
+
+    def _start(self, peer_id: int, resume: bool = False) -> None:
+        cmd = [sys.executable, "-m", "p2pfed", "peer", "--config", str(self.config_path), "--id", str(peer_id),
+               "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
+        with open(self.run_dir / f"peer-{peer_id}.stderr", "ab") as err:
+            self.views[peer_id].proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.views[peer_id].exit_code = None
+
+    def run(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.config_path, config_mod.dumps_toml(self.cfg))
+        t = self.cfg.train
+        length = f"{t.rounds} rounds" if t.rounds else f"{t.epochs:g} epochs"
+        size = f"{list(t.local_steps)} local steps" if t.local_steps else f"{t.local_epochs:g} local epochs"
+        print(f"p2pfed: {len(self.cfg.peers)} peers, {length} in rounds of {size}, data {self.cfg.data.dataset}, "
+              f"run dir {self.run_dir}", flush=True)
+        started = time.monotonic()
+        interrupted = False
+        # explicit handlers: a process started from a background job inherits SIGINT as ignored,
+        # and Python then installs no KeyboardInterrupt handler of its own, so Ctrl-C did nothing
+        old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for pid in self.views:
+                self._start(pid)
+            while True:
+                self._poll()
+                self.live.render()
+                if all(v.proc.poll() is not None for v in self.views.values()) and not self._pending_restart():
+                    break
+                if self.timeout_s and time.monotonic() - started > self.timeout_s:
+                    print(f"\np2pfed: giving up after --timeout-s {self.timeout_s:.0f} s; stopping all peers",
+                          flush=True)
+                    interrupted = True
+                    break
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\np2pfed: interrupted; stopping all peers", flush=True)
+        finally:
+            self.stop_all()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        self._poll()
+        self.live.render()
+        return self._verdict(interrupted)
+
+    def _pending_restart(self) -> bool:
+        return any(pid in self.restarts and self.views[pid].restarts == 0 and self.views[pid].exit_code not in (None, 0)
+                   for pid in self.views)
+
+    def _poll(self) -> None:
+        for v in self.views.values():
+            v.poll(self.run_dir)
+            if v.proc is not None and v.exit_code is None and v.proc.poll() is not None:
+                v.exit_code = v.proc.returncode
+        others = [v.round for v in self.views.values() if v.exit_code is None]
+        for pid, at_round in self.restarts.items():
+            v = self.views[pid]
+            if v.exit_code not in (None, 0) and v.restarts == 0 and (not others or max(others) >= at_round):
+                v.restarts += 1
+                print(f"p2pfed: restarting peer {pid} with --resume (others at round {max(others, default='?')})",
+                      flush=True)
+                self._start(pid, resume=True)
+
+    def stop_all(self) -> None:
+        """SIGINT every live peer, wait GRACE_S, then SIGKILL; always reap."""
+        live = [v.proc for v in self.views.values() if v.proc is not None and v.proc.poll() is None]
+        for p in live:
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + GRACE_S
+        for p in live:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+
+    def _verdict(self, interrupted: bool) -> int:
+        """One of three outcomes, each pointing at summary.md: finished; finished, but some peers
+        died; failed: no consensus."""
+        summary = self.run_dir / "summary.json"
+        if interrupted:
+            print(f"p2pfed: run stopped; partial results in {self.run_dir}", flush=True)
+            return ExitCode.INTERRUPTED
+        logs = ", ".join(str(self.run_dir / f"peer-{v.id}.log") for v in self.views.values())
+        if not summary.exists():
+            print(f"p2pfed: failed: no consensus (no summary.json was written). See the peers' logs: {logs}",
+                  flush=True)
+            for v in self.views.values():
+                why = _last_error(self.run_dir / f"peer-{v.id}.log")
+                if why:
+                    print(f"p2pfed:   peer {v.id}: {why}", flush=True)
+            return ExitCode.FAILED
+        s = json.loads(summary.read_text())
+        acc = s["final"]["accuracy"]
+        agree = all(r["digests_agree"] for r in s["rounds"])
+        if not agree:
+            bad = [r["round"] for r in s["rounds"] if not r["digests_agree"]]
+            print(f"p2pfed: failed: no consensus: digests differed in rounds {bad[:10]}; see {logs}", flush=True)
+            return ExitCode.FAILED
+        died = [v for v in self.views.values() if v.exit_code not in (0, None)]
+        result = (f"{len(s['rounds'])} rounds, final accuracy {'n/a' if acc is None else f'{100 * acc:.2f}%'}, "
+                  f"digests agreed in every round: {agree}")
+        if died:
+            print(f"p2pfed: finished, but peers {[v.id for v in died]} died ("
+                  + "; ".join(f"peer {v.id} {describe(v.exit_code)}" for v in died)
+                  + f"). The consensus of the last round's members {s['final']['members']} was written: {result}",
+                  flush=True)
+        else:
+            print(f"p2pfed: finished. {result}", flush=True)
+        return ExitCode.OK
+
+
+def _last_error(log_path: Path) -> str:
+    """The message of the last ERROR line of a peer's log ("" if none): why that peer stopped."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    errors = [l for l in tail if " ERROR " in l]
+    return errors[-1].split(": ", 1)[-1][:300] if errors else ""
+
+
+
+
+# ---------------------------------------------------------------------------- the command
+def _int_list(flag: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be an integer or a comma-separated list, e.g. 4 or 2,4,8") from None
+
+
+def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
+    """The run's config (base file, preset, flags, local peers, faults), its run dir, and the
+    restarts: raises ConfigError naming the flag or key."""
+    from .presets import PRESETS
+    base_path = o["config"] or ("peers.toml" if Path("peers.toml").exists() else None)
+    cfg = config_mod.load(base_path) if base_path else config_mod.Config()
+    if o["preset"]:
+        cfg = config_mod.override(cfg, **PRESETS[o["preset"]])
+    run_dir = Path(o["run_dir"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = config_mod.override(
+        cfg,
+        train={"epochs": o["epochs"], "rounds": o["rounds"], "local_epochs": o["local_epochs"],
+               "local_steps": _int_list("--local-steps", o["local_steps"]), "eval_every": o["eval_every"],
+               "batch_size": o["batch_size"], "max_steps": o["max_steps"], "threads": o["threads"]},
+        data={"dataset": o["dataset"], "data_dir": o["data_dir"], "partition": o["partition"], "alpha": o["alpha"],
+              "seed": o["seed"], "train_limit": o["train_limit"], "test_limit": o["test_limit"]},
+        model={"width_mult": o["width_mult"]},
+        output={"run_dir": str(run_dir), "quantize": o["quantize"]})
+    cfg = config_mod.replace_peers(cfg, config_mod.local_peers(o["peers"], preflight.free_ports(o["peers"])))
+    if cfg.averaging.min_peers == 0:
+        # all peers share one host, so a partition is impossible: any survivors may finish a round
+        cfg = config_mod.override(cfg, averaging={"min_peers": 1})
+    faults = [config_mod.parse_fault(s, "crash") for s in o["kill"]]
+    faults += [config_mod.parse_fault(s, "stall") for s in o["stall"]]
+    cfg = config_mod.replace_faults(cfg, cfg.faults + tuple(faults))
+    restarts = {}
+    for spec in o["restart"]:
+        who, _, rnd = spec.partition("@")
+        try:
+            restarts[int(who)] = int(rnd or 1)
+        except ValueError:
+            raise ConfigError(f"--restart {spec!r} must look like ID@ROUND, e.g. 2@3") from None
+        if int(who) not in cfg.peer_ids:
+            raise ConfigError(f"--restart {spec!r}: peer {who} does not exist (ids {cfg.peer_ids})")
+    return cfg, run_dir, restarts
+
+
+def _options(f):
+    from .presets import HELP as PRESET_HELP, PRESETS
+    opts = [
+        click.option("--peers", type=click.IntRange(min=1), default=5, show_default=True, help="number of local peers"),
+        click.option("--config", type=click.Path(dir_okay=False), help="base config (default: peers.toml here if present)"),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), help=PRESET_HELP),
+        click.option("--epochs", type=float, help="run length in epochs over each peer's partition"),
+        click.option("--rounds", type=int, help="run exactly this many rounds instead of --epochs"),
+        click.option("--local-steps", help="local optimiser steps per round, e.g. 4, or 2,4,8 to grow over the run"),
+        click.option("--local-epochs", type=float, help="or: local epochs per round"),
+        click.option("--eval-every", type=int, help="evaluate every N rounds (default: once per epoch)"),
+        click.option("--dataset", type=click.Choice(["cifar10", "folder", "synthetic"])),
+        click.option("--data-dir", help="cifar10: download dir; folder: an image folder or a .tar.xz of one"),
+        click.option("--partition", type=click.Choice(["iid", "dirichlet", "shards"])),
+        click.option("--alpha", type=float, help="Dirichlet concentration (smaller: more skewed)"),
+        click.option("--width-mult", type=float, help="MobileNetV2 width multiplier"),
+        click.option("--seed", type=int),
+        click.option("--batch-size", type=int, help="images per peer per step"),
+        click.option("--max-steps", type=int, help="cap local steps per round (quick demos)"),
+        click.option("--train-limit", type=int, help="use only N training images in all"),
+        click.option("--test-limit", type=int, help="evaluate on only N test images"),
+        click.option("--threads", type=int, help="torch threads per peer (default cores / peers)"),
+        click.option("--run-dir", help="default runs/<timestamp>"),
+        click.option("--kill", multiple=True, metavar="ID@ROUND:PHASE",
+                     help="crash a peer at train|exchange|between-rounds of a round (repeatable)"),
+        click.option("--stall", multiple=True, metavar="ID@ROUND:PHASE",
+                     help="stall a peer (faults.stall_s) at a point of a round (repeatable)"),
+        click.option("--restart", multiple=True, metavar="ID@ROUND",
+                     help="restart a dead peer with --resume once the others reach ROUND (repeatable)"),
+        click.option("--quantize/--no-quantize", default=None,
+                     help="export + INT8-quantize the consensus at the end (default: output.quantize)"),
+        click.option("--report/--no-report", default=True, show_default=True,
+                     help="render plots and summary.md at the end"),
+        click.option("--timeout-s", type=click.FloatRange(min=0), default=0,
+                     help="give up (and stop all peers) after this long; 0 = never"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@_options
+def launch(**o) -> int:
+    """Run N p2pfed peers on this machine."""
+    cfg, run_dir, restarts = resolve_config(o)
+    preflight.check_all(cfg, run_dir)
+    code = Launcher(cfg, run_dir, restarts, o["timeout_s"]).run()
+    if o["report"] and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
+        try:
+            from ..outputs import report
+            print(f"p2pfed: report: {report.render(run_dir)}", flush=True)
+        except Exception as e:  # the run succeeded; a plotting problem must not hide that
+            print(f"p2pfed: warning: the report could not be rendered ({type(e).__name__}: {e}); "
+                  f"run `p2pfed report {run_dir}` to retry", flush=True)
+    if (run_dir / "summary.json").exists():
+        print(f"p2pfed: run directory: {run_dir}\np2pfed: summary: {run_dir / 'summary.json'}"
+              + (f" and {run_dir / 'summary.md'}" if (run_dir / "summary.md").exists() else ""), flush=True)
+    return code
+
+
+def parse_args(argv: list[str]) -> dict:
+    """The options of a launch.py command line, parsed but not run."""
+    return launch.make_context("launch.py", list(argv)).params
+
+
+def main(argv: list[str] | None = None) -> int:
+    """launch.py and `p2pfed launch`: a usage mistake is one line naming the flag or key, exit 2."""
+    try:
+        return launch.main(args=argv, prog_name="launch.py", standalone_mode=False)
+    except click.exceptions.Exit as e:            # --help
+        return e.exit_code
+    except click.ClickException as e:             # a bad flag: click names it
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        return ExitCode.USAGE
+    except ConfigError as e:                      # a bad value, key, file, path or port
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.USAGE

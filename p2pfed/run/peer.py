@@ -1,0 +1,292 @@
+"""One peer process, round after round:
+
+    train      k local steps on my partition (trainer.py); the network thread keeps heartbeating
+    average    ready, group, butterfly exchange, digest agreement (consensus/allreduce.py),
+               returned as a value: Averaged, Download or Failed
+    commit     load the result and serve it to late peers, or download the consensus instead
+    evaluate   at the eval cadence: pooled BatchNorm statistics, my slice of the test set
+    checkpoint at the checkpoint cadence
+    report     my round's stats to everyone (the writer's summary is built from them)
+    advance    the next round (the one place the round number moves)
+
+Every stage change goes through StageMachine.enter (stages.py), which updates the heartbeat,
+the metrics and so the live view. At the end the writer writes the outputs (finish.py).
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import config
+from ..consensus import outer, recipe, roundstate
+from ..consensus.allreduce import AllReduce, Progress
+from ..consensus.download import download
+from ..consensus.mailbox import Mailbox
+from ..consensus.outcome import Averaged, Committed, Download, Failed, RoundError
+from ..learning import datasets, schedule, train
+from ..net import protocol, wire
+from ..net.transport import Served, Transport
+from ..outputs import atomic
+from ..outputs.metrics import MetricsWriter
+from . import checkpoints, finish, reports
+from .evaluation import Evaluator
+from .faults import FaultInjector, FaultPoint
+from .keys import exposure_warning, load_keys
+from .stages import RoundStage, StageMachine
+from .trainer import Trainer
+
+log = logging.getLogger("p2pfed.run.peer")
+Stage = RoundStage
+
+
+class Peer:
+    def __init__(self, cfg: config.Config, peer_id: int, run_dir: str | Path, resume: bool = False, log_ctx=None):
+        self.cfg = cfg
+        self.id = peer_id
+        self.ids = cfg.peer_ids
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.log_ctx = log_ctx
+        self.metrics = MetricsWriter(self.run_dir / f"metrics-{peer_id}.jsonl", peer_id)
+        # injected faults fire in a peer's first life only, so a restarted peer does not crash again
+        self.faults = FaultInjector(() if resume else cfg.faults, peer_id, on_fire=self._fault_fired)
+        self.stages = StageMachine(self._stage_entered)
+        self.round = 1
+        self.committed: Committed | None = None    # the last committed round state
+        self.evaluated: Committed | None = None    # the last evaluated model (BatchNorm pooled if it could be)
+        self.recipe = recipe.of(cfg)                # sent in every ready: the options my partners must share
+        if len(self.recipe) > protocol.RECIPE_MAX_CHARS:
+            raise config.ConfigError(f"the shared options of this config come to {len(self.recipe)} characters, "
+                                     f"more than the {protocol.RECIPE_MAX_CHARS} a ready message carries; shorten "
+                                     f"train.local_steps")
+
+    # ------------------------------------------------------------------ stages, faults, logs
+    def enter(self, stage: RoundStage) -> None:
+        self.stages.enter(stage, self.round)
+
+    def _stage_entered(self, stage: RoundStage, rnd: int) -> None:
+        self.metrics.write("phase", round=rnd, phase=str(stage))
+        if hasattr(self, "transport"):
+            self.transport.set_status(phase=str(stage), round=rnd)
+
+    def _fault_fired(self, f) -> None:
+        self.metrics.write("fault", round=f.round, phase=f.phase, action=f.action)
+
+    def _progress(self, progress: str) -> None:
+        self.enter(Stage.WAIT if progress == Progress.WAITING else Stage.EXCHANGE)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        for d in (self.run_dir, self.run_dir / "checkpoints"):
+            for f in atomic.sweep_stale(d):
+                log.info("removed %s, left by a writer killed mid-write", f)
+        local = sum(1 for p in cfg.peers if p.host == cfg.peer(self.id).host)
+        torch.set_num_threads(cfg.train.threads or train.default_threads(local))
+        self.train_split, _, n_total = datasets.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
+        self.n_samples = len(self.train_split)
+        self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
+        self.trainer = Trainer(cfg, self.id, len(self.ids), self.train_split, self.plan, self.metrics, self.faults)
+        template = self.trainer.template
+        log.info("starting: %d training images (%s partition); %d rounds of %s local steps (%.2f epochs); model "
+                 "%.2f MB", self.n_samples, cfg.data.partition, self.plan.rounds, sorted(set(self.plan.steps)),
+                 self.plan.total_steps / self.plan.steps_per_epoch, roundstate.nbytes(roundstate.model_part(template)) / 1e6)
+        self.metrics.write("plan", round=0, rounds=self.plan.rounds, epochs=round(self.plan.total_steps /
+                           self.plan.steps_per_epoch, 3), steps_per_epoch=self.plan.steps_per_epoch,
+                           total_steps=self.plan.total_steps, n_samples=self.n_samples)
+        warning = exposure_warning(cfg)
+        if warning:
+            log.warning("%s", warning)
+        a = cfg.averaging
+        self.transport = Transport(cfg.peer(self.id), cfg.peers,
+                                   max_message_bytes=protocol.max_message_bytes(roundstate.nbytes(template)),
+                                   heartbeat_interval_s=a.heartbeat_interval_s, curve=load_keys(cfg, self.id))
+        self.transport.start()
+        n_floats = sum(v.size for v in roundstate.exchanged(template).values() if np.issubdtype(v.dtype, np.floating))
+        peer_ids = set(self.ids)
+        self.mailbox = Mailbox(self.transport, a.dead_after_s, recipe_text=self.recipe,
+                               validate=lambda msg: wire.check_schema(msg, template, n_floats, peer_ids))
+        self.mailbox.last_round = self.plan.rounds
+        self.evaluator = Evaluator(cfg, self.id, self.train_split, datasets.load_split(cfg.data, "test"),
+                                   self.transport, self.mailbox)
+        self.allreduce = AllReduce(self.transport, self.mailbox, a, self.ids, faults=self.faults,
+                                   on_progress=self._progress)
+        if self.resume:
+            got = checkpoints.load(checkpoints.path_of(self.run_dir, self.id), self.trainer)
+            if got:
+                self._serve(got)
+                self._advance(got.round + 1)
+                self.metrics.write("event", round=self.round, message=f"restarted from checkpoint of round {got.round}")
+
+    def wait_for_peers(self) -> None:
+        """Until every other peer has been heard from, or startup_timeout_s."""
+        deadline = time.monotonic() + self.cfg.averaging.startup_timeout_s
+        others = [p for p in self.ids if p != self.id]
+        missing = others
+        while time.monotonic() < deadline:
+            missing = [p for p in others if not self.mailbox.alive(p)]
+            if not missing:
+                return
+            self.mailbox.pump(protocol.POLL_S)
+        if len(missing) == len(others):
+            raise RoundError(
+                f"no other peer reachable within averaging.startup_timeout_s={self.cfg.averaging.startup_timeout_s}"
+                f" (tried {', '.join(f'{p.id}@{p.host}:{p.port}' for p in self.cfg.peers if p.id != self.id)}); "
+                f"start them, or check host/port in the config and the firewall")
+        log.warning("peers %s not reachable after startup_timeout_s=%s; starting without them (they can join "
+                    "later). Check their host/port in the config and that they are running",
+                    missing, self.cfg.averaging.startup_timeout_s)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> int:
+        self.setup()
+        try:
+            self.wait_for_peers()
+            while self.round <= self.plan.rounds:
+                claim = self._claimed_ahead()
+                if claim and self.sync(claim):
+                    self._advance(self.committed.round + 1)
+                else:
+                    self.run_round()
+            self.enter(Stage.DONE)
+            finish.await_outputs(self, self.plan.rounds)
+            return 0
+        finally:
+            try:
+                self.transport.broadcast(self.ids, wire.encode("bye", self.id, round=self.round))
+            finally:
+                self.transport.close(flush_s=protocol.BYE_FLUSH_S)
+                rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # ru_maxrss is in KiB
+                self.metrics.write("exit", round=self.round, peak_rss_mb=round(rss_mb, 1))
+                self.metrics.close()
+
+    def run_round(self) -> None:
+        rnd = self.round
+        self.enter(Stage.TRAIN)
+        started = time.monotonic()
+        losses = self.trainer.train_round(rnd)
+        train_s = time.monotonic() - started
+        state = self.trainer.state()
+        if self.cfg.output.dump_round_models:
+            reports.dump(self.run_dir, self.id, rnd, state, self.n_samples, "pre")
+        outcome = self.settle(rnd, state)
+        committed = self.committed
+        if self.id in committed.members and committed.round == rnd:
+            stats = reports.round_stats(committed, outcome, losses, train_s, self.n_samples, self.plan)
+            evaluates = self.plan.evaluates(rnd, self.cfg.train.eval_every)
+            if evaluates:
+                self.enter(Stage.EVAL)
+                self.evaluated, ev_stats = self.evaluator.run(self.trainer.net, committed)
+                stats.update(ev_stats)
+                log.info("round %d (epoch %.2f): consensus of %s evaluated, accuracy on my test slice %.2f%%", rnd,
+                         self.plan.epoch_after(rnd), list(committed.members),
+                         100 * stats["correct"] / max(1, stats["total"]))
+            if isinstance(outcome, Averaged):
+                self.checkpoint_if_due(rnd, evaluates)
+            self.report(rnd, stats)
+        self.faults.at(rnd, FaultPoint.BETWEEN_ROUNDS)
+        self._advance(committed.round + 1)
+
+    def settle(self, rnd: int, state: dict) -> Averaged | Download:
+        """Average the round, or download its consensus instead. A heartbeat claim that no peer
+        backs with a model is distrusted, and the round averaged after all."""
+        previous = list(self.committed.members) if self.committed and self.committed.round == rnd - 1 else None
+        while True:
+            outcome = self.allreduce.run(rnd, state, self.n_samples, previous, post=self._outer_step())
+            if isinstance(outcome, Failed):
+                raise RoundError(outcome.reason)
+            if isinstance(outcome, Averaged):
+                self.commit(outcome.committed)
+                return outcome
+            if self.sync(outcome):
+                return outcome
+
+    def sync(self, want: Download) -> bool:
+        """Download and adopt a consensus. False if a claimant's claim proved false (then it is
+        distrusted); a download that fails otherwise stops the peer."""
+        self.enter(Stage.SYNC)
+        got = download(self.transport, self.mailbox, self.trainer.template, self.ids, want.round,
+                       self.cfg.averaging.fetch_timeout_s, want.digest)
+        if isinstance(got, Failed):
+            if want.claimant is None:
+                raise RoundError(f"round {self.round}: {got.reason}")
+            log.warning("peer %d claimed to have committed round >= %d, but no peer sent such a model within "
+                        "fetch_timeout_s=%s; ignoring its claims from now on", want.claimant, want.round,
+                        self.cfg.averaging.fetch_timeout_s)
+            self.mailbox.distrust(want.claimant)
+            return False
+        self.trainer.global_step = self.plan.start_step(got.round + 1)
+        self.commit(got)
+        checkpoints.save(checkpoints.path_of(self.run_dir, self.id), self.trainer, got, self.cfg.model)
+        self.metrics.write("checkpoint", round=got.round)
+        log.info("adopted the consensus of round %d (digest %s, members %s): %s", got.round, got.digest[:12],
+                 list(got.members), want.reason)
+        self.metrics.write("event", round=got.round, message=f"synced round {got.round} consensus ({want.reason})")
+        return True
+
+    def commit(self, committed: Committed) -> None:
+        """Train on from this committed round state, and serve it to late and rejoining peers."""
+        self.trainer.load(committed.state)
+        if self.cfg.output.dump_round_models:
+            reports.dump(self.run_dir, self.id, committed.round, committed.state, self.n_samples, "post")
+        self._serve(committed)
+
+    # ------------------------------------------------------------------ after a round
+    def checkpoint_if_due(self, rnd: int, evaluated: bool) -> None:
+        every = self.cfg.output.checkpoint_every
+        if (every and rnd % every == 0) or (not every and evaluated) or rnd == self.plan.rounds:
+            checkpoints.save(checkpoints.path_of(self.run_dir, self.id), self.trainer, self.committed,
+                             self.cfg.model)
+            self.metrics.write("checkpoint", round=rnd)
+
+    def report(self, rnd: int, stats: dict) -> None:
+        self.metrics.write("round", round=rnd, **stats)
+        for e in stats["events"]:
+            self.metrics.write("event", round=rnd, message=e)
+        self.transport.broadcast(self.ids, wire.encode("report", self.id, round=rnd, stats=stats))
+        self.mailbox.put(wire.Message("report", self.id, {"round": rnd, "stats": stats}))
+
+    # ------------------------------------------------------------------ helpers
+    def _advance(self, rnd: int) -> None:
+        """The one place the round number moves."""
+        self.round = rnd
+        if self.log_ctx:
+            self.log_ctx.round = rnd
+        self.mailbox.advance(rnd)
+
+    def _serve(self, committed: Committed) -> None:
+        """Hand the network thread a `model` and a `commit` notice for this committed round."""
+        self.committed = committed
+        c = committed
+        self.transport.serve(Served(c.round, wire.encode("model", self.id, list(c.state.values()), round=c.round,
+                                                         digest=c.digest, names=list(c.state.keys()),
+                                                         members=list(c.members)),
+                                    wire.encode("commit", self.id, round=c.round, digest=c.digest,
+                                                members=list(c.members)), self.recipe))
+        self.transport.set_status(committed=c.round)
+
+    def _claimed_ahead(self) -> Download | None:
+        """A live peer whose heartbeat says it has committed my current round (or a later one)."""
+        claims = [(self.mailbox.committed(p), p) for p in self.mailbox.live(self.ids) if p != self.id]
+        best, peer = max(claims, default=(0, -1))
+        if best < self.round:
+            return None
+        return Download(self.round, f"peer {peer} says it has committed round {best}", claimant=peer)
+
+    def _outer_step(self):
+        """The outer step as a function of the round's mean (None when train.outer_momentum = 0).
+        Its anchor is the last committed round state, the same on every member (the digest checks
+        it). Before any commit there is no agreed anchor, so the first result is the mean itself
+        with zero momentum: the peers' initial models need not be bit-identical."""
+        t = self.cfg.train
+        if not t.outer_momentum:
+            return None
+        if self.committed is None:
+            return lambda mean: outer.start(mean, self.trainer.template)
+        previous = self.committed.state
+        return lambda mean: outer.apply(mean, previous, t.outer_lr, t.outer_momentum)

@@ -1,0 +1,74 @@
+"""What launch.py checks before it starts any peer: the flags, the config, the data, the run
+directory and the ports. A mistake is one line that names the flag or key and what to do, exit
+code 2, no peer started and no report. An image-folder archive is unpacked here, once per
+machine, so the peers find it ready.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from ..config import ConfigError
+from ..learning import datasets
+
+
+class PreflightError(ConfigError):
+    """A launch cannot start; the message names the flag or key."""
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n ports that were free a moment ago (each bound once, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def check_ports(cfg) -> None:
+    """Every local peer's port can be bound now."""
+    for p in cfg.peers:
+        s = socket.socket()
+        try:
+            s.bind((p.bind or p.host, p.port))
+        except OSError as e:
+            raise PreflightError(f"peer {p.id}: cannot listen on {p.host}:{p.port} ({e.strerror}); another program "
+                                 f"uses it: stop it, or give peer {p.id} another port") from None
+        finally:
+            s.close()
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PreflightError(f"--run-dir {run_dir} is a file, not a directory; pass a new directory name")
+    parent = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PreflightError(f"--run-dir {run_dir}: {parent} is not writable; pass a directory you can write to")
+
+
+def check_data(dcfg) -> None:
+    """The data the peers will read exists and has the image-folder layout; an archive is
+    unpacked now (once per machine; the peers then reuse it)."""
+    if dcfg.dataset != "folder":
+        return          # synthetic needs nothing; cifar10 downloads into data_dir (and says so if offline)
+    path = Path(dcfg.data_dir)
+    if not path.exists():
+        raise PreflightError(f"--data-dir {path} does not exist (data.data_dir); pass an image folder "
+                             f"(train/<class>/*, test/<class>/*) or a .tar.xz of one")
+    try:
+        for split in ("train", "test"):
+            datasets.image_folder(str(path), split, dcfg.cache_dir)
+    except datasets.DataError as e:
+        raise PreflightError(f"--data-dir {path}: {e}") from None
+
+
+def check_all(cfg, run_dir: Path) -> None:
+    check_run_dir(run_dir)
+    check_data(cfg.data)
+    check_ports(cfg)

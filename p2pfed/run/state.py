@@ -1,0 +1,39 @@
+"""A peer's round state: its torch model and optimizer, and what it carries from the last
+committed round, in and out of the agreed numpy round state (consensus/roundstate.py names
+the parts; learning/capture.py moves them in and out of torch).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from torch import nn
+
+from ..consensus import roundstate
+from ..learning import capture
+
+
+def capture_state(net: nn.Module, opt, tcfg, carried: dict | None = None, copy: bool = False
+                  ) -> "OrderedDict[str, np.ndarray]":
+    """The round state of this peer now. `carried` holds scaffold.* and outer.* entries (missing
+    ones are zeros). copy=False may share the model's memory."""
+    have = roundstate.split(carried or {})
+    zeros = capture.param_zeros(net)
+    parts = roundstate.Parts(
+        model=capture.to_numpy(net.state_dict()),
+        optimizer=capture.optimizer_buffers(net, opt, tcfg.optimizer) if tcfg.average_optimizer_state else OrderedDict(),
+        scaffold=OrderedDict((n, have.scaffold.get(n, z)) for n, z in zeros.items()) if tcfg.scaffold else OrderedDict(),
+        outer=OrderedDict((n, have.outer.get(n, z)) for n, z in zeros.items()) if tcfg.outer_momentum > 0
+        else OrderedDict())
+    state = roundstate.compose(parts)
+    return OrderedDict((k, v.copy()) for k, v in state.items()) if copy else state
+
+
+def restore_state(net: nn.Module, opt, tcfg, state: dict, global_step: int) -> "OrderedDict[str, np.ndarray]":
+    """Load a round state: the model into net, averaged optimizer buffers into opt. Returns the
+    scaffold.* and outer.* entries (copies) for the caller to carry."""
+    parts = roundstate.split(state)
+    net.load_state_dict(capture.to_torch(parts.model))
+    if tcfg.average_optimizer_state:
+        capture.load_optimizer_buffers(net, opt, tcfg.optimizer, parts.optimizer, global_step)
+    return roundstate.carried(state)
