@@ -149,8 +149,8 @@ def test_an_archive_is_unpacked_once_even_when_several_processes_ask_at_once(tmp
         tar.add(src, arcname="tiny")
     cache = tmp_path / "cache"
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
-            "from pathlib import Path; from p2pfed.learning import datasets; "
-            f"print('ROOT', datasets.unpack_archive(Path({str(archive)!r}), {str(cache)!r}))")
+            "from pathlib import Path; from p2pfed.learning import folders; "
+            f"print('ROOT', folders.unpack_archive(Path({str(archive)!r}), {str(cache)!r}))")
     ps = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
           for _ in range(4)]
     outs = [p.communicate(timeout=120)[0] for p in ps]
@@ -161,3 +161,19 @@ def test_an_archive_is_unpacked_once_even_when_several_processes_ask_at_once(tmp
     root = Path(roots.pop())
     assert len(list(root.glob("tiny/*/*/*.png"))) == 600
     assert [p.name for p in cache.iterdir() if ".tmp" in p.name] == []
+
+
+@pytest.mark.parametrize("width", [0.1, 1.0])
+def test_our_mobilenet_v2_is_torchvisions_tree_and_initial_weights(width):
+    """The peers build MobileNetV2 without importing torchvision (its import costs 1.4 s per
+    process); the same seed must give torchvision's module tree and weights, so its ImageNet
+    weights and earlier checkpoints load."""
+    import torchvision
+    from p2pfed.learning.mobilenet import MobileNetV2
+    torch.manual_seed(3)
+    ref = torchvision.models.mobilenet_v2(width_mult=width)
+    torch.manual_seed(3)
+    ours = MobileNetV2(width_mult=width)
+    a, b = ref.state_dict(), ours.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,27 +6,14 @@ of its own partition. Knows nothing about the network.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import logging
-import os
-import tarfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import folders
 from . import partition as partitions
-
-log = logging.getLogger("p2pfed.learning.datasets")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-class DataError(RuntimeError):
-    """The data cannot be found or read; the message says what to pass instead."""
+from .folders import IMAGE_EXTENSIONS, DataError, unpack_archive  # noqa: F401  (the data API in one place)
 
 
 @dataclass
@@ -92,63 +79,9 @@ def decode_images(files: list[str]) -> torch.Tensor:
     return torch.stack(out) if out else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
 
 
-def _cache_root(cache_dir: str) -> Path:
-    return Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "p2pfed"
-
-
-def unpack_archive(archive: Path, cache_dir: str = "") -> Path:
-    """Unpack a .tar.xz/.tar.gz once per machine into the cache (keyed by path, size and mtime);
-    return the root dir. Safe when several processes ask at once: one unpacks under an exclusive
-    lock while the others wait for it, and the tree appears by an atomic rename, so a crash never
-    leaves half of one."""
-    st = archive.stat()
-    key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    dest = _cache_root(cache_dir) / f"{archive.name.split('.')[0]}-{key}"
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)          # released when the file closes, also if we crash
-        if dest.is_dir():                          # another process unpacked it while we waited
-            return dest
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        log.info("unpacking %s into %s (once per machine)", archive, dest)
-        started = time.monotonic()
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        os.rename(tmp, dest)
-        log.info("unpacked %s in %.1f s", archive.name, time.monotonic() - started)
-    return dest
-
-
-def _find_split_root(root: Path, split: str) -> Path:
-    """root/<split>, or root/<single dir>/<split> (an archive's top folder)."""
-    if (root / split).is_dir():
-        return root / split
-    subdirs = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
-    if len(subdirs) == 1 and (subdirs[0] / split).is_dir():
-        return subdirs[0] / split
-    raise DataError(f"no {split}/ folder under {root}; an image folder needs {root}/{split}/<class>/<image> "
-                    f"(or pass a .tar.xz of that layout)")
-
-
 def image_folder(data_dir: str, split: str, cache_dir: str = "") -> Split:
     """List `<root>/<split>/<class>/*` (labels = sorted class folder index). Decoding is lazy."""
-    path = Path(data_dir)
-    if not path.exists():
-        raise DataError(f"data.data_dir {path} does not exist; pass --data-dir with an image folder "
-                        f"or a .tar.xz of one (e.g. ../shared/data/cifar10-dev.tar.xz)")
-    if path.is_file():
-        path = unpack_archive(path, cache_dir)
-    root = _find_split_root(path, split)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise DataError(f"{root} has no class folders; expected {root}/<class>/<image>")
-    files, labels = [], []
-    for c, name in enumerate(classes):
-        names = sorted(f for f in os.listdir(root / name) if f.lower().endswith(IMAGE_EXTENSIONS))
-        files += [str(root / name / f) for f in names]
-        labels += [c] * len(names)
+    files, labels, classes = folders.list_split(data_dir, split, cache_dir)
     return Split(np.asarray(labels, dtype=np.int64), classes, files=files)
 
 

@@ -6,8 +6,9 @@ import os
 from dataclasses import asdict
 
 import torch
-import torchvision
 from torch import nn
+
+from .mobilenet import MobileNetV2
 
 log = logging.getLogger("p2pfed.learning.model")
 
@@ -19,16 +20,9 @@ class ModelError(RuntimeError):
 def build(mcfg, seed: int = 0) -> nn.Module:
     """MobileNetV2 with a num_classes head, from a ModelConfig."""
     torch.manual_seed(seed)
-    weights = None
+    net = MobileNetV2(width_mult=mcfg.width_mult)
     if mcfg.pretrained:
-        if mcfg.width_mult != 1.0:
-            raise ModelError("model.pretrained needs model.width_mult = 1.0 (ImageNet weights exist only for it)")
-        weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
-    try:
-        net = torchvision.models.mobilenet_v2(weights=weights, width_mult=mcfg.width_mult)
-    except Exception as e:  # offline and not in torch's cache
-        raise ModelError(f"could not get ImageNet weights for MobileNetV2 ({type(e).__name__}: {str(e)[:100]}); "
-                         f"offline, set model.weights_file to a local state_dict or model.pretrained = false") from None
+        net.load_state_dict(_imagenet_weights(mcfg))
     if mcfg.weights_file:
         if not os.path.isfile(mcfg.weights_file):
             raise ModelError(f"model.weights_file {mcfg.weights_file} does not exist")
@@ -43,6 +37,18 @@ def build(mcfg, seed: int = 0) -> nn.Module:
     if mcfg.cifar_stem:
         net.features[0][0].stride = (1, 1)
     return net
+
+
+def _imagenet_weights(mcfg) -> dict:
+    """torchvision's ImageNet weights for MobileNetV2 (downloaded into torch's cache once)."""
+    if mcfg.width_mult != 1.0:
+        raise ModelError("model.pretrained needs model.width_mult = 1.0 (ImageNet weights exist only for it)")
+    try:
+        import torchvision
+        return torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # offline and not in torch's cache
+        raise ModelError(f"could not get ImageNet weights for MobileNetV2 ({type(e).__name__}: {str(e)[:100]}); "
+                         f"offline, set model.weights_file to a local state_dict or model.pretrained = false") from None
 
 
 def model_args(mcfg) -> dict:

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from ..config import ConfigError
-from ..learning import datasets
+from ..learning import folders
 
 
 class PreflightError(ConfigError):
@@ -63,8 +63,8 @@ def check_data(dcfg) -> None:
                              f"(train/<class>/*, test/<class>/*) or a .tar.xz of one")
     try:
         for split in ("train", "test"):
-            datasets.image_folder(str(path), split, dcfg.cache_dir)
-    except datasets.DataError as e:
+            folders.list_split(str(path), split, dcfg.cache_dir)
+    except folders.DataError as e:
         raise PreflightError(f"--data-dir {path}: {e}") from None
 
 
