@@ -1,9 +1,11 @@
 """Learning: data, the model and local training. Torch; knows nothing of sockets or the protocol.
 
-    datasets.py    CIFAR-10, image folders (and archives, unpacked once per machine), synthetic data
+    folders.py     image folders on disk, archives unpacked once per machine (no torch)
+    datasets.py    CIFAR-10, image folders, synthetic data; a peer's decoded partition
     partition.py   partitions of the training set over the peers (pure)
     augment.py     normalisation, augmentation, the endless batch stream, per-peer seeds
-    model.py       MobileNetV2 for small images; channels-last
+    mobilenet.py   MobileNetV2 (torchvision's tree and initialisation, without importing torchvision)
+    model.py       the configured model for small images; channels-last
     schedule.py    the plan (rounds, local steps, epochs, eval cadence) and the learning rate (pure)
     train.py       the optimizer and k local optimiser steps
     evaluate.py    evaluation counts that several peers' test slices add up

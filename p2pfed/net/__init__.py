@@ -7,4 +7,5 @@
     shared.py      what the network thread and the main thread share, behind one lock
     curve.py       CURVE keys and the ZAP allow-list authenticator
     ratelimit.py   the one rate limiter for routine log lines
+    outbox.py      messages a down connection refused, retried for a few seconds
 """
