@@ -96,6 +96,8 @@ def build() -> dict:
             frames_json("report", 1, round=4, stats={"members": [0, 1, 2], "digest": d, "attempt": 0}),
             frames_json("bnstats", 1, [np.array([2.0, 0.5, -1.0], np.float64)], round=4),
             frames_json("bndigest", 1, round=4, digest=d),
+            frames_json("bnsync", 2, [np.array([96.0, 1.5, -0.25, 40.0, 2.0], np.float64)], round=4, attempt=0,
+                        seq=7),
             frames_json("done", 0, round=4),
             frames_json("bye", 2, round=4),
         ],

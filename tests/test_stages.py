@@ -25,8 +25,8 @@ def test_every_stage_has_a_row_and_illegal_moves_raise():
     assert seen[0] == (0, RoundStage.START) and seen[-1] == (3, RoundStage.TRAIN) and len(seen) == 10
     m.enter(RoundStage.TRAIN, 3)                       # the stage I am in: no new record
     assert len(seen) == 10
-    with pytest.raises(StageError, match="no transition from train to exchange"):
-        m.enter(RoundStage.EXCHANGE, 3)                # training goes through wait (ready) first
+    with pytest.raises(StageError, match="no transition from train to eval"):
+        m.enter(RoundStage.EVAL, 3)                    # evaluation follows a commit, never training
     with pytest.raises(StageError):
         StageMachine().enter(RoundStage.QUANTIZE, 1)
 

@@ -43,6 +43,7 @@ class ModelConfig:
     pretrained: bool = False     # start from torchvision's ImageNet weights (needs internet or cache)
     weights_file: str = ""       # start from a local state_dict file instead (backbone; head is replaced)
     num_classes: int = 10        # output classes; must match the data set
+    norm: Literal["batch", "none"] = "batch"  # batch: MobileNetV2's BatchNorm; none: normalization-free (weight standardization, SkipInit)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class TrainConfig:
     outer_lr: float = 1.0        # outer learning rate, used when outer_momentum > 0
     average_optimizer_state: bool = False  # also average the optimizer's buffers (SGD momentum; AdamW moments)
     scaffold: bool = False       # SCAFFOLD control variates against client drift on skewed partitions (2x the bytes)
+    batchnorm: Literal["local", "sync", "frozen"] = "local"  # BatchNorm statistics in training: each peer's own batch, the round's joint batch (synchronized every step), or frozen to the averaged ones after freeze_bn_at (FixBN)
+    freeze_bn_at: float = 0.5    # batchnorm = "frozen": the fraction of the run after which BatchNorm uses the averaged statistics
+    agc_clip: float = 0.0        # adaptive gradient clipping: a unit's gradient is at most this x its weights' norm (0 = off; for model.norm = "none")
 
 
 @dataclass(frozen=True)

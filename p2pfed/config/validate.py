@@ -42,6 +42,12 @@ def _train(cfg: Config) -> None:
     if t.outer_lr != 1.0 and t.outer_momentum == 0:
         raise ConfigError(f"train.outer_lr = {t.outer_lr} has no effect without train.outer_momentum > 0; "
                           f"set both, or leave outer_lr at 1")
+    if t.batchnorm != "local" and cfg.model.norm != "batch":
+        raise ConfigError(f"train.batchnorm = \"{t.batchnorm}\" needs BatchNorm, but model.norm = \"{cfg.model.norm}\"; "
+                          f"set train.batchnorm = \"local\" for a normalization-free model")
+    if cfg.model.norm != "batch" and cfg.model.pretrained:
+        raise ConfigError("model.pretrained loads ImageNet weights of the BatchNorm network; set model.norm = "
+                          "\"batch\" or model.pretrained = false")
     a = cfg.averaging
     if a.dead_after_s < 2 * a.heartbeat_interval_s:
         raise ConfigError(f"averaging.dead_after_s ({a.dead_after_s}) must be at least twice "
@@ -58,10 +64,14 @@ def _ranges(cfg: Config) -> None:
         ("output.checkpoint_every", cfg.output.checkpoint_every, 0, None, ">= 0"),
         ("train.label_smoothing", t.label_smoothing, 0, 1, "in [0, 1)"),
         ("train.outer_momentum", t.outer_momentum, 0, 1, "in [0, 1) (0 = no outer step)"),
+        ("train.agc_clip", t.agc_clip, 0, None, ">= 0 (0 = off)"),
     ]
     for key, value, low, high, allowed in checks:
         if value < low or (high is not None and value >= high):
             raise ConfigError(f"{key} = {value} must be {allowed}")
+    if not 0 < t.freeze_bn_at < 1:
+        raise ConfigError(f"train.freeze_bn_at = {t.freeze_bn_at} must be in (0, 1): the fraction of the run after "
+                          f"which BatchNorm is frozen")
     if not 0 < t.outer_lr <= 2:
         raise ConfigError(f"train.outer_lr = {t.outer_lr} must be in (0, 2]")
     positive = [("data.shards_per_peer", cfg.data.shards_per_peer), ("train.epochs", t.epochs), ("train.lr_base_batch", t.lr_base_batch),

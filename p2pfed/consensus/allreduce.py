@@ -34,6 +34,7 @@ log = logging.getLogger("p2pfed.consensus.allreduce")
 class Progress:
     """What the averaging tells its caller as it goes (the peer maps it to its stage)."""
     WAITING = "waiting"          # ready; waiting for a group
+    TRAINING = "training"        # synchronized training within the attempt's group (work)
     EXCHANGING = "exchanging"    # in an attempt's exchange and agreement
 
 
@@ -69,14 +70,19 @@ class AllReduce:
         self.on_progress = on_progress
         self.dissents = 0            # consecutive rounds in which a majority outvoted my digest
 
-    def run(self, rnd: int, state: dict, n_samples: int, previous: list[int] | None = None,
-            post: Callable[[dict], dict] | None = None) -> Averaged | Download | Failed:
+    def run(self, rnd: int, state: dict | None, n_samples: int, previous: list[int] | None = None,
+            post: Callable[[dict], dict] | None = None,
+            work: Callable[[Group, Scope], dict] | None = None) -> Averaged | Download | Failed:
         """Average `state` with the live peers for round rnd. previous: the members of the last
         round I committed (None: unknown, e.g. the first round: then all peers are expected).
         post: the round's result as a function of the exact mean of every exchanged entry (the
-        outer step); derived entries are not sent, and the digest covers post's result."""
+        outer step); derived entries are not sent, and the digest covers post's result.
+        work: synchronized training (train.batchnorm = "sync"). Then `ready` is sent before the
+        round's training, and each attempt's group runs work(group, scope), which trains
+        together through the scope (stepsync.py) and returns the state to average; an
+        exchange.Interrupted from it fails the attempt like any other."""
         started, bytes_before = time.monotonic(), self.t.bytes_sent
-        mine = Vector.of(roundstate.exchanged(state))
+        mine = Vector.of(roundstate.exchanged(state)) if work is None else None
         self.mb.advance(rnd)
         expected = set(previous if previous is not None else self.all_peers)
         self.groups.ready(rnd, n_samples)
@@ -88,8 +94,7 @@ class AllReduce:
                 if not isinstance(group, Group):
                     return self._adopt_computed(group, rnd, candidates, events)
                 grouped_at = time.monotonic()
-                self.on_progress(Progress.EXCHANGING)
-                outcome = self._attempt(rnd, group, mine, post, candidates, events)
+                outcome = self._attempt(rnd, group, mine, post, candidates, events, work)
                 if isinstance(outcome, _Superseded):
                     last_attempt = max(group.attempt, last_attempt)
                     continue
@@ -111,11 +116,15 @@ class AllReduce:
         finally:
             self.groups.withdraw()
 
-    def _attempt(self, rnd: int, group: Group, mine: Vector, post, candidates: dict, events: list
-                 ) -> Committed | Download | _Dissent | _Superseded | _Failure:
+    def _attempt(self, rnd: int, group: Group, mine: Vector | None, post, candidates: dict, events: list,
+                 work=None) -> Committed | Download | _Dissent | _Superseded | _Failure:
         scope = Scope(rnd, group.attempt, group.members)
-        deadline = time.monotonic() + self.cfg.exchange_timeout_s
         try:
+            if work is not None:
+                self.on_progress(Progress.TRAINING)
+                mine = Vector.of(roundstate.exchanged(work(group, scope)))
+            self.on_progress(Progress.EXCHANGING)
+            deadline = time.monotonic() + self.cfg.exchange_timeout_s
             result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline,
                                   at_half=lambda: bool(self.faults and self.faults.at(rnd, "exchange")), post=post)
         except Interrupted as stop:

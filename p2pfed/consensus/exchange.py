@@ -45,13 +45,15 @@ class Scope:
     members: tuple[int, ...]
     overtaken_by_commit: bool = True
     since: float = field(default_factory=time.monotonic)
+    seq: int = -1                   # the call number of a bnsync exchange within the attempt (stepsync.py)
 
     def others(self, me: int) -> list[int]:
         return [m for m in self.members if m != me]
 
     def fields(self) -> dict:
         """The header fields that place a message in this exchange."""
-        return {"round": self.round, **({"attempt": self.attempt} if self.attempt >= 0 else {})}
+        return {"round": self.round, **({"attempt": self.attempt} if self.attempt >= 0 else {}),
+                **({"seq": self.seq} if self.seq >= 0 else {})}
 
 
 def collect(mailbox: Mailbox, kind: str, scope: Scope, deadline: float,
@@ -63,7 +65,7 @@ def collect(mailbox: Mailbox, kind: str, scope: Scope, deadline: float,
     others = scope.others(mailbox.me)
     done: set[int] = set()
     while True:
-        got = mailbox.get(kind, scope.round, scope.attempt)
+        got = mailbox.get(kind, scope.round, scope.attempt, scope.seq)
         for m in others:
             if m in got and m not in done:
                 done.add(m)

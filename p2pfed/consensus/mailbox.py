@@ -106,7 +106,7 @@ class Mailbox:
             self._drop(msg, f"dropped {msg.kind} from peer {msg.sender} for round {r}, too far ahead of round "
                             f"{self.round}")
             return
-        self._box[(msg.kind, r, msg.header.get("attempt", -1))][msg.sender] = msg
+        self._box[_key(msg)][msg.sender] = msg
 
     def _drop(self, msg: wire.Message, text: str, level: int = logging.DEBUG) -> None:
         """Log a dropped message (late messages of the previous round are normal when rounds are
@@ -114,39 +114,43 @@ class Mailbox:
         self._log.log((msg.sender, msg.kind), level, "%s", text)
 
     # ------------------------------------------------------------------ queries
-    def get(self, kind: str, rnd: int, attempt: int = -1) -> dict[int, wire.Message]:
+    def get(self, kind: str, rnd: int, attempt: int = -1, seq: int = -1) -> dict[int, wire.Message]:
         """sender -> message of this kind, round and attempt (-1: kinds without attempts)."""
-        return self._box.get((kind, rnd, attempt), {})
+        return self._box.get((kind, rnd, attempt, seq), {})
+
+    def drop(self, kind: str, rnd: int, attempt: int = -1, seq: int = -1) -> None:
+        """Forget the messages of one exchange that has been used (bnsync: hundreds per round)."""
+        self._box.pop((kind, rnd, attempt, seq), None)
 
     def all_of(self, kind: str) -> list[wire.Message]:
-        return [m for (k, _, _), d in self._box.items() if k == kind for m in d.values()]
+        return [m for (k, _, _, _), d in self._box.items() if k == kind for m in d.values()]
 
     def by_round(self, kind: str) -> dict[int, dict[int, wire.Message]]:
         """round -> sender -> message, for kinds kept for the whole run (reports)."""
         out: dict[int, dict[int, wire.Message]] = {}
-        for (k, r, _), d in self._box.items():
+        for (k, r, _, _), d in self._box.items():
             if k == kind:
                 out.setdefault(r, {}).update(d)
         return out
 
     def commits(self, min_round: int) -> list[wire.Message]:
-        return [m for (k, r, _), d in self._box.items() if k == "commit" and r >= min_round for m in d.values()]
+        return [m for (k, r, _, _), d in self._box.items() if k == "commit" and r >= min_round for m in d.values()]
 
     def groups(self, rnd: int, after_attempt: int) -> list[tuple[int, wire.Message]]:
         """(attempt, message) of group proposals for rnd newer than after_attempt, newest first."""
-        out = [(a, m) for (k, r, a), d in self._box.items() if k == "group" and r == rnd and a > after_attempt
+        out = [(a, m) for (k, r, a, _), d in self._box.items() if k == "group" and r == rnd and a > after_attempt
                for m in d.values()]
         return sorted(out, key=lambda am: am[0], reverse=True)
 
     def max_attempt(self, rnd: int) -> int:
-        return max((a for (_, r, a) in self._box if r == rnd and a >= 0), default=0)
+        return max((a for (_, r, a, _) in self._box if r == rnd and a >= 0), default=0)
 
     def put(self, msg: wire.Message) -> None:
         """File one of my own messages (e.g. my report), without validation."""
-        self._box[(msg.kind, msg.header.get("round", 0), msg.header.get("attempt", -1))][msg.sender] = msg
+        self._box[_key(msg)][msg.sender] = msg
 
     def discard(self, msg: wire.Message) -> None:
-        self._box.get((msg.kind, msg.header.get("round", 0), msg.header.get("attempt", -1)), {}).pop(msg.sender, None)
+        self._box.get(_key(msg), {}).pop(msg.sender, None)
 
     def advance(self, rnd: int) -> None:
         """Round rnd starts: drop what belongs to earlier rounds (except KEEP_ALL)."""
@@ -211,3 +215,9 @@ class Mailbox:
     def distrust(self, peer: int) -> None:
         """Ignore this peer's claims to have committed rounds (it could not back one up)."""
         self._distrusted.add(peer)
+
+
+def _key(msg: wire.Message) -> tuple:
+    """Where a message is filed: (kind, round, attempt, seq); -1 for the fields a kind lacks."""
+    h = msg.header
+    return msg.kind, h.get("round", 0), h.get("attempt", -1), h.get("seq", -1)

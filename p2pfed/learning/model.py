@@ -8,6 +8,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from . import normfree
 from .mobilenet import MobileNetV2
 
 log = logging.getLogger("p2pfed.learning.model")
@@ -36,6 +37,8 @@ def build(mcfg, seed: int = 0) -> nn.Module:
     net.classifier[-1] = nn.Linear(in_features, mcfg.num_classes)
     if mcfg.cifar_stem:
         net.features[0][0].stride = (1, 1)
+    if mcfg.norm == "none":
+        normfree.convert(net)
     return net
 
 

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from . import normfree
 from .model import ModelError
 from .schedule import lr_at, peak_lr
 
@@ -16,8 +17,10 @@ def default_threads(local_peers: int) -> int:
 
 
 def make_optimizer(net: nn.Module, tcfg) -> torch.optim.Optimizer:
-    decay = [p for n, p in net.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]
+    # no weight decay on biases, BatchNorm's scale and shift, or the gains of a normalization-free model
+    plain = [(n, p) for n, p in net.named_parameters()]
+    decay = [p for n, p in plain if p.ndim > 1 and not n.endswith(".gain")]
+    no_decay = [p for n, p in plain if p.ndim <= 1 or n.endswith(".gain")]
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if tcfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=tcfg.lr)
@@ -27,11 +30,19 @@ def make_optimizer(net: nn.Module, tcfg) -> torch.optim.Optimizer:
 def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, tcfg, n_steps: int,
                 first_global_step: int, total_steps: int, global_batch: int,
                 on_step: Callable[[int, float], None] | None = None,
-                grad_hook: Callable[[], None] | None = None) -> list[float]:
+                grad_hook: Callable[[], None] | None = None, frozen_bn: bool = False) -> list[float]:
     """Run n_steps optimiser steps on the next batches of an endless batch stream (see
-    data.stream); returns the losses. global_batch sizes the learning rate (peak_lr). grad_hook
-    runs after each backward pass, before the step (SCAFFOLD's correction, scaffold.py)."""
+    augment.stream); returns the losses. global_batch sizes the learning rate (peak_lr). grad_hook
+    runs after each backward pass, before the step (SCAFFOLD's correction, scaffold.py).
+    frozen_bn: BatchNorm normalizes with its running statistics and leaves them (FixBN).
+    tcfg.agc_clip > 0 clips each unit's gradient to that fraction of its weights' norm, the
+    classifier excepted (normfree.clip_gradients)."""
     net.train()
+    if frozen_bn:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    clipped = [p for n, p in net.named_parameters() if not n.startswith("classifier")] if tcfg.agc_clip else []
     losses: list[float] = []
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
     top = peak_lr(tcfg, global_batch)
@@ -47,6 +58,8 @@ def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, t
             raise ModelError(f"training loss became {loss.item()} at step {first_global_step + len(losses)}; "
                              f"lower train.lr")
         loss.backward()
+        if clipped:
+            normfree.clip_gradients(clipped, tcfg.agc_clip)
         if grad_hook:
             grad_hook()
         opt.step()

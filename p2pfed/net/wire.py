@@ -37,6 +37,7 @@ KINDS: dict[str, dict[str, type]] = {
     "model":   {"round": int, "digest": str, "names": list, "members": list},  # + one array per tensor
     "report":  {"round": int, "stats": dict},                        # per-round stats for the summary
     "bnstats": {"round": int},                                       # + 1 float64 array: BatchNorm sums (bnstats.py)
+    "bnsync":  {"round": int, "attempt": int, "seq": int},           # + 1 float64 array: a step's BatchNorm sums
     "bndigest": {"round": int, "digest": str},                       # digest of the model with pooled BN stats
     "done":    {"round": int},                                       # the writer finished; you may exit
     "bye":     {"round": int},                                       # clean exit, do not wait for me
@@ -195,10 +196,10 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
             check_ints(msg["ints"], msg.arrays[1:], like)
         elif len(msg.arrays) != 1:
             raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected 1")
-    elif msg.kind == "bnstats":
+    elif msg.kind in ("bnstats", "bnsync"):
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float64 or msg.arrays[0].ndim != 1 \
                 or msg.arrays[0].size > n_floats:
-            raise WireError("bnstats carries one float64 vector no longer than the model")
+            raise WireError(f"{msg.kind} carries one float64 vector no longer than the model")
     elif msg.kind == "group":
         members, weights = msg["members"], msg["weights"]
         # the ids themselves were checked by _ids above

@@ -39,12 +39,13 @@ class Evaluator:
             self._slice = (tuple(members), self.test_split.subset(parts[list(members).index(self.me)]))
         return self._slice[1]
 
-    def model_to_evaluate(self, net, committed: Committed) -> Committed:
+    def model_to_evaluate(self, net, committed: Committed, pool: bool = True) -> Committed:
         """The round's model part, with pooled BatchNorm statistics when that is on and every
-        member's share arrived (else the plain model part)."""
+        member's share arrived (else the plain model part). Not with frozen BatchNorm (FixBN),
+        whose weights were trained with the frozen statistics, nor without BatchNorm."""
         plain = committed.model()
         n = self.cfg.train.bn_pool_images
-        if not n:
+        if not n or not pool or self.cfg.model.norm != "batch":
             return plain
         # a fixed random sample (my partition lists its images class by class), augmented as in
         # training: the weights were fitted to the statistics of augmented images, and clean-image
@@ -63,11 +64,11 @@ class Evaluator:
             return plain
         return Committed(committed.round, got[1], committed.members, got[0], bn_pooled=True)
 
-    def run(self, net, committed: Committed) -> tuple[Committed, dict]:
+    def run(self, net, committed: Committed, pool: bool = True) -> tuple[Committed, dict]:
         """Evaluate the round's consensus; net holds the round's result before and after.
         Returns (the evaluated model, the stats for the report)."""
         started = time.monotonic()
-        evaluated = self.model_to_evaluate(net, committed)
+        evaluated = self.model_to_evaluate(net, committed, pool)
         if evaluated.bn_pooled:
             net.load_state_dict(capture.to_torch(evaluated.state))
         stats = evaluate.evaluate(net, self.split(committed.members), self.cfg.train.eval_batch_size,

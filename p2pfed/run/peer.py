@@ -9,8 +9,10 @@
     report     my round's stats to everyone (the writer's summary is built from them)
     advance    the next round (the one place the round number moves)
 
-Every stage change goes through StageMachine.enter (stages.py), which updates the heartbeat,
-the metrics and so the live view. At the end the writer writes the outputs (finish.py).
+With synchronized BatchNorm (train.batchnorm = "sync") the group forms first and its members
+train together, then average (train_synced). Every stage change goes through
+StageMachine.enter (stages.py), which updates the heartbeat, the metrics and so the live view.
+At the end the writer writes the outputs (finish.py).
 """
 from __future__ import annotations
 
@@ -23,17 +25,19 @@ import numpy as np
 import torch
 
 from .. import config
-from ..consensus import outer, recipe, roundstate
+from ..consensus import recipe, roundstate
 from ..consensus.allreduce import AllReduce, Progress
 from ..consensus.download import download
 from ..consensus.mailbox import Mailbox
 from ..consensus.outcome import Averaged, Committed, Download, Failed, RoundError
+from ..consensus.stepsync import StepSync
 from ..learning import datasets, schedule, train
 from ..net import protocol, wire
 from ..net.transport import Served, Transport
 from ..outputs import atomic
 from ..outputs.metrics import MetricsWriter
-from . import checkpoints, finish, reports
+from . import checkpoints, finish, presence, reports
+from . import state as state_mod
 from .evaluation import Evaluator
 from .faults import FaultInjector, FaultPoint
 from .keys import exposure_warning, load_keys
@@ -78,7 +82,7 @@ class Peer:
         self.metrics.write("fault", round=f.round, phase=f.phase, action=f.action)
 
     def _progress(self, progress: str) -> None:
-        self.enter(Stage.WAIT if progress == Progress.WAITING else Stage.EXCHANGE)
+        self.enter({Progress.WAITING: Stage.WAIT, Progress.TRAINING: Stage.TRAIN}.get(progress, Stage.EXCHANGE))
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -123,32 +127,13 @@ class Peer:
                 self._advance(got.round + 1)
                 self.metrics.write("event", round=self.round, message=f"restarted from checkpoint of round {got.round}")
 
-    def wait_for_peers(self) -> None:
-        """Until every other peer has been heard from, or startup_timeout_s."""
-        deadline = time.monotonic() + self.cfg.averaging.startup_timeout_s
-        others = [p for p in self.ids if p != self.id]
-        missing = others
-        while time.monotonic() < deadline:
-            missing = [p for p in others if not self.mailbox.alive(p)]
-            if not missing:
-                return
-            self.mailbox.pump(protocol.POLL_S)
-        if len(missing) == len(others):
-            raise RoundError(
-                f"no other peer reachable within averaging.startup_timeout_s={self.cfg.averaging.startup_timeout_s}"
-                f" (tried {', '.join(f'{p.id}@{p.host}:{p.port}' for p in self.cfg.peers if p.id != self.id)}); "
-                f"start them, or check host/port in the config and the firewall")
-        log.warning("peers %s not reachable after startup_timeout_s=%s; starting without them (they can join "
-                    "later). Check their host/port in the config and that they are running",
-                    missing, self.cfg.averaging.startup_timeout_s)
-
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
         self.setup()
         try:
-            self.wait_for_peers()
+            presence.wait_for_peers(self.mailbox, self.cfg, self.id)
             while self.round <= self.plan.rounds:
-                claim = self._claimed_ahead()
+                claim = presence.claimed_ahead(self.mailbox, self.ids, self.round)
                 if claim and self.sync(claim):
                     self._advance(self.committed.round + 1)
                 else:
@@ -167,21 +152,22 @@ class Peer:
 
     def run_round(self) -> None:
         rnd = self.round
-        self.enter(Stage.TRAIN)
-        started = time.monotonic()
-        losses = self.trainer.train_round(rnd)
-        train_s = time.monotonic() - started
-        state = self.trainer.state()
-        if self.cfg.output.dump_round_models:
-            reports.dump(self.run_dir, self.id, rnd, state, self.n_samples, "pre")
-        outcome = self.settle(rnd, state)
+        if self.cfg.train.batchnorm == "sync":
+            outcome, losses, train_s = self.train_synced(rnd)
+        else:
+            self.enter(Stage.TRAIN)
+            started = time.monotonic()
+            losses = self.trainer.train_round(rnd)
+            train_s = time.monotonic() - started
+            outcome = self.settle(rnd, self._sent(rnd))
         committed = self.committed
         if self.id in committed.members and committed.round == rnd:
             stats = reports.round_stats(committed, outcome, losses, train_s, self.n_samples, self.plan)
             evaluates = self.plan.evaluates(rnd, self.cfg.train.eval_every)
             if evaluates:
                 self.enter(Stage.EVAL)
-                self.evaluated, ev_stats = self.evaluator.run(self.trainer.net, committed)
+                self.evaluated, ev_stats = self.evaluator.run(self.trainer.net, committed,
+                                                              pool=not self.trainer.bn_frozen)
                 stats.update(ev_stats)
                 log.info("round %d (epoch %.2f): consensus of %s evaluated, accuracy on my test slice %.2f%%", rnd,
                          self.plan.epoch_after(rnd), list(committed.members),
@@ -192,12 +178,36 @@ class Peer:
         self.faults.at(rnd, FaultPoint.BETWEEN_ROUNDS)
         self._advance(committed.round + 1)
 
-    def settle(self, rnd: int, state: dict) -> Averaged | Download:
+    def train_synced(self, rnd: int) -> tuple:
+        """Synchronized BatchNorm: the round's group forms first, then its members train together
+        (every BatchNorm layer sums its statistics over them in each step, stepsync.py), then they
+        average. An attempt that fails mid-step is trained again from the round's start."""
+        self.trainer.begin_round(rnd)
+        done: dict = {"losses": [], "train_s": 0.0}
+
+        def work(group, scope) -> dict:
+            share = group.weights[group.members.index(self.id)] / sum(group.weights)
+            started = time.monotonic()
+            done["losses"] = self.trainer.train_synced(
+                rnd, share, StepSync(self.transport, self.mailbox, scope, self.cfg.averaging.exchange_timeout_s))
+            done["train_s"] = time.monotonic() - started
+            return self._sent(rnd)
+
+        return self.settle(rnd, None, work), done["losses"], done["train_s"]
+
+    def _sent(self, rnd: int) -> dict:
+        """My round state as I send it (dumped for tests)."""
+        state = self.trainer.state()
+        if self.cfg.output.dump_round_models:
+            reports.dump(self.run_dir, self.id, rnd, state, self.n_samples, "pre")
+        return state
+
+    def settle(self, rnd: int, state: dict | None, work=None) -> Averaged | Download:
         """Average the round, or download its consensus instead. A heartbeat claim that no peer
         backs with a model is distrusted, and the round averaged after all."""
         previous = list(self.committed.members) if self.committed and self.committed.round == rnd - 1 else None
         while True:
-            outcome = self.allreduce.run(rnd, state, self.n_samples, previous, post=self._outer_step())
+            outcome = self.allreduce.run(rnd, state, self.n_samples, previous, post=state_mod.outer_post(self.cfg.train, self.committed, self.trainer.template), work=work)
             if isinstance(outcome, Failed):
                 raise RoundError(outcome.reason)
             if isinstance(outcome, Averaged):
@@ -269,24 +279,3 @@ class Peer:
                                     wire.encode("commit", self.id, round=c.round, digest=c.digest,
                                                 members=list(c.members)), self.recipe))
         self.transport.set_status(committed=c.round)
-
-    def _claimed_ahead(self) -> Download | None:
-        """A live peer whose heartbeat says it has committed my current round (or a later one)."""
-        claims = [(self.mailbox.committed(p), p) for p in self.mailbox.live(self.ids) if p != self.id]
-        best, peer = max(claims, default=(0, -1))
-        if best < self.round:
-            return None
-        return Download(self.round, f"peer {peer} says it has committed round {best}", claimant=peer)
-
-    def _outer_step(self):
-        """The outer step as a function of the round's mean (None when train.outer_momentum = 0).
-        Its anchor is the last committed round state, the same on every member (the digest checks
-        it). Before any commit there is no agreed anchor, so the first result is the mean itself
-        with zero momentum: the peers' initial models need not be bit-identical."""
-        t = self.cfg.train
-        if not t.outer_momentum:
-            return None
-        if self.committed is None:
-            return lambda mean: outer.start(mean, self.trainer.template)
-        previous = self.committed.state
-        return lambda mean: outer.apply(mean, previous, t.outer_lr, t.outer_momentum)

@@ -30,12 +30,12 @@ class RoundStage(str, enum.Enum):
 
 S = RoundStage
 TRANSITIONS: dict[RoundStage, frozenset[RoundStage]] = {
-    S.START:    frozenset({S.SYNC, S.TRAIN}),
+    S.START:    frozenset({S.SYNC, S.TRAIN, S.WAIT}),           # WAIT: synchronized training groups first
     S.SYNC:     frozenset({S.TRAIN, S.WAIT, S.EVAL, S.DONE}),   # WAIT: a false claim, average after all
-    S.TRAIN:    frozenset({S.WAIT}),
+    S.TRAIN:    frozenset({S.WAIT, S.EXCHANGE, S.SYNC}),        # EXCHANGE, SYNC: synchronized training
     S.WAIT:     frozenset({S.EXCHANGE, S.SYNC, S.TRAIN, S.EVAL, S.DONE}),  # TRAIN/EVAL/DONE: adopted a commit
     S.EXCHANGE: frozenset({S.WAIT, S.SYNC, S.TRAIN, S.EVAL, S.DONE}),  # WAIT: the attempt failed
-    S.EVAL:     frozenset({S.TRAIN, S.SYNC, S.DONE}),
+    S.EVAL:     frozenset({S.TRAIN, S.SYNC, S.WAIT, S.DONE}),
     S.DONE:     frozenset({S.QUANTIZE}),
     S.QUANTIZE: frozenset(),
 }

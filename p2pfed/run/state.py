@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 from torch import nn
 
-from ..consensus import roundstate
+from ..consensus import outer, roundstate
 from ..learning import capture
 
 
@@ -37,3 +37,16 @@ def restore_state(net: nn.Module, opt, tcfg, state: dict, global_step: int) -> "
     if tcfg.average_optimizer_state:
         capture.load_optimizer_buffers(net, opt, tcfg.optimizer, parts.optimizer, global_step)
     return roundstate.carried(state)
+
+
+def outer_post(tcfg, committed, template: dict):
+    """The outer step as a function of the round's mean (None when train.outer_momentum = 0).
+    Its anchor is the last committed round state, the same on every member (the digest checks
+    it). Before any commit there is no agreed anchor, so the first result is the mean itself with
+    zero momentum: the peers' initial models need not be bit-identical."""
+    if not tcfg.outer_momentum:
+        return None
+    if committed is None:
+        return lambda mean: outer.start(mean, template)
+    previous = committed.state
+    return lambda mean: outer.apply(mean, previous, tcfg.outer_lr, tcfg.outer_momentum)

@@ -3,12 +3,13 @@ the round's k local steps. The round state goes in and out here (state.py).
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 
 from ..consensus import roundstate
-from ..learning import augment, model, scaffold, train
+from ..learning import augment, model, scaffold, syncbn, train
 from ..outputs.metrics import MetricsWriter
 from .faults import FaultInjector, FaultPoint
 from .state import capture_state, restore_state
@@ -26,6 +27,11 @@ class Trainer:
         self.faults = faults
         self.global_batch = cfg.train.batch_size * n_peers
         self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed))
+        if cfg.train.batchnorm == "sync":
+            syncbn.convert(self.net)
+        self.freeze_step = round(cfg.train.freeze_bn_at * plan.total_steps) if cfg.train.batchnorm == "frozen" \
+            else None
+        self._saved: tuple | None = None
         self.opt = train.make_optimizer(self.net, cfg.train)
         self.controls = scaffold.Controls(self.net) if cfg.train.scaffold else None
         self.carried: dict = {}          # scaffold.* (c) and outer.* entries of the last committed round
@@ -52,9 +58,43 @@ class Trainer:
         if self.controls:
             self.controls.set_common(roundstate.split(self.carried).scaffold)
 
-    def train_round(self, rnd: int) -> list[float]:
-        """The round's local steps; the `train` fault point is halfway through them."""
+    @property
+    def bn_frozen(self) -> bool:
+        """FixBN: from freeze_bn_at of the run on, BatchNorm normalizes with the averaged statistics."""
+        return self.freeze_step is not None and self.global_step >= self.freeze_step
+
+    def begin_round(self, rnd: int) -> None:
+        """Before a round that may have to be trained again (synchronized BatchNorm: a member
+        that dies mid-step voids the step for everyone): draw its batches and keep what it starts
+        from, so that restore_round() can put it back."""
+        batches = [next(self.batches) for _ in range(self.plan.steps[rnd - 1])]
+        controls = (copy.deepcopy(self.controls.local), self.controls.trained) if self.controls else None
+        self._saved = (rnd, batches, {k: v.clone() for k, v in self.net.state_dict().items()},
+                       copy.deepcopy(self.opt.state_dict()), self.global_step, controls)
+
+    def restore_round(self) -> list:
+        """Back to the start of the round begin_round() saw; returns its batches."""
+        rnd, batches, net_state, opt_state, global_step, controls = self._saved
+        self.net.load_state_dict(net_state)
+        self.opt.load_state_dict(opt_state)
+        self.global_step = global_step
+        if controls:
+            self.controls.local, self.controls.trained = copy.deepcopy(controls[0]), controls[1]
+        return batches
+
+    def train_synced(self, rnd: int, share: float, combine) -> list[float]:
+        """One attempt of a synchronized round: back to the round's start, then its steps with
+        every BatchNorm layer's sums added up over the group by combine (numpy in, numpy out);
+        share is my weight in the group's mean."""
+        batches = self.restore_round()
+        with syncbn.synced(self.net, lambda v: torch.from_numpy(combine(v.numpy())), share):
+            return self.train_round(rnd, batches)
+
+    def train_round(self, rnd: int, batches=None) -> list[float]:
+        """The round's local steps (on `batches`, else the next of my stream); the `train` fault
+        point is halfway through them."""
         steps = self.plan.steps[rnd - 1]
+        stream = iter(batches) if batches is not None else self.batches
         half = max(1, steps // 2)
         epoch0 = self.global_step / self.plan.steps_per_epoch
 
@@ -64,14 +104,15 @@ class Trainer:
                                epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4))
 
         hook = self.controls.round_hook() if self.controls else None
-        losses = self._steps(half, on_step, hook)
+        losses = self._steps(stream, half, on_step, hook)
         self.faults.at(rnd, FaultPoint.TRAIN)
-        losses += self._steps(steps - half, lambda i, loss: on_step(half + i, loss), hook, done=half)
+        losses += self._steps(stream, steps - half, lambda i, loss: on_step(half + i, loss), hook, done=half)
         if self.controls:
             self.controls.finish_round()
         self.global_step += len(losses)
         return losses
 
-    def _steps(self, n: int, on_step, hook, done: int = 0) -> list[float]:
-        return train.train_steps(self.net, self.opt, self.batches, self.tcfg, n, self.global_step + done,
-                                 self.plan.total_steps, self.global_batch, on_step, grad_hook=hook)
+    def _steps(self, stream, n: int, on_step, hook, done: int = 0) -> list[float]:
+        return train.train_steps(self.net, self.opt, stream, self.tcfg, n, self.global_step + done,
+                                 self.plan.total_steps, self.global_batch, on_step, grad_hook=hook,
+                                 frozen_bn=self.bn_frozen)
