@@ -42,10 +42,16 @@ PARTITIONS = {"iid": ("iid", 0.5), "dir05": ("dirichlet", 0.5), "dir01": ("diric
 
 
 def _config(tmp: Path, name: str, sections: dict, extra: str) -> Path:
+    """The mode's config; `extra` (TOML) overrides it key by key."""
+    import tomllib
+
     from p2pfed import config
-    cfg = config.override(config.Config(), **sections)
+    merged = {k: dict(v) for k, v in sections.items()}
+    for section, values in tomllib.loads(extra).items() if extra else ():
+        merged.setdefault(section, {}).update(values)
+    cfg = config.override(config.Config(), **merged)
     path = tmp / f"{name}.toml"
-    path.write_text(config.dumps_toml(cfg) + ("\n" + extra if extra else ""))
+    path.write_text(config.dumps_toml(cfg))
     return path
 
 

@@ -120,7 +120,7 @@ def clip_gradients(parameters, clip: float, eps: float = 1e-3) -> None:
         if p.grad is None or p.ndim < 2:
             continue
         dims = tuple(range(1, p.ndim))
-        w_norm = p.norm(dim=dims, keepdim=True).clamp_(min=eps)
-        g_norm = p.grad.norm(dim=dims, keepdim=True)
+        w_norm = torch.linalg.vector_norm(p, dim=dims, keepdim=True).clamp_(min=eps)
+        g_norm = torch.linalg.vector_norm(p.grad, dim=dims, keepdim=True)
         limit = w_norm * clip
         p.grad.mul_(torch.where(g_norm > limit, limit / g_norm.clamp(min=1e-6), torch.ones_like(g_norm)))

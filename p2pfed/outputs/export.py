@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import config
-from ..learning import augment, datasets, model
+from ..learning import augment, datasets, model, normfree
 from . import atomic, checkpoint
 
 log = logging.getLogger("p2pfed.outputs.export")
@@ -24,7 +24,8 @@ class ExportError(RuntimeError):
 
 
 def load_consensus(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a self-describing consensus.pt (our own file, weights_only)."""
+    """Rebuild the model from a self-describing consensus.pt (our own file, weights_only), ready
+    for inference and export."""
     path = Path(path)
     if path.is_dir():
         path = path / "consensus.pt"
@@ -35,7 +36,8 @@ def load_consensus(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     mcfg = config.ModelConfig(**{**ck["model_args"], "pretrained": False, "weights_file": ""})
     net = model.build(mcfg)
     net.load_state_dict(ck["state_dict"])
-    return net.eval(), ck
+    # a normalization-free model: its standardized weights computed once, as plain convolutions
+    return normfree.freeze(net).eval(), ck
 
 
 def config_of(meta: dict) -> config.Config:
