@@ -7,8 +7,9 @@ epochs on the same data.
                            [--modes base,sync] [--partitions iid,dir05,dir01,shards2] [--no-central]
 
 Modes (model.* / train.* overrides on top of the defaults):
-    base      the default recipe: each peer's BatchNorm over its own batch
-    sync      synchronized BatchNorm across the round's members, every step (train.batchnorm = "sync")
+    base      the default recipe: each peer's BatchNorm over its own batch, k = 1, 2, 4 over the run
+    base1     the same, averaging after every step (k = 1)
+    sync      synchronized BatchNorm across the round's members, every step, k = 1 (--preset noniid)
     normfree  no normalization: scaled weight standardization, SkipInit, adaptive gradient clipping
     scaffold  SCAFFOLD control variates
     fixbn     FixBN: BatchNorm frozen to the pooled statistics halfway through the run
@@ -33,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 MODES = {
     "base": {},
-    "sync": {"train": {"batchnorm": "sync"}},
+    "sync": {"train": {"batchnorm": "sync", "local_steps": [1]}},
+    "base1": {"train": {"local_steps": [1]}},
     "normfree": {"model": {"norm": "none"}, "train": {"agc_clip": 0.04}},
     "scaffold": {"train": {"scaffold": True}},
     "fixbn": {"train": {"batchnorm": "frozen", "freeze_bn_at": 0.5}},

@@ -177,3 +177,22 @@ def test_our_mobilenet_v2_is_torchvisions_tree_and_initial_weights(width):
     a, b = ref.state_dict(), ours.state_dict()
     assert list(a) == list(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shards_give_each_peer_its_classes_and_every_image_exactly_once():
+    labels = np.repeat(np.arange(10), 400)                  # 10 classes, 400 images each, sorted
+    rng = np.random.default_rng(5)
+    labels = labels[rng.permutation(len(labels))]           # any order: shards sort by label
+    parts = partition.partition(labels, 5, "shards", 0.5, seed=3, shards_per_peer=2)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))    # every image once
+    hist = partition.histogram(labels, parts, 10)
+    for row in hist:                                         # 10 shards of one class each: 2 classes a peer
+        assert sorted(row) == [0] * 8 + [400, 400], hist
+    again = partition.partition(labels, 5, "shards", 0.5, seed=3, shards_per_peer=2)             # deterministic
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    # 15 shards of 266-267 images: a shard spans at most 2 classes, so a peer holds at most 6
+    three = partition.partition(labels, 5, "shards", 0.5, seed=3, shards_per_peer=3)
+    assert all(len(p) in (799, 800, 801) for p in three)
+    assert all(sum(1 for c in row if c) <= 6 for row in partition.histogram(labels, three, 10))
+    with pytest.raises(ValueError, match="cannot cut"):
+        partition.partition_shards(labels[:8], 5, 2, seed=0)

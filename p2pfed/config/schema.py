@@ -62,6 +62,8 @@ class TrainConfig:
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"  # LR over the whole run's steps
     augment: bool = True         # random crop (pad 4) + horizontal flip
     threads: int = 0             # torch threads per peer; 0 = cores / local peers
+    device: str = "auto"         # auto (CUDA if present, peers spread over the GPUs, else CPU) | cpu | cuda | cuda:K; per host
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast on CUDA (auto = bf16 there, fp32 on the CPU); per host
     max_steps: int = 0           # with local_epochs: cap local steps per round (0 = no cap); tests and demos
     eval_every: int = 0          # evaluate every N rounds; 0 = each time an epoch is completed (and the last round)
     eval_batch_size: int = 64    # batch size for evaluation (larger batches raise peak memory, not speed)

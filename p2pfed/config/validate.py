@@ -1,6 +1,8 @@
 """Checks across keys: every error names the key, its value and what is allowed."""
 from __future__ import annotations
 
+import re
+
 from .schema import Config, ConfigError
 
 
@@ -69,6 +71,8 @@ def _ranges(cfg: Config) -> None:
     for key, value, low, high, allowed in checks:
         if value < low or (high is not None and value >= high):
             raise ConfigError(f"{key} = {value} must be {allowed}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
+        raise ConfigError(f"train.device = {t.device!r} is not a device; use auto, cpu, cuda or cuda:K")
     if not 0 < t.freeze_bn_at < 1:
         raise ConfigError(f"train.freeze_bn_at = {t.freeze_bn_at} must be in (0, 1): the fraction of the run after "
                           f"which BatchNorm is frozen")

@@ -9,7 +9,7 @@ differs from its own (but its bye), so that peer takes no part in its rounds, do
 writer choice; and a peer stops with an error naming the keys when the live peers with other
 recipes are not fewer than those sharing its own (Mailbox.judge_recipes, group.py). A recipe is
 at most protocol.RECIPE_MAX_CHARS long on the wire. Options
-that may differ per host are not in it: paths, threads, evaluation batch size, timeouts,
+that may differ per host are not in it: paths, threads, device and precision, evaluation batch size, timeouts,
 security, output.
 
 Format: `section.key=value` pairs joined by ";" in sorted key order, values as in TOML (lists
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-_PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size"}
+_PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
+             "train.device", "train.precision"}
 
 
 def _text(value) -> str:

@@ -50,16 +50,17 @@ def collect(net: nn.Module, batches) -> np.ndarray:
             dims = [d for d in range(x.ndim) if d != 1]
             s = sums[name]
             s[0] += x.numel() // x.shape[1]
-            s[1] += x.sum(dim=dims)
-            s[2] += (x * x).sum(dim=dims)
+            s[1] += x.sum(dim=dims).cpu()
+            s[2] += (x * x).sum(dim=dims).cpu()
         return fn
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
     was_training = net.training
     try:
         net.train()
+        dev = next(net.parameters()).device
         for x, _ in batches:
-            net(x.contiguous(memory_format=torch.channels_last))
+            net(x.to(dev).contiguous(memory_format=torch.channels_last))
     finally:
         for h in handles:
             h.remove()

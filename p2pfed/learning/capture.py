@@ -23,6 +23,31 @@ def to_numpy(state_dict) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((k, _numpy(v)) for k, v in state_dict.items())
 
 
+class HostBuffers:
+    """Pinned host tensors that a GPU model's state is copied into, reused round after round: the
+    copies run asynchronously and end in one synchronize. The arrays returned alias the buffers,
+    so they hold until the next call (a round state is flattened for the exchange before that)."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def to_numpy(self, state_dict) -> "OrderedDict[str, np.ndarray]":
+        out, on_gpu = OrderedDict(), False
+        for k, v in state_dict.items():
+            v = v.detach()
+            if v.device.type == "cpu":
+                out[k] = _numpy(v)
+                continue
+            buf = self._bufs.get(k)
+            if buf is None or buf.shape != v.shape or buf.dtype != v.dtype:
+                buf = self._bufs[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            buf.copy_(v, non_blocking=True)          # C order whatever the source's memory format
+            out[k], on_gpu = buf.numpy(), True
+        if on_gpu:
+            torch.cuda.synchronize()
+        return out
+
+
 def to_torch(state: dict) -> "OrderedDict[str, torch.Tensor]":
     """Tensors sharing the arrays' memory (load_state_dict copies them into the model)."""
     return OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in state.items())

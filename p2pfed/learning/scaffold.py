@@ -53,12 +53,13 @@ class Controls:
 
     def correction(self) -> list[torch.Tensor]:
         """c - c_i per parameter, float32, in parameter order."""
-        return [torch.from_numpy(np.subtract(self.common[n], self.local[n], dtype=np.float32)) for n, _ in self.params]
+        return [torch.from_numpy(np.subtract(self.common[n], self.local[n], dtype=np.float32)).to(p.device)
+                for n, p in self.params]
 
     def round_hook(self):
         """The per-step gradient hook for one round's local steps."""
         corr = self.correction()
-        self._sums = [torch.zeros(p.shape, dtype=torch.float32) for _, p in self.params]
+        self._sums = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for _, p in self.params]
         self._steps = 0
 
         def hook() -> None:
@@ -74,6 +75,6 @@ class Controls:
         """c_i = the mean raw gradient of the round's steps (unchanged if no step ran)."""
         if self._sums is None or not self._steps:
             return
-        self.local = OrderedDict((n, (s / self._steps).numpy()) for (n, _), s in zip(self.params, self._sums))
+        self.local = OrderedDict((n, (s / self._steps).cpu().numpy()) for (n, _), s in zip(self.params, self._sums))
         self._sums = None
         self.trained = True

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from . import device as devices
 from . import normfree
 from .model import ModelError
 from .schedule import lr_at, peak_lr
@@ -53,7 +54,8 @@ def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, t
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        with devices.autocast(x.device, tcfg.precision):
+            loss = loss_fn(net(x), y)
         if not torch.isfinite(loss):
             raise ModelError(f"training loss became {loss.item()} at step {first_global_step + len(losses)}; "
                              f"lower train.lr")

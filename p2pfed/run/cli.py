@@ -37,7 +37,8 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="reload this peer's checkpoint and rejoin the run")
 @click.option("--crash-at", multiple=True, help="fault injection: ROUND:PHASE (train|exchange|between-rounds)")
 @click.option("--quiet", is_flag=True, help="log to the run dir only, not to stderr")
-def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
+@click.option("--device", default=None, help="overrides train.device for this peer: auto, cpu, cuda or cuda:K")
+def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device) -> None:
     """Run one peer (one OS process)."""
     from ..consensus.outcome import RoundError
     from ..learning.datasets import DataError
@@ -60,15 +61,16 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even where SIGINT was inherited as ignored
     try:
-        code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx).run()
+        code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx, device=device).run()
     except (ConfigError, DataError, ModelError, RoundError, BindError) as e:
-        logging.getLogger("p2pfed.peer").error("%s", e)
-        _fail(f"peer {peer_id}: {e}" if not str(e).startswith("peer ") else str(e), ExitCode.FAILED)
+        logging.getLogger("p2pfed.run.peer").error("%s", e)
+        _fail(f"peer {peer_id}: {e}" if not str(e).startswith("peer ") else str(e),
+              ExitCode.USAGE if isinstance(e, ConfigError) else ExitCode.FAILED)
     except TransportDown as e:
-        logging.getLogger("p2pfed.peer").error("%s", e)
+        logging.getLogger("p2pfed.run.peer").error("%s", e)
         _fail(str(e), ExitCode.NETWORK_DOWN)
     except KeyboardInterrupt:
-        logging.getLogger("p2pfed.peer").warning("interrupted")
+        logging.getLogger("p2pfed.run.peer").warning("interrupted")
         sys.exit(ExitCode.INTERRUPTED)
     sys.exit(code)
 

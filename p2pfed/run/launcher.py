@@ -33,8 +33,10 @@ def _interrupt(signum, frame):
 
 
 class Launcher:
-    def __init__(self, cfg: config_mod.Config, run_dir: Path, restarts: dict[int, int], timeout_s: float = 0):
+    def __init__(self, cfg: config_mod.Config, run_dir: Path, restarts: dict[int, int], timeout_s: float = 0,
+                 gpus: list[int] | None = None):
         self.cfg = cfg
+        self.gpus = gpus or []                # --gpus: peer k on GPU gpus[k mod len]; else train.device
         self.run_dir = run_dir
         self.restarts = restarts              # peer id -> round at which to restart it
         self.timeout_s = timeout_s
@@ -45,6 +47,8 @@ class Launcher:
     def _start(self, peer_id: int, resume: bool = False) -> None:
         cmd = [sys.executable, "-m", "p2pfed", "peer", "--config", str(self.config_path), "--id", str(peer_id),
                "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
+        if self.gpus:
+            cmd += ["--device", f"cuda:{self.gpus[self.cfg.peer_ids.index(peer_id) % len(self.gpus)]}"]
         with open(self.run_dir / f"peer-{peer_id}.stderr", "ab") as err:
             self.views[peer_id].proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
                                                         stdin=subprocess.DEVNULL, start_new_session=True)
@@ -244,6 +248,8 @@ def _options(f):
         click.option("--train-limit", type=int, help="use only N training images in all"),
         click.option("--test-limit", type=int, help="evaluate on only N test images"),
         click.option("--threads", type=int, help="torch threads per peer (default cores / peers)"),
+        click.option("--gpus", help="GPUs for the peers, e.g. 0,1: peer k trains on GPU k mod 2 (default: "
+                                   "train.device, which spreads the peers over every GPU there is)"),
         click.option("--run-dir", help="default runs/<timestamp>"),
         click.option("--kill", multiple=True, metavar="ID@ROUND:PHASE",
                      help="crash a peer at train|exchange|between-rounds of a round (repeatable)"),
@@ -269,7 +275,7 @@ def launch(**o) -> int:
     """Run N p2pfed peers on this machine."""
     cfg, run_dir, restarts = resolve_config(o)
     preflight.check_all(cfg, run_dir)
-    code = Launcher(cfg, run_dir, restarts, o["timeout_s"]).run()
+    code = Launcher(cfg, run_dir, restarts, o["timeout_s"], _int_list("--gpus", o["gpus"])).run()
     if o["report"] and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
         try:
             from ..outputs import report

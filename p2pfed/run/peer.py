@@ -32,6 +32,7 @@ from ..consensus.mailbox import Mailbox
 from ..consensus.outcome import Averaged, Committed, Download, Failed, RoundError
 from ..consensus.stepsync import StepSync
 from ..learning import datasets, schedule, train
+from ..learning import device as devices
 from ..net import protocol, wire
 from ..net.transport import Served, Transport
 from ..outputs import atomic
@@ -49,13 +50,15 @@ Stage = RoundStage
 
 
 class Peer:
-    def __init__(self, cfg: config.Config, peer_id: int, run_dir: str | Path, resume: bool = False, log_ctx=None):
+    def __init__(self, cfg: config.Config, peer_id: int, run_dir: str | Path, resume: bool = False, log_ctx=None,
+                 device: str | None = None):
         self.cfg = cfg
         self.id = peer_id
         self.ids = cfg.peer_ids
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.log_ctx = log_ctx
+        self.device_spec = device or cfg.train.device    # `p2pfed peer --device` (launch.py --gpus) wins
         self.metrics = MetricsWriter(self.run_dir / f"metrics-{peer_id}.jsonl", peer_id)
         # injected faults fire in a peer's first life only, so a restarted peer does not crash again
         self.faults = FaultInjector(() if resume else cfg.faults, peer_id, on_fire=self._fault_fired)
@@ -90,16 +93,18 @@ class Peer:
         for d in (self.run_dir, self.run_dir / "checkpoints"):
             for f in atomic.sweep_stale(d):
                 log.info("removed %s, left by a writer killed mid-write", f)
-        local = sum(1 for p in cfg.peers if p.host == cfg.peer(self.id).host)
-        torch.set_num_threads(cfg.train.threads or train.default_threads(local))
+        local = [p.id for p in cfg.peers if p.host == cfg.peer(self.id).host]
+        torch.set_num_threads(cfg.train.threads or train.default_threads(len(local)))
+        dev = devices.resolve(self.device_spec, local.index(self.id))
         self.train_split, _, n_total = datasets.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
         self.n_samples = len(self.train_split)
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
-        self.trainer = Trainer(cfg, self.id, len(self.ids), self.train_split, self.plan, self.metrics, self.faults)
+        self.trainer = Trainer(cfg, self.id, len(self.ids), self.train_split, self.plan, self.metrics, self.faults, dev)
         template = self.trainer.template
-        log.info("starting: %d training images (%s partition); %d rounds of %s local steps (%.2f epochs); model "
-                 "%.2f MB", self.n_samples, cfg.data.partition, self.plan.rounds, sorted(set(self.plan.steps)),
-                 self.plan.total_steps / self.plan.steps_per_epoch, roundstate.nbytes(roundstate.model_part(template)) / 1e6)
+        log.info("starting on %s: %d training images (%s partition); %d rounds of %s local steps (%.2f epochs); "
+                 "model %.2f MB", dev, self.n_samples, cfg.data.partition, self.plan.rounds,
+                 sorted(set(self.plan.steps)), self.plan.total_steps / self.plan.steps_per_epoch,
+                 roundstate.nbytes(roundstate.model_part(template)) / 1e6)
         self.metrics.write("plan", round=0, rounds=self.plan.rounds, epochs=round(self.plan.total_steps /
                            self.plan.steps_per_epoch, 3), steps_per_epoch=self.plan.steps_per_epoch,
                            total_steps=self.plan.total_steps, n_samples=self.n_samples)

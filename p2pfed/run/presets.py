@@ -5,6 +5,11 @@
            third of the run, every 2 in the second, every 4 in the last (post-local SGD), SGD
            with Nesterov momentum and a one-cycle schedule scaled linearly with the global batch,
            label smoothing, BatchNorm statistics pooled over all peers before evaluation and export
+    noniid the cpu recipe for label-skewed data: BatchNorm synchronized across the peers every
+           step and averaging after every step (measured: it removes the skew penalty, at about
+           3x the time per step on one 2-core machine; docs/benchmarks.md)
+    gpu    peers on GPUs: 256 images per peer per step, bf16, averaging every 4 steps, 30 epochs
+           (NOT yet measured on a GPU: bench/gpu_check.sh measures it where there is one)
     seed   the notebook's setup: ImageNet weights, 224 px input, one round of one local epoch
 """
 from __future__ import annotations
@@ -14,9 +19,21 @@ PRESETS = {
             "train": {"epochs": 8.0, "local_steps": [1, 2, 4], "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
                       "lr_scaling": "linear", "lr_base_batch": 128, "schedule": "onecycle", "label_smoothing": 0.1,
                       "bn_pool_images": 512}},
+    "noniid": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
+               "train": {"epochs": 8.0, "local_steps": [1], "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
+                         "lr_scaling": "linear", "lr_base_batch": 128, "schedule": "onecycle",
+                         "label_smoothing": 0.1, "bn_pool_images": 512, "batchnorm": "sync"}},
+    "gpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
+            "train": {"device": "auto", "precision": "bf16", "epochs": 30.0, "local_steps": [4], "batch_size": 256,
+                      "optimizer": "sgd", "lr": 0.05, "lr_scaling": "sqrt", "lr_base_batch": 128,
+                      "schedule": "onecycle", "label_smoothing": 0.1, "bn_pool_images": 2048,
+                      "eval_batch_size": 1024}},
     "seed": {"model": {"pretrained": True, "input_size": 224, "cifar_stem": False, "width_mult": 1.0},
-             "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}},
+             "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine",
+                      "device": "auto"}},
 }
 
-HELP = ("cpu: the default CPU recipe; seed: the notebook's setup (ImageNet weights, 224 px input, 1 round of 1 "
-        "epoch; needs internet or cached weights)")
+HELP = ("cpu: the default CPU recipe; noniid: for label-skewed data (synchronized BatchNorm, averaging every "
+        "step); gpu: peers on GPUs (bf16, 256 images per step, not yet measured on a GPU); seed: the notebook's "
+        "setup (ImageNet weights at 224 px, 1 round of 1 epoch): it needs the ImageNet weights, from the internet "
+        "or model.weights_file, and a GPU to run in reasonable time")

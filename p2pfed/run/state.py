@@ -13,14 +13,14 @@ from ..consensus import outer, roundstate
 from ..learning import capture
 
 
-def capture_state(net: nn.Module, opt, tcfg, carried: dict | None = None, copy: bool = False
-                  ) -> "OrderedDict[str, np.ndarray]":
+def capture_state(net: nn.Module, opt, tcfg, carried: dict | None = None, copy: bool = False,
+                  buffers: capture.HostBuffers | None = None) -> "OrderedDict[str, np.ndarray]":
     """The round state of this peer now. `carried` holds scaffold.* and outer.* entries (missing
-    ones are zeros). copy=False may share the model's memory."""
+    ones are zeros). copy=False may share the model's memory (or `buffers`' pinned memory)."""
     have = roundstate.split(carried or {})
     zeros = capture.param_zeros(net)
     parts = roundstate.Parts(
-        model=capture.to_numpy(net.state_dict()),
+        model=(buffers.to_numpy if buffers else capture.to_numpy)(net.state_dict()),
         optimizer=capture.optimizer_buffers(net, opt, tcfg.optimizer) if tcfg.average_optimizer_state else OrderedDict(),
         scaffold=OrderedDict((n, have.scaffold.get(n, z)) for n, z in zeros.items()) if tcfg.scaffold else OrderedDict(),
         outer=OrderedDict((n, have.outer.get(n, z)) for n, z in zeros.items()) if tcfg.outer_momentum > 0

@@ -9,7 +9,7 @@ import logging
 import torch
 
 from ..consensus import roundstate
-from ..learning import augment, model, scaffold, syncbn, train
+from ..learning import augment, capture, model, scaffold, syncbn, train
 from ..outputs.metrics import MetricsWriter
 from .faults import FaultInjector, FaultPoint
 from .state import capture_state, restore_state
@@ -19,14 +19,16 @@ log = logging.getLogger("p2pfed.run.trainer")
 
 class Trainer:
     def __init__(self, cfg, peer_id: int, n_peers: int, train_split, plan, metrics: MetricsWriter,
-                 faults: FaultInjector):
+                 faults: FaultInjector, dev: torch.device = torch.device("cpu")):
         self.cfg = cfg
         self.tcfg = cfg.train
         self.plan = plan
         self.metrics = metrics
         self.faults = faults
         self.global_batch = cfg.train.batch_size * n_peers
-        self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed))
+        self.device = dev
+        self._host = capture.HostBuffers() if dev.type == "cuda" else None   # pinned, for the round state
+        self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed)).to(dev)
         if cfg.train.batchnorm == "sync":
             syncbn.convert(self.net)
         self.freeze_step = round(cfg.train.freeze_bn_at * plan.total_steps) if cfg.train.batchnorm == "frozen" \
@@ -36,8 +38,9 @@ class Trainer:
         self.controls = scaffold.Controls(self.net) if cfg.train.scaffold else None
         self.carried: dict = {}          # scaffold.* (c) and outer.* entries of the last committed round
         self.global_step = 0
-        self.batches = augment.stream(train_split, cfg.train.batch_size,
-                                      torch.Generator().manual_seed(augment.peer_seed(cfg.data.seed, peer_id)),
+        # on a GPU the partition lives there as uint8 and is cropped and flipped there
+        self.batches = augment.stream(augment.on_device(train_split, dev), cfg.train.batch_size,
+                                      torch.Generator(device=dev).manual_seed(augment.peer_seed(cfg.data.seed, peer_id)),
                                       cfg.train.augment, cfg.model.input_size)
         # a copy: round 1's anchor for the outer step, and the schema received states must match
         self.template = capture_state(self.net, self.opt, cfg.train, copy=True)
@@ -47,7 +50,7 @@ class Trainer:
         sent = self.carried
         if self.controls:
             sent = {**sent, **{roundstate.SCAFFOLD + k: v for k, v in self.controls.local.items()}}
-        return capture_state(self.net, self.opt, self.tcfg, sent, copy=copy)
+        return capture_state(self.net, self.opt, self.tcfg, sent, copy=copy, buffers=self._host)
 
     def load(self, state: dict, global_step: int | None = None) -> None:
         """Train on from a committed round state: model, averaged optimizer buffers, the
@@ -87,7 +90,7 @@ class Trainer:
         every BatchNorm layer's sums added up over the group by combine (numpy in, numpy out);
         share is my weight in the group's mean."""
         batches = self.restore_round()
-        with syncbn.synced(self.net, lambda v: torch.from_numpy(combine(v.numpy())), share):
+        with syncbn.synced(self.net, lambda v: torch.from_numpy(combine(v.cpu().numpy())).to(v.device), share):
             return self.train_round(rnd, batches)
 
     def train_round(self, rnd: int, batches=None) -> list[float]:
