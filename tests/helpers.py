@@ -48,12 +48,28 @@ def start_peer(procs, cfg_path: Path, peer_id: int, *extra: str) -> subprocess.P
                         "--quiet", *extra], stdout=subprocess.DEVNULL, stderr=err)
 
 
-def wait_all(ps, timeout_s: float) -> list[int]:
+def wait_all(ps, timeout_s: float, run_dir: Path | None = None) -> list[int]:
+    """The peers' exit codes; with run_dir, a peer still running at the deadline fails the test
+    with the story of every peer's log (what a CI failure needs to be understood)."""
     deadline = time.monotonic() + timeout_s
     codes = []
-    for p in ps:
-        codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+    for i, p in enumerate(ps):
+        try:
+            codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if run_dir is None:
+                raise
+            raise AssertionError(f"process {i} still running after {timeout_s} s\n{story(run_dir, len(ps))}") from None
     return codes
+
+
+def story(run_dir: Path, n: int, lines: int = 25) -> str:
+    """The last lines of each peer's log, without the per-step lines."""
+    out = []
+    for i in range(n):
+        kept = [ln[11:300] for ln in peer_log(run_dir, i).splitlines() if " step " not in ln]
+        out.append(f"--- peer {i}\n" + "\n".join(kept[-lines:]))
+    return "\n".join(out)
 
 
 def summary(run_dir: Path) -> dict:

@@ -19,20 +19,21 @@ from p2pfed.run.faults import CRASH_EXIT_CODE
 from test_syncbn import _Members
 
 
-def _federate(seed: int, sync: bool, members: int = 4, rounds: int = 30) -> float:
+def _federate(seed: int, sync: bool, members: int = 4, rounds: int = 40, noise: float = 0.35,
+              lr: float = 0.05) -> float:
     """k = 1: each member one SGD step on 16 images of its own 2 classes, then the sample-weighted
     mean; accuracy on a balanced test set, BatchNorm statistics re-estimated over the union (as
     the product pools them before evaluating)."""
     torch.manual_seed(seed)
-    train = datasets.synthetic(1600, seed, noise=0.6, size=16)
-    test = datasets.synthetic(800, seed, split_seed=1, noise=0.6, size=16)
+    train = datasets.synthetic(1600, seed, noise=noise, size=16)
+    test = datasets.synthetic(800, seed, split_seed=1, noise=noise, size=16)
     parts = partition.partition(train.labels, members, "shards", 0.5, seed, shards_per_peer=2)
     shares = [len(p) / len(train.labels) for p in parts]
     nets = [model.build(config.ModelConfig(width_mult=0.1), seed=seed) for _ in range(members)]
     nets = [syncbn.convert(n) if sync else n for n in nets]
     xs = [augment.normalize(train.images[torch.from_numpy(p)]) for p in parts]
     ys = [torch.from_numpy(train.labels[p]) for p in parts]
-    opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9) for n in nets]
+    opts = [torch.optim.SGD(n.parameters(), lr=lr, momentum=0.9) for n in nets]
     g = torch.Generator().manual_seed(seed)
     for _ in range(rounds):
         pick = [torch.randint(0, len(y), (16,), generator=g) for y in ys]
@@ -78,11 +79,12 @@ class _nothing:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_synchronized_batchnorm_beats_local_batchnorm_on_a_strongly_skewed_split(seed):
-    """4 members holding 2 of 10 classes each. Measured (accuracy on 800 balanced test images):
-    local 0.11-0.43, synchronized 0.58-0.67 over seeds 0-2."""
+    """4 members holding 2 of 10 classes each, 40 rounds. Measured here (accuracy on 800 balanced
+    test images, seeds 0-3): local 0.40-0.67, synchronized 0.97-0.98. At lr 0.1 both modes diverge
+    on some seeds, so the comparison runs at 0.05."""
     torch.set_num_threads(1)
     local, synced = _federate(seed, False), _federate(seed, True)
-    assert synced > local + 0.1, (seed, local, synced)
+    assert synced > local + 0.2, (seed, local, synced)
 
 
 STEPS = {"local_steps": 1, "local_epochs": 0.0, "max_steps": 0, "batchnorm": "sync"}
