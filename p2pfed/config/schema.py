@@ -74,6 +74,7 @@ class TrainConfig:
     scaffold: bool = False       # SCAFFOLD control variates against client drift on skewed partitions (2x the bytes)
     batchnorm: Literal["local", "sync", "frozen"] = "local"  # BatchNorm statistics in training: each peer's own batch, the round's joint batch (synchronized every step), or frozen to the averaged ones after freeze_bn_at (FixBN)
     freeze_bn_at: float = 0.5    # batchnorm = "frozen": the fraction of the run after which BatchNorm uses the averaged statistics
+    compression: Literal["none", "fp16", "int8"] = "none"  # shards as deltas from the last round in fp16 or int8 with error feedback (slow links; docs/protocol.md)
     agc_clip: float = 0.0        # adaptive gradient clipping: a unit's gradient is at most this x its weights' norm (0 = off; for model.norm = "none")
 
 

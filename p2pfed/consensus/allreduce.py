@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..net import protocol, wire
-from . import roundstate
+from . import averaging, compress, roundstate
 from .butterfly import Vector, exchange
 from .exchange import Interrupted, Scope, agree, majority
-from .group import Group, GroupFormation
+from .group import IMPLICIT, Group, GroupFormation
 from .mailbox import Mailbox
 from .outcome import Averaged, Committed, Download, Failed
 
@@ -58,8 +58,9 @@ class _Dissent:
 
 class AllReduce:
     def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
-                 faults=None, on_progress: Callable[[str], None] = lambda progress: None):
-        """faults: has at(round, point) -> bool (the run's fault injector; None: none)."""
+                 faults=None, on_progress: Callable[[str], None] = lambda progress: None, codec: str = "f32"):
+        """faults: has at(round, point) -> bool (the run's fault injector; None: none).
+        codec: how shards travel when they can be compressed (compress.py; train.compression)."""
         self.t = transport
         self.mb = mailbox
         self.cfg = acfg
@@ -69,10 +70,13 @@ class AllReduce:
         self.faults = faults
         self.on_progress = on_progress
         self.dissents = 0            # consecutive rounds in which a majority outvoted my digest
+        self.codec = codec
+        self.feedback = compress.ErrorFeedback()
 
     def run(self, rnd: int, state: dict | None, n_samples: int, previous: list[int] | None = None,
             post: Callable[[dict], dict] | None = None,
-            work: Callable[[Group, Scope], dict] | None = None) -> Averaged | Download | Failed:
+            work: Callable[[Group, Scope], dict] | None = None,
+            anchor: tuple[str, dict] | None = None) -> Averaged | Download | Failed:
         """Average `state` with the live peers for round rnd. previous: the members of the last
         round I committed (None: unknown, e.g. the first round: then all peers are expected).
         post: the round's result as a function of the exact mean of every exchanged entry (the
@@ -80,7 +84,11 @@ class AllReduce:
         work: synchronized training (train.batchnorm = "sync"). Then `ready` is sent before the
         round's training, and each attempt's group runs work(group, scope), which trains
         together through the scope (stepsync.py) and returns the state to average; an
-        exchange.Interrupted from it fails the attempt like any other."""
+        exchange.Interrupted from it fails the attempt like any other.
+        anchor: (digest, round state) of the round I start from, committed in round rnd - 1.
+        With it, a derived group (attempt 0: every member was a member of that round) sends its
+        shards compressed as deltas from it; every other attempt, and a round without an anchor,
+        sends float32 (compress.py)."""
         started, bytes_before = time.monotonic(), self.t.bytes_sent
         mine = Vector.of(roundstate.exchanged(state)) if work is None else None
         self.mb.advance(rnd)
@@ -94,7 +102,11 @@ class AllReduce:
                 if not isinstance(group, Group):
                     return self._adopt_computed(group, rnd, candidates, events)
                 grouped_at = time.monotonic()
-                outcome = self._attempt(rnd, group, mine, post, candidates, events, work)
+                outcome = self._attempt(rnd, group, mine, post, candidates, events, work, anchor)
+                if isinstance(outcome, Committed) and group.attempt == IMPLICIT:
+                    self.feedback.commit()         # this attempt's rounding errors are carried on
+                else:
+                    self.feedback.drop()
                 if isinstance(outcome, _Superseded):
                     last_attempt = max(group.attempt, last_attempt)
                     continue
@@ -117,12 +129,13 @@ class AllReduce:
             self.groups.withdraw()
 
     def _attempt(self, rnd: int, group: Group, mine: Vector | None, post, candidates: dict, events: list,
-                 work=None) -> Committed | Download | _Dissent | _Superseded | _Failure:
+                 work=None, anchor=None) -> Committed | Download | _Dissent | _Superseded | _Failure:
         scope = Scope(rnd, group.attempt, group.members)
         try:
             if work is not None:
                 self.on_progress(Progress.TRAINING)
                 mine = Vector.of(roundstate.exchanged(work(group, scope)))
+            mine = self._compressed(mine, group, anchor)
             self.on_progress(Progress.EXCHANGING)
             deadline = time.monotonic() + self.cfg.exchange_timeout_s
             result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline,
@@ -162,6 +175,16 @@ class AllReduce:
                         "will download this one", dg[:12], list(group.members), dissenters)
             events.append(f"attempt {group.attempt}: peers {dissenters} dissented (digest outvoted)")
         return Committed(rnd, dg, group.members, result)
+
+    def _compressed(self, mine: Vector, group: Group, anchor) -> Vector:
+        """mine as this attempt sends it: compressed in a derived group with an anchor, else float32."""
+        if self.codec == "f32" or anchor is None or group.attempt != IMPLICIT:
+            return mine
+        base, state = anchor
+        flat = averaging.flatten(roundstate.exchanged(state))
+        if flat.shape != mine.flat.shape:
+            return mine
+        return mine.compressed(self.codec, flat, base, self.feedback)
 
     def _adopt_computed(self, outcome: Download | Failed, rnd: int, candidates: dict, events: list):
         """The round was committed while I waited for a group: if it is a result I computed in an

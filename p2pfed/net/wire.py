@@ -9,7 +9,8 @@ Frames of every message (after ZeroMQ's routing id, which the ROUTER adds):
 Kinds and their fields are in KINDS below and in docs/protocol.md. decode() trusts nothing:
 it bounds sizes, checks every field's type, checks dtype/shape against the buffer length,
 and checks float buffers are finite. Schema checks against the local model are in
-check_state/check_shard, called by the receiver which knows the model.
+check_schema/check_state, called by the receiver which knows the model (a shard's exact length is
+checked where it is decoded, consensus/compress.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from .protocol import (ALLOWED_DTYPES, COUNT_LIMIT, DIM_LIMIT, ID_LIMIT, INT_LIMIT, MAX_ARRAYS, MAX_DIMS,
+from .protocol import (ALLOWED_DTYPES, CODEC_CHUNK, CODECS, COUNT_LIMIT, DIM_LIMIT, ID_LIMIT, INT_LIMIT, MAX_ARRAYS, MAX_DIMS,
                        MAX_HEADER_BYTES, RECIPE_MAX_CHARS, VERSION)
 
 # kind -> {field: type}; "from" and "v" are common to all. Types: int, str, float, list, dict.
@@ -41,6 +42,12 @@ KINDS: dict[str, dict[str, type]] = {
     "bndigest": {"round": int, "digest": str},                       # digest of the model with pooled BN stats
     "done":    {"round": int},                                       # the writer finished; you may exit
     "bye":     {"round": int},                                       # clean exit, do not wait for me
+}
+
+# kind -> {field: type} of fields a message may carry. Absent, they have the default named here.
+OPTIONAL: dict[str, dict[str, type]] = {
+    "part":    {"codec": str, "base": str},    # codec: "f32" (absent), "f16" or "i8"; base: the anchor's digest
+    "reduced": {"codec": str, "base": str},
 }
 
 
@@ -104,6 +111,9 @@ def decode(frames: list, max_bytes: int) -> Message:
         if name not in header:
             raise WireError(f"{kind} message lacks field {name!r}")
         _check_type(kind, name, header[name], typ)
+    for name, typ in OPTIONAL.get(kind, {}).items():
+        if name in header:
+            _check_type(kind, name, header[name], typ)
     specs = header.get("arrays", [])
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
         raise WireError("arrays must be a list of at most %d entries" % MAX_ARRAYS)
@@ -131,16 +141,6 @@ def decode(frames: list, max_bytes: int) -> Message:
 
 
 # ------------------------------------------------------------- schema checks against the local model
-
-def check_shard(msg: Message, expected_len: int) -> np.ndarray:
-    if len(msg.arrays) < 1:
-        raise WireError(f"{msg.kind} carries no array")
-    arr = msg.arrays[0]
-    if arr.dtype != np.float32 or arr.ndim != 1 or arr.size != expected_len:
-        raise WireError(f"{msg.kind} shard {msg.header.get('shard')} is {arr.dtype}{list(arr.shape)}, "
-                        f"expected float32[{expected_len}]")
-    return arr
-
 
 def check_state(names: list, arrays: list[np.ndarray], like: dict) -> "OrderedDict[str, np.ndarray]":
     """A received state must have exactly the local model's names, dtypes and shapes, in order."""
@@ -177,25 +177,38 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
         _ids(msg.kind, "members", msg["members"], peer_ids)
     if msg.kind == "abort":
         _ids(msg.kind, "dead", msg["dead"], peer_ids)
-    if msg.kind in ("digest", "commit", "model", "bndigest") and (
-            len(msg["digest"]) != 64 or any(c not in "0123456789abcdef" for c in msg["digest"])):
+    if msg.kind in ("digest", "commit", "model", "bndigest") and not _is_digest(msg["digest"]):
         raise WireError(f"{msg.kind}.digest must be 64 lower-case hex digits")
     if msg.kind == "model":
         if not all(isinstance(n, str) for n in msg["names"]):
             raise WireError("model.names must be a list of strings")
         check_state(msg["names"], msg.arrays, like)
     elif msg.kind in ("part", "reduced"):
-        if not msg.arrays:
-            raise WireError(f"{msg.kind} carries no array")
+        codec = codec_of(msg)
+        if codec not in CODECS:
+            raise WireError(f"{msg.kind}.codec {codec!r} is not one of {list(CODECS)}")
+        if "base" in msg.header and not _is_digest(msg["base"]):
+            raise WireError(f"{msg.kind}.base must be 64 lower-case hex digits")
+        if (codec == "f32") == ("base" in msg.header):
+            raise WireError(f"{msg.kind}: a compressed shard names its base (the anchor's digest), a float32 one none")
+        n_shard = 2 if codec == "i8" else 1
+        if len(msg.arrays) < n_shard:
+            raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays; a {codec} shard needs {n_shard}")
         arr = msg.arrays[0]
-        if arr.dtype != np.float32 or arr.ndim != 1 or arr.size > n_floats:
-            raise WireError(f"{msg.kind} shard is {arr.dtype}{list(arr.shape)}, expected float32[<= {n_floats}]")
+        want = SHARD_DTYPES[codec]
+        if arr.dtype != want or arr.ndim != 1 or arr.size > n_floats:
+            raise WireError(f"{msg.kind} shard is {arr.dtype}{list(arr.shape)}, expected {np.dtype(want)}[<= {n_floats}]")
+        if codec == "i8":
+            sc = msg.arrays[1]
+            if sc.dtype != np.float32 or sc.ndim != 1 or sc.size != -(-arr.size // CODEC_CHUNK) or (sc < 0).any():
+                raise WireError(f"{msg.kind} i8 scales are {sc.dtype}{list(sc.shape)}, expected float32"
+                                f"[{-(-arr.size // CODEC_CHUNK)}] >= 0")
         if msg.kind == "reduced" and msg["ints"]:
             if not all(isinstance(n, str) for n in msg["ints"]):
                 raise WireError("reduced.ints must be a list of tensor names")
-            check_ints(msg["ints"], msg.arrays[1:], like)
-        elif len(msg.arrays) != 1:
-            raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected 1")
+            check_ints(msg["ints"], msg.arrays[n_shard:], like)
+        elif len(msg.arrays) != n_shard:
+            raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected {n_shard}")
     elif msg.kind in ("bnstats", "bnsync"):
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float64 or msg.arrays[0].ndim != 1 \
                 or msg.arrays[0].size > n_floats:
@@ -207,6 +220,18 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
                 or not all(type(w) is int and 0 < w < COUNT_LIMIT for w in weights)):
             raise WireError("group members/weights must be equal-length lists of distinct ascending ids and "
                             "positive counts below 2^53")
+
+
+SHARD_DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
+
+
+def codec_of(msg: Message) -> str:
+    """The codec of a part or reduced message ("f32" when it names none)."""
+    return msg.header.get("codec", "f32")
+
+
+def _is_digest(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
 
 
 def check_ints(names: list, arrays: list[np.ndarray], like: dict) -> dict:

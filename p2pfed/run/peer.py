@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import config
-from ..consensus import recipe, roundstate
+from ..consensus import compress, recipe, roundstate
 from ..consensus.allreduce import AllReduce, Progress
 from ..consensus.download import download
 from ..consensus.mailbox import Mailbox
@@ -107,7 +107,10 @@ class Peer:
                  roundstate.nbytes(roundstate.model_part(template)) / 1e6)
         self.metrics.write("plan", round=0, rounds=self.plan.rounds, epochs=round(self.plan.total_steps /
                            self.plan.steps_per_epoch, 3), steps_per_epoch=self.plan.steps_per_epoch,
-                           total_steps=self.plan.total_steps, n_samples=self.n_samples)
+                           total_steps=self.plan.total_steps, n_samples=self.n_samples,
+                           class_counts=np.bincount(self.train_split.labels,
+                                                    minlength=len(self.train_split.classes)).tolist(),
+                           classes=list(self.train_split.classes))
         warning = exposure_warning(cfg)
         if warning:
             log.warning("%s", warning)
@@ -124,7 +127,8 @@ class Peer:
         self.evaluator = Evaluator(cfg, self.id, self.train_split, datasets.load_split(cfg.data, "test"),
                                    self.transport, self.mailbox)
         self.allreduce = AllReduce(self.transport, self.mailbox, a, self.ids, faults=self.faults,
-                                   on_progress=self._progress)
+                                   on_progress=self._progress,
+                                   codec=compress.CONFIG_CODECS[self.cfg.train.compression])
         if self.resume:
             got = checkpoints.load(checkpoints.path_of(self.run_dir, self.id), self.trainer)
             if got:
@@ -210,9 +214,13 @@ class Peer:
     def settle(self, rnd: int, state: dict | None, work=None) -> Averaged | Download:
         """Average the round, or download its consensus instead. A heartbeat claim that no peer
         backs with a model is distrusted, and the round averaged after all."""
-        previous = list(self.committed.members) if self.committed and self.committed.round == rnd - 1 else None
+        last = self.committed if self.committed and self.committed.round == rnd - 1 else None
+        previous = list(last.members) if last else None
+        anchor = (last.digest, last.state) if last else None        # what compressed shards are deltas from
         while True:
-            outcome = self.allreduce.run(rnd, state, self.n_samples, previous, post=state_mod.outer_post(self.cfg.train, self.committed, self.trainer.template), work=work)
+            outcome = self.allreduce.run(rnd, state, self.n_samples, previous,
+                                         post=state_mod.outer_post(self.cfg.train, self.committed, self.trainer.template),
+                                         work=work, anchor=anchor)
             if isinstance(outcome, Failed):
                 raise RoundError(outcome.reason)
             if isinstance(outcome, Averaged):
