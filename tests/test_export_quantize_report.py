@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import make_config
+from helpers import FAST, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +96,10 @@ def test_report_renders_every_plot_with_expected_series(run_dir):
     assert drawn["averaging"]["rounds"] == 2 and drawn["averaging"]["sync_s_median"] > 0
     assert drawn["timeline"]["peers"] == [0, 1, 2] and [f[0] for f in drawn["timeline"]["faults"]] == [2]
     assert "int8 onnx static" in drawn["sizes"]["names"]
+    counts = drawn["partition"]["counts"]                     # every training image on exactly one peer, by class
+    assert sorted(counts) == ["0", "1", "2"] and all(len(c) == 10 for c in counts.values())
+    assert sum(map(sum, counts.values())) == FAST["data"]["synthetic_train"]
+    assert "## Data partition" in (run_dir / "summary.md").read_text()
     assert "peer 2 crash at exchange of round 2" in md and "agreed in every round" in md
     assert "round 2 went on without peers [2]" in md
     assert "## Accuracy by epoch" in md

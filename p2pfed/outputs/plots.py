@@ -55,6 +55,38 @@ def plot_loss(recs: dict[int, list[dict]], out: Path) -> dict:
     return {"peers": sorted(series), "points": {p: len(v[0]) for p, v in series.items()}}
 
 
+def partition_counts(recs: dict[int, list[dict]]) -> tuple[list[str], dict[int, list[int]]]:
+    """(class names, peer id -> images per class) from each peer's `plan` record."""
+    names, counts = [], {}
+    for pid, rs in sorted(recs.items()):
+        plan = next((r for r in rs if r["type"] == "plan" and "class_counts" in r), None)
+        if plan:
+            counts[pid] = [int(c) for c in plan["class_counts"]]
+            names = plan.get("classes") or names
+    return list(names), counts
+
+
+def plot_partition(recs: dict[int, list[dict]], out: Path) -> dict:
+    """Each peer's training images by class: one stacked bar per peer."""
+    names, counts = partition_counts(recs)
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * max(1, len(counts))))
+    n_classes = max((len(c) for c in counts.values()), default=0)
+    cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
+    peers = sorted(counts)
+    left = [0] * len(peers)
+    for c in range(n_classes):
+        widths = [counts[p][c] if c < len(counts[p]) else 0 for p in peers]
+        ax.barh([f"peer {p}" for p in peers], widths, left=left, color=cmap(c % cmap.N),
+                label=names[c] if c < len(names) else f"class {c}")
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set(title="Training images per peer, by class (the partition)", xlabel="images")
+    if n_classes:
+        ax.legend(fontsize=7, ncol=min(5, n_classes), loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.05 * len(peers)))
+    _save(fig, out)
+    return {"peers": peers, "counts": {p: counts[p] for p in peers}}
+
+
 def plot_accuracy(summ: dict, reference: list[dict] | None, out: Path, recs: dict | None = None) -> dict:
     """The consensus' test accuracy at each evaluation, against epochs and against wall time."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from . import atomic, metrics
-from .plots import plot_accuracy, plot_averaging, plot_loss, plot_quant_accuracy, plot_sizes, plot_timeline
+from .plots import (partition_counts, plot_accuracy, plot_averaging, plot_loss, plot_partition, plot_quant_accuracy,
+                    plot_sizes, plot_timeline)
 from .summary import quantile
 
 def _read_json(path: Path) -> dict | None:
@@ -28,6 +29,8 @@ def render(run_dir: Path, reference: Path | None = None) -> Path:
     q = _read_json(run_dir / "quantization.json")
     ref = metrics.read(Path(reference) / "metrics-central.jsonl") if reference else None
     drawn = {"loss": plot_loss(recs, plots / "loss.png"), "timeline": plot_timeline(recs, plots / "timeline.png")}
+    if partition_counts(recs)[1]:
+        drawn["partition"] = plot_partition(recs, plots / "partition.png")
     if summ:
         drawn["accuracy"] = plot_accuracy(summ, ref, plots / "accuracy.png", recs)
         drawn["averaging"] = plot_averaging(summ, plots / "averaging.png")
@@ -70,6 +73,7 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
             + (f"Rounds with retried attempts or events: {_ranges(retried)}." if retried else
                "Every round succeeded at its first attempt.") if rounds else "No round completed.",
             "", "Every round's members, digests and times are in summary.json (one line per round)."]
+    out += _partition_md(run_dir)
     out += ["", "![accuracy](plots/accuracy.png)", "", "![training loss](plots/loss.png)", "",
             "![averaging](plots/averaging.png)", "", "## Faults", ""]
     events = [(r["round"], e) for r in summ["rounds"] for e in r["events"]]
@@ -91,6 +95,20 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
                 "![quantized accuracy](plots/quant_accuracy.png)", ""]
     out += ["## Config", "", "```toml", cfg_text.strip(), "```", ""]
     return "\n".join(out)
+
+
+def _partition_md(run_dir: Path) -> list[str]:
+    """Each peer's images per class, as a table, and its plot."""
+    names, counts = partition_counts(metrics.read_run(run_dir))
+    if not counts:
+        return []
+    n = max(len(c) for c in counts.values())
+    names = [names[c] if c < len(names) else f"class {c}" for c in range(n)]
+    out = ["", "## Data partition (training images per peer and class)", "",
+           "| peer | images | " + " | ".join(names) + " |", "|---" * (n + 2) + "|"]
+    for p, c in sorted(counts.items()):
+        out.append(f"| {p} | {sum(c)} | " + " | ".join(str(v) for v in c) + " |")
+    return out + ["", "![partition](plots/partition.png)"]
 
 
 def _unfinished(drawn: dict) -> list[str]:
