@@ -22,6 +22,7 @@ from ..config import ConfigError
 from ..outputs import atomic
 from . import preflight
 from .exitcodes import ExitCode, describe
+from .flags import options
 from .liveview import LiveView, PeerView
 
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
@@ -226,51 +227,8 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
     return cfg, run_dir, restarts
 
 
-def _options(f):
-    from .presets import HELP as PRESET_HELP, PRESETS
-    opts = [
-        click.option("--peers", type=click.IntRange(min=1), default=5, show_default=True, help="number of local peers"),
-        click.option("--config", type=click.Path(dir_okay=False), help="base config (default: peers.toml here if present)"),
-        click.option("--preset", type=click.Choice(sorted(PRESETS)), help=PRESET_HELP),
-        click.option("--epochs", type=float, help="run length in epochs over each peer's partition"),
-        click.option("--rounds", type=int, help="run exactly this many rounds instead of --epochs"),
-        click.option("--local-steps", help="local optimiser steps per round, e.g. 4, or 2,4,8 to grow over the run"),
-        click.option("--local-epochs", type=float, help="or: local epochs per round"),
-        click.option("--eval-every", type=int, help="evaluate every N rounds (default: once per epoch)"),
-        click.option("--dataset", type=click.Choice(["cifar10", "folder", "synthetic"])),
-        click.option("--data-dir", help="cifar10: download dir; folder: an image folder or a .tar.xz of one"),
-        click.option("--partition", type=click.Choice(["iid", "dirichlet", "shards"])),
-        click.option("--alpha", type=float, help="Dirichlet concentration (smaller: more skewed)"),
-        click.option("--width-mult", type=float, help="MobileNetV2 width multiplier"),
-        click.option("--seed", type=int),
-        click.option("--batch-size", type=int, help="images per peer per step"),
-        click.option("--max-steps", type=int, help="cap local steps per round (quick demos)"),
-        click.option("--train-limit", type=int, help="use only N training images in all"),
-        click.option("--test-limit", type=int, help="evaluate on only N test images"),
-        click.option("--threads", type=int, help="torch threads per peer (default cores / peers)"),
-        click.option("--gpus", help="GPUs for the peers, e.g. 0,1: peer k trains on GPU k mod 2 (default: "
-                                   "train.device, which spreads the peers over every GPU there is)"),
-        click.option("--run-dir", help="default runs/<timestamp>"),
-        click.option("--kill", multiple=True, metavar="ID@ROUND:PHASE",
-                     help="crash a peer at train|exchange|between-rounds of a round (repeatable)"),
-        click.option("--stall", multiple=True, metavar="ID@ROUND:PHASE",
-                     help="stall a peer (faults.stall_s) at a point of a round (repeatable)"),
-        click.option("--restart", multiple=True, metavar="ID@ROUND",
-                     help="restart a dead peer with --resume once the others reach ROUND (repeatable)"),
-        click.option("--quantize/--no-quantize", default=None,
-                     help="export + INT8-quantize the consensus at the end (default: output.quantize)"),
-        click.option("--report/--no-report", default=True, show_default=True,
-                     help="render plots and summary.md at the end"),
-        click.option("--timeout-s", type=click.FloatRange(min=0), default=0,
-                     help="give up (and stop all peers) after this long; 0 = never"),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@_options
+@options
 def launch(**o) -> int:
     """Run N p2pfed peers on this machine."""
     cfg, run_dir, restarts = resolve_config(o)
