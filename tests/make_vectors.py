@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from p2pfed.consensus import averaging, digest  # noqa: E402
+from p2pfed.consensus import averaging, compress, digest  # noqa: E402
 from p2pfed.net import wire  # noqa: E402
 
 OUT = ROOT / "docs" / "vectors" / "protocol-vectors.json"
@@ -48,6 +48,41 @@ def frames_json(kind: str, sender: int, arrays=(), **fields) -> dict:
     return {"kind": kind, "from": sender, "fields": fields, "frames_hex": [bytes(f).hex() for f in fs]}
 
 
+def arrays_hex(arrays) -> list:
+    return [{"dtype": a.dtype.str, "shape": list(a.shape), "hex": a.tobytes().hex()} for a in arrays]
+
+
+def compressed_round(anchor_state, states, weights, codec: str, carried: list, carried_reduced: list) -> dict:
+    """One compressed round of docs/protocol.md ("Compressed shards"): member i sends
+    encode(x_i - a + e_i) per shard; members[j] decodes, takes the weighted mean, adds its
+    carried error r_j, encodes; everyone places a + decode(reduced)."""
+    a = averaging.flatten(anchor_state)
+    flats = [averaging.flatten(s) for s in states]
+    bounds = averaging.shard_bounds(a.size, len(states))
+    deltas = [f - a + e for f, e in zip(flats, carried)]
+    parts = [[compress.encode(codec, d[lo:hi]) for lo, hi in bounds] for d in deltas]
+    decoded = [np.concatenate([compress.decode(codec, p, hi - lo) for p, (lo, hi) in zip(row, bounds)])
+               for row in parts]
+    reduced, result, reducer_errors = [], np.empty_like(a), []
+    for j, (lo, hi) in enumerate(bounds):
+        mean = averaging.weighted_mean([d[lo:hi] for d in decoded], weights)
+        sent = mean + carried_reduced[j]
+        reduced.append(compress.encode(codec, sent))
+        back = compress.decode(codec, reduced[-1], hi - lo)
+        reducer_errors.append(sent - back)
+        result[lo:hi] = a[lo:hi] + back
+    ints = OrderedDict((k, v) for k, v in states[0].items() if not averaging.is_float(v))
+    res = averaging.unflatten(result, ints, states[0])
+    return {"codec": codec,
+            "carried_member_errors_hex": [e.tobytes().hex() for e in carried],
+            "carried_reducer_errors_hex": [r.tobytes().hex() for r in carried_reduced],
+            "parts": [[arrays_hex(p) for p in row] for row in parts],
+            "reduced": [arrays_hex(r) for r in reduced],
+            "member_errors_out_hex": [(d - dec).tobytes().hex() for d, dec in zip(deltas, decoded)],
+            "reducer_errors_out_hex": [r.tobytes().hex() for r in reducer_errors],
+            "result": state_json(res), "digest": digest.digest(res)}
+
+
 def build() -> dict:
     tiny = tiny_state(0)
     big = large_state()
@@ -60,6 +95,15 @@ def build() -> dict:
         (k, v) for k, v in states[0].items() if not averaging.is_float(v)), states[0])
     d = "0" * 63 + "1"
     part = flats[0][bounds[1][0]:bounds[1][1]]
+    rng = np.random.default_rng(9)
+    carried = [(rng.standard_normal(flats[0].size) * 1e-3).astype(np.float32) for _ in states]
+    carried_red = [(rng.standard_normal(hi - lo) * 1e-3).astype(np.float32) for lo, hi in bounds]
+    zero = [np.zeros(flats[0].size, np.float32) for _ in states]
+    zero_red = [np.zeros(hi - lo, np.float32) for lo, hi in bounds]
+    comp = [compressed_round(tiny, states, weights, "i8", zero, zero_red),
+            compressed_round(tiny, states, weights, "i8", carried, carried_red),
+            compressed_round(tiny, states, weights, "f16", carried, carried_red)]
+    i8 = compress.encode("i8", part - averaging.flatten(tiny)[bounds[1][0]:bounds[1][1]])
     return {
         "about": "p2pfed protocol test vectors (docs/protocol.md). Arrays: numpy dtype.str, shape, raw C-order "
                  "little-endian bytes as hex. Regenerate with tests/make_vectors.py.",
@@ -80,6 +124,8 @@ def build() -> dict:
             "result": state_json(result),
             "digest": digest.digest(result),
         },
+        "compressed_rounds": {"anchor": state_json(tiny), "members": members, "weights": weights,
+                              "inputs": "the inputs of \"round\"", "rounds": comp},
         "frames": [
             frames_json("hb", 2, round=4, phase="train", committed=3),
             frames_json("ready", 2, round=4, n_samples=8000, recipe="data.seed=0;train.lr=0.05"),
@@ -87,6 +133,10 @@ def build() -> dict:
             frames_json("part", 0, [part], round=4, attempt=0, shard=1, members=[0, 1, 2]),
             frames_json("reduced", 0, [reduced[0], states[0]["bn.num_batches_tracked"]], round=4, attempt=0,
                         shard=0, ints=["bn.num_batches_tracked"]),
+            frames_json("part", 0, i8, round=4, attempt=0, shard=1, members=[0, 1, 2], codec="i8", base=d),
+            frames_json("reduced", 0, [compress.encode("f16", reduced[0] - averaging.flatten(tiny)[:bounds[0][1]])[0],
+                                       states[0]["bn.num_batches_tracked"]], round=4, attempt=0, shard=0,
+                        ints=["bn.num_batches_tracked"], codec="f16", base=d),
             frames_json("digest", 1, round=4, attempt=0, digest=d),
             frames_json("abort", 1, round=4, attempt=0, reason="peer 2 died (silent for 4.0 s)", dead=[2]),
             frames_json("commit", 1, round=4, digest=d, members=[0, 1, 2]),
