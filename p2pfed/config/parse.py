@@ -141,6 +141,18 @@ def replace_faults(cfg: Config, faults: tuple[Fault, ...]) -> Config:
     return new
 
 
+def parse_slow(spec: str) -> Fault:
+    """Parse 'IDxFACTOR' or 'ID@ROUNDxFACTOR', as given to launch.py --slow: from ROUND (default 1)
+    on, peer ID's local steps take FACTOR times as long."""
+    try:
+        who, factor = spec.lower().split("x", 1)
+        who, _, rnd = who.partition("@")
+        return Fault(peer=int(who), round=int(rnd or 1), phase="train", action="slow", slow_factor=float(factor))
+    except ValueError:
+        raise ConfigError(f"--slow {spec!r} must look like IDxFACTOR or ID@ROUNDxFACTOR, e.g. 2x3 (peer 2 at a "
+                          f"third of its speed)") from None
+
+
 def parse_fault(spec: str, action: str = "crash") -> Fault:
     """Parse 'ID@ROUND:PHASE' (phase defaults to train), as given to launch.py --kill."""
     try:

@@ -112,8 +112,9 @@ class Fault:
     peer: int                    # which peer misbehaves
     round: int                   # in which round (1-based)
     phase: Literal["train", "exchange", "between-rounds"] = "train"  # where
-    action: Literal["crash", "stall", "dissent"] = "crash"  # crash = os._exit; stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only)
+    action: Literal["crash", "stall", "dissent", "slow"] = "crash"  # crash = os._exit; stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only); slow = from this round on, every local step takes slow_factor x as long (phase train)
     stall_s: float = 30.0        # how long a stall lasts
+    slow_factor: float = 3.0     # action = slow: each local step takes this many times as long (3 = a third of the speed)
 
 
 @dataclass(frozen=True)

@@ -97,5 +97,8 @@ def _faults(cfg: Config) -> None:
             raise ConfigError(f"faults.peer = {f.peer} is not a peer id (ids: {sorted(ids)})")
         if f.round < 1 or (cfg.train.rounds and f.round > cfg.train.rounds):
             raise ConfigError(f"faults.round = {f.round} must be in 1..{cfg.train.rounds or 'the last round'}")
+        if f.action == "slow" and (f.phase != "train" or not 1.0 <= f.slow_factor <= 1000.0):
+            raise ConfigError(f"faults: a slow peer (peer {f.peer}, round {f.round}) needs phase = \"train\" and "
+                              f"slow_factor in 1..1000 (got {f.phase!r}, {f.slow_factor})")
         if f.action == "dissent" and f.phase != "exchange":
             raise ConfigError(f"faults.action = \"dissent\" (peer {f.peer}, round {f.round}) needs phase = \"exchange\"")

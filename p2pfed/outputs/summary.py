@@ -19,7 +19,8 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
             rounds.append(_round(r, reports[r], prev))
             prev = rounds[-1]["members"]
     faults = [{"peer": f.peer, "round": f.round, "phase": f.phase, "action": f.action,
-               "handled": _handled(f.peer, f.round, f.phase, rounds)} for f in cfg.faults]
+               "handled": _slow(f, rounds) if f.action == "slow" else _handled(f.peer, f.round, f.phase, rounds)}
+              for f in cfg.faults]
     final_acc = rounds[-1]["accuracy"] if rounds else None
     evaluations = [{"epoch": r["epoch"], "round": r["round"], "accuracy": r["accuracy"], "test_loss": r["test_loss"]}
                    for r in rounds if r["accuracy"] is not None]
@@ -76,6 +77,13 @@ def quantile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _slow(f, rounds: list[dict]) -> str:
+    later = [r for r in rounds if r["round"] >= f.round]
+    took = sum(f.peer in r["members"] for r in later)
+    return (f"peer {f.peer} trained at 1/{f.slow_factor:g} of its speed from round {f.round} on; it was a member of "
+            f"{took} of the {len(later)} rounds since")
 
 
 def _handled(peer: int, rnd: int, phase: str, rounds: list[dict]) -> str:

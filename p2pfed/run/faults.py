@@ -4,7 +4,9 @@ Points (FaultPoint): `train` (halfway through a round's local steps), `exchange`
 its shard slices sent), `between-rounds` (after committing and checkpointing a round). Actions:
 `crash` (exit with code 70 at once), `stall` (sleep faults.stall_s), and `dissent` (exchange
 only): the peer's own copy of the round's result differs by one ulp, as with bad memory, so its
-digest is outvoted. The peer calls one injector at these points; a restarted peer gets an empty
+digest is outvoted. `slow` is not a point but a state: from its round on, every local step of
+the peer is followed by a sleep of (slow_factor - 1) x the step's own time, as on a machine that
+many times slower (the trainer asks `slowdown(round)`). The peer calls one injector at these points; a restarted peer gets an empty
 one, so it does not crash again.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ class FaultInjector:
         """Fire the faults of this point; True if one of them is a `dissent`."""
         dissent = False
         for i, f in enumerate(self.faults):
-            if i in self.fired or f.round != rnd or f.phase != point:
+            if i in self.fired or f.round != rnd or f.phase != point or f.action == "slow":
                 continue
             self.fired.add(i)
             self.on_fire(f)
@@ -52,3 +54,16 @@ class FaultInjector:
             log.warning("fault injection: stalling %.1f s at %s of round %d", f.stall_s, point, rnd)
             time.sleep(f.stall_s)
         return dissent
+
+    def slowdown(self, rnd: int) -> float:
+        """How many times as long my local steps take in round rnd (1.0: my own speed)."""
+        factor = 1.0
+        for i, f in enumerate(self.faults):
+            if f.action == "slow" and f.round <= rnd:
+                if i not in self.fired:
+                    self.fired.add(i)
+                    self.on_fire(f)
+                    log.warning("fault injection: from round %d on, my local steps take %gx as long", f.round,
+                                f.slow_factor)
+                factor = max(factor, f.slow_factor)
+        return factor

@@ -36,6 +36,8 @@ def options(f):
                      help="crash a peer at train|exchange|between-rounds of a round (repeatable)"),
         click.option("--stall", multiple=True, metavar="ID@ROUND:PHASE",
                      help="stall a peer (faults.stall_s) at a point of a round (repeatable)"),
+        click.option("--slow", multiple=True, metavar="ID[@ROUND]xFACTOR",
+                     help="make a peer FACTOR times slower from ROUND (default 1) on, e.g. 2x3 (repeatable)"),
         click.option("--restart", multiple=True, metavar="ID@ROUND",
                      help="restart a dead peer with --resume once the others reach ROUND (repeatable)"),
         click.option("--quantize/--no-quantize", default=None,

@@ -214,6 +214,7 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
         cfg = config_mod.override(cfg, averaging={"min_peers": 1})
     faults = [config_mod.parse_fault(s, "crash") for s in o["kill"]]
     faults += [config_mod.parse_fault(s, "stall") for s in o["stall"]]
+    faults += [config_mod.parse_slow(s) for s in o["slow"]]
     cfg = config_mod.replace_faults(cfg, cfg.faults + tuple(faults))
     restarts = {}
     for spec in o["restart"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 
 import torch
 
@@ -106,6 +107,9 @@ class Trainer:
                                global_step=self.global_step + i,
                                epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4))
 
+        slow = self.faults.slowdown(rnd)
+        if slow > 1.0:
+            on_step = _slowed(on_step, slow)
         hook = self.controls.round_hook() if self.controls else None
         losses = self._steps(stream, half, on_step, hook)
         self.faults.at(rnd, FaultPoint.TRAIN)
@@ -119,3 +123,14 @@ class Trainer:
         return train.train_steps(self.net, self.opt, stream, self.tcfg, n, self.global_step + done,
                                  self.plan.total_steps, self.global_batch, on_step, grad_hook=hook,
                                  frozen_bn=self.bn_frozen)
+
+
+def _slowed(on_step, factor: float):
+    """on_step, after a sleep of (factor - 1) x the time since the last step ended (fault `slow`)."""
+    last = [time.monotonic()]
+
+    def slowed(i: int, loss: float) -> None:
+        time.sleep((factor - 1.0) * (time.monotonic() - last[0]))
+        last[0] = time.monotonic()
+        on_step(i, loss)
+    return slowed
