@@ -1,0 +1,65 @@
+"""One slow peer against none: 5 peers, one of them at a third of its speed (launch.py --slow),
+against 5 equally fast peers, at equal total samples (the same rounds of the same local steps),
+one run after the other on the same data.
+
+    python bench/stragglers.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
+                               [--train-limit 10000] [--epochs 3] [--width-mult 0.5] [--slow 4x3]
+
+Prints wall time, final accuracy on the dev test split and the median time from ready to commit
+for each run, and ends with RESULT slow_vs_fast=.. acc_delta_pts=.. (wall-time ratio; accuracy of
+the slow run minus the fast run, in points). Every round waits for its slowest member, so today
+the ratio is about the slow peer's factor times its share of a round's time in training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, tmp: Path, name: str, extra: list[str]) -> dict:
+    out_dir = tmp / name
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--dataset", "folder",
+           "--data-dir", args.data, "--train-limit", str(args.train_limit), "--epochs", str(args.epochs),
+           "--width-mult", str(args.width_mult), "--run-dir", str(out_dir), "--no-report", "--no-quantize", *extra]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+    wall = time.monotonic() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"{name} failed ({res.returncode}):\n{res.stdout[-3000:]}")
+    s = json.loads((out_dir / "summary.json").read_text())
+    sync = sorted(r.get("sync_s", r["averaging_s"]) for r in s["rounds"])
+    return {"wall_s": wall, "acc": s["final"]["accuracy"], "rounds": len(s["rounds"]),
+            "sync_median_s": sync[len(sync) // 2], "faults": [f["handled"] for f in s["faults"]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
+    ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--train-limit", type=int, default=10000)
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--width-mult", type=float, default=0.5)
+    ap.add_argument("--slow", default="4x3", help="launch.py --slow of the slow run")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="p2pfed-stragglers-"))
+    print(f"{args.peers} peers, {args.train_limit} images, {args.epochs:g} epochs, width {args.width_mult}; "
+          f"slow run: --slow {args.slow}; runs in {tmp}", flush=True)
+    res = {}
+    for name, extra in (("fast", []), ("slow", ["--slow", args.slow])):
+        r = res[name] = run(args, tmp, name, extra)
+        print(f"{name:<5} wall {r['wall_s']:6.0f} s  accuracy {100 * r['acc']:6.2f}%  rounds {r['rounds']}  "
+              f"ready->commit median {r['sync_median_s']:.3f} s  {'; '.join(r['faults'])}", flush=True)
+    ratio = res["slow"]["wall_s"] / res["fast"]["wall_s"]
+    delta = 100 * (res["slow"]["acc"] - res["fast"]["acc"])
+    print(f"RESULT slow_vs_fast={ratio:.2f} acc_delta_pts={delta:+.2f}")
+
+
+if __name__ == "__main__":
+    main()
