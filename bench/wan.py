@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,8 @@ def main() -> None:
     ap.add_argument("--recipes", default="default,slowlink")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take")
     args = ap.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGINT):      # stop cleanly: peers, relays and namespaces go too
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     if os.geteuid() != 0:
         raise SystemExit("bench/wan.py needs root (network namespaces and tc)")
     profiles, recipes = args.profiles.split(","), args.recipes.split(",")
