@@ -12,7 +12,6 @@ the ratio is about the slow peer's factor times its share of a round's time in t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import smallrun  # noqa: E402
 
 
 def run(args, tmp: Path, name: str, extra: list[str]) -> dict:
@@ -40,12 +41,7 @@ def run(args, tmp: Path, name: str, extra: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
-    ap.add_argument("--peers", type=int, default=5)
-    ap.add_argument("--train-limit", type=int, default=10000)
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--width-mult", type=float, default=0.5)
+    ap = smallrun.parser(__doc__)
     ap.add_argument("--slow", default="4x3", help="launch.py --slow of the slow run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-stragglers-"))

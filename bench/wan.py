@@ -25,7 +25,6 @@ the shaped profiles.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -39,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+import smallrun  # noqa: E402
 
 RECIPES = {
     "default": {},
@@ -107,12 +108,7 @@ def run_profile(args, tmp: Path, profile: str, recipe: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
-    ap.add_argument("--peers", type=int, default=5)
-    ap.add_argument("--train-limit", type=int, default=10000)
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--width-mult", type=float, default=0.5)
+    ap = smallrun.parser(__doc__)
     ap.add_argument("--profiles", "--link", default="lan,100mbit-20ms,20mbit-50ms")
     ap.add_argument("--recipes", default="default,int8,slowlink")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take")

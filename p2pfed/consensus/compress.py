@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..net import wire
 from ..net.protocol import CODEC_CHUNK as CHUNK
 from ..net.protocol import CODECS
 
@@ -48,7 +49,7 @@ def encode(codec: str, x: np.ndarray) -> list[np.ndarray]:
 
 
 def n_arrays(codec: str) -> int:
-    return 2 if codec == "i8" else 1
+    return wire.SHARD_ARRAYS[codec]
 
 
 def decode(codec: str, arrays: list[np.ndarray], n: int) -> np.ndarray:
@@ -56,7 +57,7 @@ def decode(codec: str, arrays: list[np.ndarray], n: int) -> np.ndarray:
     if len(arrays) < n_arrays(codec):
         raise CodecError(f"{codec} needs {n_arrays(codec)} arrays, got {len(arrays)}")
     a = arrays[0]
-    want = {"f32": np.float32, "f16": np.float16, "i8": np.int8}[codec]
+    want = wire.SHARD_DTYPES[codec]
     if a.dtype != want or a.ndim != 1 or a.size != n:
         raise CodecError(f"{codec} shard is {a.dtype}{list(a.shape)}, expected {np.dtype(want)}[{n}]")
     if codec in ("f32", "f16") and not np.isfinite(a).all():

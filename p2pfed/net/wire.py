@@ -191,7 +191,7 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
             raise WireError(f"{msg.kind}.base must be 64 lower-case hex digits")
         if (codec == "f32") == ("base" in msg.header):
             raise WireError(f"{msg.kind}: a compressed shard names its base (the anchor's digest), a float32 one none")
-        n_shard = 2 if codec == "i8" else 1
+        n_shard = SHARD_ARRAYS[codec]
         if len(msg.arrays) < n_shard:
             raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays; a {codec} shard needs {n_shard}")
         arr = msg.arrays[0]
@@ -222,7 +222,8 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
                             "positive counts below 2^53")
 
 
-SHARD_DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
+SHARD_DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}   # a shard's values per codec
+SHARD_ARRAYS = {"f32": 1, "f16": 1, "i8": 2}                          # arrays per shard (i8: + scales)
 
 
 def codec_of(msg: Message) -> str:
