@@ -70,10 +70,6 @@ def test_three_hosts_reach_exact_consensus(tmp_path, procs, hosts3):
         check_round_exact(tmp_path / "run", r["round"], r["members"], r["members"])
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, open: after the heal, peer 1 sometimes never hears host 2 "
-                   "again while peer 0 does; the leader keeps proposing [0, 1, 2], peer 1 aborts each attempt "
-                   "(peer 2 silent) and round 4 fails after max_attempts. Seen in 2 of 5 runs (both in fresh "
-                   "clones), never on the dev checkout; see the closing note of stop 23")
 def test_cut_off_host_waits_then_rejoins_after_the_link_heals(tmp_path, procs, hosts3):
     # 8 rounds of 25 steps: the majority is still training when the link heals, even on a loaded
     # machine (with 5, it once finished first and host 2 rightly ended with "the run has ended")

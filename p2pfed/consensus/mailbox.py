@@ -97,8 +97,13 @@ class Mailbox:
             return
         if msg.kind == "abort":
             for d in msg["dead"]:
-                if isinstance(d, int) and not isinstance(d, bool) and d != self.me:
+                if not isinstance(d, int) or isinstance(d, bool):
+                    continue
+                if d != self.me:
                     self._suspects[d] = time.monotonic()
+                elif hasattr(self.transport, "reset_link"):
+                    # it cannot hear me while I hear it: my link to it is stuck; open a new one
+                    self.transport.reset_link(msg.sender)
         if r < self.round and msg.kind not in self.ANY_ROUND:
             self._drop(msg, f"dropped stale {msg.kind} from peer {msg.sender}: round {r} < current round {self.round}")
             return
@@ -163,14 +168,17 @@ class Mailbox:
         """Heard from within dead_after_s, has not said bye, and not reported dead by a member
         since it was last heard from. I am always alive. `since` (monotonic) gives a peer that
         another member put into my exchange the benefit of the doubt: it counts as heard at that
-        moment (a peer just back from a partition may reach others before it reaches me)."""
+        moment (a peer just back from a partition may reach others before it reaches me). A peer
+        reported dead counts as dead for at least SUSPECT_HOLD_S, even if I hear it."""
         if peer == self.me:
             return True
         seen = self._seen(peer, since)
         if seen is None or peer in self._departed or time.monotonic() - seen >= self.dead_after_s:
             return False
         suspected = self._suspects.get(peer)
-        return suspected is None or seen > suspected
+        # a member that cannot hear it may still be cut off from it although I hear it again: it
+        # stays out of groups for SUSPECT_HOLD_S, so the round goes on without it (it downloads)
+        return suspected is None or (seen > suspected and time.monotonic() - suspected >= protocol.SUSPECT_HOLD_S)
 
     def live(self, peers: Iterable[int]) -> list[int]:
         """The alive peers I can work with: those with another recipe are left out."""

@@ -29,6 +29,7 @@ from .shared import SharedState
 log = logging.getLogger("p2pfed.net.thread")
 
 STOP = b"__stop__"
+RESET = b"__reset__"     # close and reopen my outbound link to one peer
 
 
 def ms(seconds: float) -> int:
@@ -94,27 +95,46 @@ class NetworkThread(threading.Thread):
         self._router = self.ctx.socket(zmq.ROUTER)
         self._options(self._router)
         self._router.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        # a peer that reconnects (after a cut link) takes over its routing id at once, instead of
+        # being parked behind its old connection until that one times out
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.curve:
             self._auth = start_authenticator(self.ctx, self.curve.peers)
             self._router.curve_server = True
             self._router.curve_secretkey = self.curve.secret
             self._router.curve_publickey = self.curve.public
         self._router.bind(f"tcp://{self.me.bind or self.me.host}:{self.me.port}")
-        self._dealers: dict[int, zmq.Socket] = {}
-        for pid, spec in self.peers.items():
-            d = self.ctx.socket(zmq.DEALER)
-            self._options(d)
-            for opt, value in ((zmq.IMMEDIATE, 1), (zmq.RECONNECT_IVL, ms(protocol.RECONNECT_S)),
-                               (zmq.RECONNECT_IVL_MAX, ms(protocol.RECONNECT_MAX_S)),
-                               (zmq.CONNECT_TIMEOUT, ms(protocol.CONNECT_TIMEOUT_S))):
-                d.setsockopt(opt, value)
-            d.setsockopt(zmq.ROUTING_ID, str(self.me.id).encode())
-            if self.curve:
-                d.curve_serverkey = self.curve.peers[pid]
-                d.curve_publickey = self.curve.public
-                d.curve_secretkey = self.curve.secret
-            d.connect(f"tcp://{spec.host}:{spec.port}")
-            self._dealers[pid] = d
+        self._dealers: dict[int, zmq.Socket] = {pid: self._dealer(pid) for pid in self.peers}
+        self._reset_at: dict[int, float] = {}
+
+    def _dealer(self, pid: int) -> zmq.Socket:
+        """My outbound link to peer pid: a DEALER whose routing id is my peer id."""
+        d = self.ctx.socket(zmq.DEALER)
+        self._options(d)
+        for opt, value in ((zmq.IMMEDIATE, 1), (zmq.RECONNECT_IVL, ms(protocol.RECONNECT_S)),
+                           (zmq.RECONNECT_IVL_MAX, ms(protocol.RECONNECT_MAX_S)),
+                           (zmq.CONNECT_TIMEOUT, ms(protocol.CONNECT_TIMEOUT_S))):
+            d.setsockopt(opt, value)
+        d.setsockopt(zmq.ROUTING_ID, str(self.me.id).encode())
+        if self.curve:
+            d.curve_serverkey = self.curve.peers[pid]
+            d.curve_publickey = self.curve.public
+            d.curve_secretkey = self.curve.secret
+        spec = self.peers[pid]
+        d.connect(f"tcp://{spec.host}:{spec.port}")
+        return d
+
+    def reset(self, pid: int) -> None:
+        """Replace my outbound link to pid with a new connection (a peer told me it cannot hear
+        me while I hear it): at most once per LINK_TIMEOUT_S per peer; what was queued on the old
+        link is dropped, as when a connection breaks."""
+        now = time.monotonic()
+        if pid not in self._dealers or now - self._reset_at.get(pid, -1e9) < protocol.LINK_TIMEOUT_S:
+            return
+        self._reset_at[pid] = now
+        log.warning("peer %d cannot hear me although I hear it; reconnecting my link to it", pid)
+        self._dealers[pid].close(linger=0)
+        self._dealers[pid] = self._dealer(pid)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
@@ -146,6 +166,9 @@ class NetworkThread(threading.Thread):
                     if cmd[0].bytes == STOP:
                         self._flush_s = float(cmd[1].bytes)
                         return
+                    if cmd[0].bytes == RESET:
+                        self.reset(int(cmd[1].bytes))
+                        continue
                     self.forward(int(cmd[0].bytes), cmd[1:])
             if self._monitor in events:
                 self._monitor_event()

@@ -45,6 +45,7 @@ RECONNECT_S = 0.1                # first reconnect attempt after a connection br
 RECONNECT_MAX_S = 1.0            # reconnect attempts back off to at most this
 CONNECT_TIMEOUT_S = 1.0          # a TCP connect that hangs (a cut link) is abandoned and retried
 LINK_PING_S = 1.0                # ZMTP heartbeat on every connection
+SUSPECT_HOLD_S = 5.0             # a peer a member reported dead (abort.dead) stays out of groups this long
 LINK_TIMEOUT_S = 5.0             # a connection silent this long after a ping is closed and reconnected
 QUEUE_MESSAGES = 1000            # ZeroMQ high-water mark per socket (messages)
 RETRY_S = 0.05                   # a message a connection refused (it is down) is retried this often ...

@@ -21,7 +21,7 @@ import zmq
 
 from . import protocol, wire
 from .curve import CurveKeys
-from .netthread import STOP, NetworkThread
+from .netthread import RESET, STOP, NetworkThread
 from .shared import Served, SharedState
 
 log = logging.getLogger("p2pfed.net.transport")
@@ -105,6 +105,14 @@ class Transport:
         except zmq.Again:
             self._check_alive()
             log.warning("peer %s: outgoing queue full; dropped a message to peer %s", self.id, dest)
+
+    def reset_link(self, dest: int) -> None:
+        """Reconnect my outbound link to dest (it reported me dead while I hear it)."""
+        self._check_alive()
+        try:
+            self._cmd.send_multipart([RESET, str(dest).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def broadcast(self, dests, frames: list) -> None:
         for d in dests:
