@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from p2pfed.consensus import averaging, compress, digest  # noqa: E402
 from p2pfed.net import wire  # noqa: E402
+from p2pfed.learning import balance  # noqa: E402
 
 OUT = ROOT / "docs" / "vectors" / "protocol-vectors.json"
 
@@ -126,6 +127,11 @@ def build() -> dict:
         },
         "compressed_rounds": {"anchor": state_json(tiny), "members": members, "weights": weights,
                               "inputs": "the inputs of \"round\"", "rounds": comp},
+        "shares": [{"rates": {str(m): r for m, r in rates.items()}, "members": sorted(rates), "batch_size": b,
+                    "shares": {str(m): x for m, x in balance.shares(rates, sorted(rates), b).items()}}
+                   for rates, b in (({0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0, 4: 100 / 3}, 32),
+                                    ({0: 3.0, 1: 2.0, 2: 2.0}, 7), ({0: 1000.0, 1: 1.0}, 16),
+                                    ({0: 50.0, 1: 50.0, 2: None}, 10))],
         "frames": [
             frames_json("hb", 2, round=4, phase="train", committed=3),
             frames_json("ready", 2, round=4, n_samples=8000, recipe="data.seed=0;train.lr=0.05"),

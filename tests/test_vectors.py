@@ -76,3 +76,11 @@ def test_compressed_rounds_give_the_vector_bytes():
                                [_hex32(h) for h in want["carried_reducer_errors_hex"]])
         assert got == want, want["codec"]
         assert digest.digest(_state(want["result"])) == want["digest"]
+
+
+def test_sample_target_shares_give_the_vector_batches():
+    from p2pfed.learning import balance
+    for case in VECTORS["shares"]:
+        rates = {int(m): r for m, r in case["rates"].items()}
+        got = balance.shares(rates, case["members"], case["batch_size"])
+        assert {str(m): b for m, b in got.items()} == case["shares"]

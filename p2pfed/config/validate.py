@@ -50,6 +50,16 @@ def _train(cfg: Config) -> None:
     if cfg.model.norm != "batch" and cfg.model.pretrained:
         raise ConfigError("model.pretrained loads ImageNet weights of the BatchNorm network; set model.norm = "
                           "\"batch\" or model.pretrained = false")
+    if t.round_deadline_s == float("inf"):
+        raise ConfigError("train.round_deadline_s = inf: give a number of seconds, or 0 for no deadline")
+    if t.round_target == "samples" and t.batchnorm == "sync":
+        raise ConfigError("train.round_target = \"samples\" cannot be used with train.batchnorm = \"sync\": synchronized "
+                          "BatchNorm sends `ready` before training, so the images a member will process are not known "
+                          "then; use train.round_target = \"steps\"")
+    if t.round_deadline_s and t.round_target != "samples":
+        raise ConfigError(f"train.round_deadline_s = {t.round_deadline_s} needs train.round_target = \"samples\" (a "
+                          f"member that stops early is weighted by the images it processed); set both, or set "
+                          f"round_deadline_s = 0")
     a = cfg.averaging
     if a.dead_after_s < 2 * a.heartbeat_interval_s:
         raise ConfigError(f"averaging.dead_after_s ({a.dead_after_s}) must be at least twice "
@@ -67,9 +77,10 @@ def _ranges(cfg: Config) -> None:
         ("train.label_smoothing", t.label_smoothing, 0, 1, "in [0, 1)"),
         ("train.outer_momentum", t.outer_momentum, 0, 1, "in [0, 1) (0 = no outer step)"),
         ("train.agc_clip", t.agc_clip, 0, None, ">= 0 (0 = off)"),
+        ("train.round_deadline_s", t.round_deadline_s, 0, None, ">= 0 seconds (0 = no deadline)"),
     ]
     for key, value, low, high, allowed in checks:
-        if value < low or (high is not None and value >= high):
+        if not value >= low or (high is not None and value >= high):     # `not >=`: NaN fails too
             raise ConfigError(f"{key} = {value} must be {allowed}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device = {t.device!r} is not a device; use auto, cpu, cuda or cuda:K")

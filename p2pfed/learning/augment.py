@@ -64,11 +64,41 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None, tr
         yield normalize(imgs, size), labels[idx]
 
 
-def stream(split: Split, batch_size: int, generator: torch.Generator, do_augment: bool, size: int | None):
+class Stream:
     """Endless training batches: epoch after epoch, each reshuffled. Rounds of a few steps take
-    the next batches of the same epoch, so every image is seen once per epoch."""
-    while True:
-        yield from batches(split, batch_size, generator, train=True, do_augment=do_augment, size=size)
+    the next batches of the same epoch, so every image is seen once per epoch. batch_size may
+    change between batches (sample-target rounds, balance.py); the last batch of an epoch holds
+    what is left of it. With a fixed batch_size this draws exactly what batches() draws."""
+
+    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, do_augment: bool,
+                 size: int | None):
+        assert split.images is not None
+        self.split, self.batch_size, self.generator = split, batch_size, generator
+        self.do_augment, self.size = do_augment, size
+        self._labels = torch.from_numpy(split.labels).to(split.images.device)
+        self._order: torch.Tensor | None = None
+        self._pos = 0
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.split)
+        if self._order is None or self._pos >= n:
+            g = self.generator
+            self._order = torch.randperm(n, generator=g, device=g.device).to(self.split.images.device)
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += len(idx)
+        imgs = self.split.images[idx]
+        if self.do_augment:
+            imgs = augment(imgs, self.generator)
+        return normalize(imgs, self.size), self._labels[idx]
+
+
+def stream(split: Split, batch_size: int, generator: torch.Generator, do_augment: bool, size: int | None) -> Stream:
+    """Endless training batches (Stream)."""
+    return Stream(split, batch_size, generator, do_augment, size)
 
 
 def on_device(split: Split, device: torch.device) -> Split:

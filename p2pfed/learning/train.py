@@ -31,11 +31,13 @@ def make_optimizer(net: nn.Module, tcfg) -> torch.optim.Optimizer:
 def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, tcfg, n_steps: int,
                 first_global_step: int, total_steps: int, global_batch: int,
                 on_step: Callable[[int, float], None] | None = None,
-                grad_hook: Callable[[], None] | None = None, frozen_bn: bool = False) -> list[float]:
+                grad_hook: Callable[[], None] | None = None, frozen_bn: bool = False,
+                stop: Callable[[], bool] | None = None, first_runs: bool = True) -> list[float]:
     """Run n_steps optimiser steps on the next batches of an endless batch stream (see
     augment.stream); returns the losses. global_batch sizes the learning rate (peak_lr). grad_hook
     runs after each backward pass, before the step (SCAFFOLD's correction, scaffold.py).
     frozen_bn: BatchNorm normalizes with its running statistics and leaves them (FixBN).
+    stop: asked before each step (but the first, if first_runs); True ends the steps early.
     tcfg.agc_clip > 0 clips each unit's gradient to that fraction of its weights' norm, the
     classifier excepted (normfree.clip_gradients)."""
     net.train()
@@ -47,7 +49,9 @@ def train_steps(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, t
     losses: list[float] = []
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
     top = peak_lr(tcfg, global_batch)
-    for _ in range(n_steps):
+    for i in range(n_steps):
+        if stop is not None and (i > 0 or not first_runs) and stop():
+            break
         x, y = next(batches)
         x = x.contiguous(memory_format=torch.channels_last)
         lr = lr_at(first_global_step + len(losses), total_steps, top, tcfg.schedule)

@@ -54,7 +54,7 @@ def _round(r: int, by: dict[int, dict], prev: list[int]) -> dict:
         "members": members,
         "digests": digests,
         "digests_agree": len(set(digests.values())) == 1,
-        "weights": {str(p): s["n_samples"] for p, s in sorted(by.items())},
+        "weights": _weights(by),
         "accuracy": correct / total if total else None,
         "test_loss": sum(s["loss_sum"] for s in by.values()) / total if total else None,
         "eval_samples": total,
@@ -67,6 +67,16 @@ def _round(r: int, by: dict[int, dict], prev: list[int]) -> dict:
         "joined": sorted(set(members) - set(prev)),
         "events": sorted({e for s in by.values() for e in s["events"] if isinstance(e, str)}),
     }
+
+
+def _weights(by: dict[int, dict]) -> dict[str, int]:
+    """peer -> its weight in the round's mean: the attempt's weights where a member reported them
+    (images processed, in sample-target rounds), else each member's partition size."""
+    for s in by.values():
+        w, m = s.get("weights"), s.get("members")
+        if isinstance(w, list) and isinstance(m, list) and len(w) == len(m) and all(type(x) is int for x in w):
+            return {str(p): x for p, x in zip(m, w)}
+    return {str(p): s["n_samples"] for p, s in sorted(by.items())}
 
 
 def quantile(values: list[float], q: float) -> float:

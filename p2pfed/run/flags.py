@@ -26,6 +26,10 @@ def options(f):
         click.option("--seed", type=int),
         click.option("--batch-size", type=int, help="images per peer per step"),
         click.option("--max-steps", type=int, help="cap local steps per round (quick demos)"),
+        click.option("--round-target", type=click.Choice(["steps", "samples"]),
+                     help="samples: share each round's images out by measured speed (mixed hardware, --slow)"),
+        click.option("--round-deadline-s", type=float, help="with --round-target samples: stop local steps after "
+                                                            "this many seconds"),
         click.option("--train-limit", type=int, help="use only N training images in all"),
         click.option("--test-limit", type=int, help="evaluate on only N test images"),
         click.option("--threads", type=int, help="torch threads per peer (default cores / peers)"),

@@ -98,6 +98,7 @@ class Peer:
         dev = devices.resolve(self.device_spec, local.index(self.id))
         self.train_split, _, n_total = datasets.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
         self.n_samples = len(self.train_split)
+        self.weight = self.n_samples    # my weight in the round's mean
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
         self.trainer = Trainer(cfg, self.id, len(self.ids), self.train_split, self.plan, self.metrics, self.faults, dev)
         template = self.trainer.template
@@ -166,12 +167,16 @@ class Peer:
         else:
             self.enter(Stage.TRAIN)
             started = time.monotonic()
-            losses = self.trainer.train_round(rnd)
+            members = sorted({*(self.committed.members if self.committed else self.ids), self.id})  # expected
+            losses = self.trainer.train_round(rnd, **reports.balance(self.cfg.train, self.mailbox, members, rnd))
             train_s = time.monotonic() - started
+            if self.cfg.train.round_target == "samples":     # weighted by the images I processed
+                self.weight = self.trainer.last_images
             outcome = self.settle(rnd, self._sent(rnd))
         committed = self.committed
         if self.id in committed.members and committed.round == rnd:
-            stats = reports.round_stats(committed, outcome, losses, train_s, self.n_samples, self.plan)
+            stats = reports.round_stats(committed, outcome, losses, train_s, self.n_samples, self.plan,
+                                        self.trainer.last_images)
             evaluates = self.plan.evaluates(rnd, self.cfg.train.eval_every)
             if evaluates:
                 self.enter(Stage.EVAL)
@@ -208,7 +213,7 @@ class Peer:
         """My round state as I send it (dumped for tests)."""
         state = self.trainer.state()
         if self.cfg.output.dump_round_models:
-            reports.dump(self.run_dir, self.id, rnd, state, self.n_samples, "pre")
+            reports.dump(self.run_dir, self.id, rnd, state, self.weight, "pre")
         return state
 
     def settle(self, rnd: int, state: dict | None, work=None) -> Averaged | Download:
@@ -218,7 +223,7 @@ class Peer:
         previous = list(last.members) if last else None
         anchor = (last.digest, last.state) if last else None        # what compressed shards are deltas from
         while True:
-            outcome = self.allreduce.run(rnd, state, self.n_samples, previous,
+            outcome = self.allreduce.run(rnd, state, self.weight, previous,
                                          post=state_mod.outer_post(self.cfg.train, self.committed, self.trainer.template),
                                          work=work, anchor=anchor)
             if isinstance(outcome, Failed):

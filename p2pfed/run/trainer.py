@@ -39,6 +39,7 @@ class Trainer:
         self.controls = scaffold.Controls(self.net) if cfg.train.scaffold else None
         self.carried: dict = {}          # scaffold.* (c) and outer.* entries of the last committed round
         self.global_step = 0
+        self.last_images = 0             # images processed by the last round's steps
         # on a GPU the partition lives there as uint8 and is cropped and flipped there
         self.batches = augment.stream(augment.on_device(train_split, dev), cfg.train.batch_size,
                                       torch.Generator(device=dev).manual_seed(augment.peer_seed(cfg.data.seed, peer_id)),
@@ -94,13 +95,20 @@ class Trainer:
         with syncbn.synced(self.net, lambda v: torch.from_numpy(combine(v.cpu().numpy())).to(v.device), share):
             return self.train_round(rnd, batches)
 
-    def train_round(self, rnd: int, batches=None) -> list[float]:
+    def train_round(self, rnd: int, batches=None, batch_size: int | None = None,
+                    deadline_s: float = 0.0) -> list[float]:
         """The round's local steps (on `batches`, else the next of my stream); the `train` fault
-        point is halfway through them."""
+        point is halfway through them. batch_size: this round's batch (sample-target rounds);
+        deadline_s > 0: no step starts after that many seconds (at least one always runs).
+        self.last_images is then the number of images the round's steps processed."""
         steps = self.plan.steps[rnd - 1]
-        stream = iter(batches) if batches is not None else self.batches
+        if batch_size is not None:
+            self.batches.batch_size = batch_size
+        stream = _Counted(iter(batches) if batches is not None else self.batches)
         half = max(1, steps // 2)
         epoch0 = self.global_step / self.plan.steps_per_epoch
+        ends = time.monotonic() + deadline_s if deadline_s > 0 else None
+        stop = (lambda: time.monotonic() >= ends) if ends is not None else None
 
         def on_step(i: int, loss: float) -> None:
             self.metrics.write("step", round=rnd, step=i, steps=steps, loss=round(loss, 5),
@@ -111,18 +119,40 @@ class Trainer:
         if slow > 1.0:
             on_step = _slowed(on_step, slow)
         hook = self.controls.round_hook() if self.controls else None
-        losses = self._steps(stream, half, on_step, hook)
+        losses = self._steps(stream, half, on_step, hook, stop=stop)
         self.faults.at(rnd, FaultPoint.TRAIN)
-        losses += self._steps(stream, steps - half, lambda i, loss: on_step(half + i, loss), hook, done=half)
+        if len(losses) == half:
+            losses += self._steps(stream, steps - half, lambda i, loss: on_step(half + i, loss), hook, done=half,
+                                  stop=stop)
         if self.controls:
             self.controls.finish_round()
-        self.global_step += len(losses)
+        if len(losses) < steps:
+            log.info("round %d: stopped after %d of %d local steps at train.round_deadline_s=%s", rnd, len(losses),
+                     steps, deadline_s)
+        self.global_step += steps        # the schedule's position: every member's learning rate follows the rounds
+        self.last_images = stream.images
         return losses
 
-    def _steps(self, stream, n: int, on_step, hook, done: int = 0) -> list[float]:
+    def _steps(self, stream, n: int, on_step, hook, done: int = 0, stop=None) -> list[float]:
         return train.train_steps(self.net, self.opt, stream, self.tcfg, n, self.global_step + done,
                                  self.plan.total_steps, self.global_batch, on_step, grad_hook=hook,
-                                 frozen_bn=self.bn_frozen)
+                                 frozen_bn=self.bn_frozen, stop=stop,
+                                 first_runs=not done)
+
+
+class _Counted:
+    """An iterator of (x, y) batches that counts the images it has handed out."""
+
+    def __init__(self, it):
+        self.it, self.images = it, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        x, y = next(self.it)
+        self.images += len(y)
+        return x, y
 
 
 def _slowed(on_step, factor: float):
