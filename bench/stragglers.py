@@ -15,8 +15,8 @@ for each run, and ends with RESULT slow_vs_fast=.. acc_delta_pts=.. slow_steps_v
 steps_acc_delta_pts=.. (wall-time ratios to the fast run; accuracy minus the fast run's, in
 points; slow_vs_fast is the sample-target run). The slow peer is made slow by sleeping
 (factor - 1) x each step's time, so on a machine with fewer cores than peers its idle time goes
-to the others: there the federation loses little throughput, and the ideal ratio is below the
-1 + (1 - 1/factor) / peers of separate machines.
+to the others: there the federation loses little throughput, and the ratio can be below the
+peers / (peers - 1 + 1/factor) that is ideal on separate machines.
 """
 from __future__ import annotations
 
