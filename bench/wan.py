@@ -14,6 +14,8 @@ Recipes (train.* on top of the defaults):
     int8      the default recipe with int8 compressed shards and error feedback
     slowlink  int8 compressed shards with error feedback, k = 16 with outer Nesterov momentum
               (0.5, outer lr 0.5)
+    auto      train.auto_steps: after round 4, k x a power of two and maybe int8, chosen from
+              the agreed measured costs (consensus/autosteps.py)
 For each run: wall time (first peer start to last exit), final accuracy on the dev test split,
 sync share (time from ready to commit over the run's wall time, peer 0), and MB sent per peer
 per round. The relay acknowledges at once and delays what it forwards, so TCP's window does not
@@ -45,6 +47,7 @@ RECIPES = {
     "default": {},
     "int8": {"compression": "int8"},
     "slowlink": {"compression": "int8", "local_steps": [16], "outer_momentum": 0.5, "outer_lr": 0.5},
+    "auto": {"auto_steps": True},
 }
 PORT = 5550
 

@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from p2pfed.consensus import averaging, compress, digest  # noqa: E402
+from p2pfed.consensus import autosteps, averaging, compress, digest  # noqa: E402
 from p2pfed.net import wire  # noqa: E402
 from p2pfed.learning import balance  # noqa: E402
 
@@ -127,6 +127,11 @@ def build() -> dict:
         },
         "compressed_rounds": {"anchor": state_json(tiny), "members": members, "weights": weights,
                               "inputs": "the inputs of \"round\"", "rounds": comp},
+        "auto_choices": [{"exchange_s": e, "step_s": st, "k": k, "compression": c,
+                          "choice": list(autosteps.choose(e, st, k, c))}
+                         for e, st, k, c in ((0.01, 0.1, 1, "none"), (0.1, 0.1, 1, "none"), (0.1, 0.1, 4, "none"),
+                                             (0.3, 0.1, 1, "none"), (0.3, 0.1, 1, "int8"), (100.0, 0.1, 1, "none"),
+                                             (0.5, 0.02, 2, "fp16"))],
         "shares": [{"rates": {str(m): r for m, r in rates.items()}, "members": sorted(rates), "batch_size": b,
                     "shares": {str(m): x for m, x in balance.shares(rates, sorted(rates), b).items()}}
                    for rates, b in (({0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0, 4: 100 / 3}, 32),

@@ -84,3 +84,10 @@ def test_sample_target_shares_give_the_vector_batches():
         rates = {int(m): r for m, r in case["rates"].items()}
         got = balance.shares(rates, case["members"], case["batch_size"])
         assert {str(m): b for m, b in got.items()} == case["shares"]
+
+
+def test_auto_steps_choices_give_the_vector_choices():
+    from p2pfed.consensus import autosteps
+    for case in VECTORS["auto_choices"]:
+        got = autosteps.choose(case["exchange_s"], case["step_s"], case["k"], case["compression"])
+        assert list(got) == case["choice"], case

@@ -10,6 +10,8 @@ A round state is one OrderedDict of numpy arrays, in this order:
                                  c_i, the mean is the federation's c
     outer.<param>                the outer momentum (train.outer_momentum > 0): identical on every
                                  member, never exchanged, derived from the round's mean (outer.py)
+    auto.cost, auto.choice       measured costs and the choice of local steps (train.auto_steps;
+                                 autosteps.py), averaged like the rest
 
 It is what the all-reduce averages (every entry but outer.*), what the digest covers, what a
 peer serves to one that downloads, and what a checkpoint restores. With no option on it is the
@@ -28,7 +30,8 @@ from . import digest as digest_mod
 OPT = "optimizer."
 SCAFFOLD = "scaffold."
 OUTER = "outer."
-EXTRAS = (OPT, SCAFFOLD, OUTER)
+AUTO = "auto."
+EXTRAS = (OPT, SCAFFOLD, OUTER, AUTO)
 
 State = "OrderedDict[str, np.ndarray]"
 
@@ -40,12 +43,14 @@ class Parts:
     optimizer: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
     scaffold: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
     outer: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
+    auto: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
 
 
 def compose(parts: Parts) -> "OrderedDict[str, np.ndarray]":
     """The round state of these parts, in the order above."""
     out = OrderedDict(parts.model)
-    for prefix, part in ((OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer)):
+    for prefix, part in ((OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer),
+                         (AUTO, parts.auto)):
         out.update((prefix + k, v) for k, v in part.items())
     return out
 
@@ -54,7 +59,8 @@ def split(state: dict) -> Parts:
     """The parts of a round state (the arrays are shared, not copied)."""
     parts = Parts(OrderedDict())
     for k, v in state.items():
-        for prefix, part in ((OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer)):
+        for prefix, part in ((OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer),
+                             (AUTO, parts.auto)):
             if k.startswith(prefix):
                 part[k[len(prefix):]] = v
                 break
@@ -84,9 +90,10 @@ def exchanged(state: dict) -> "OrderedDict[str, np.ndarray]":
 
 
 def carried(state: dict) -> "OrderedDict[str, np.ndarray]":
-    """Copies of the scaffold.* and outer.* entries: what a peer keeps from a committed round
-    besides the model and the optimizer buffers."""
-    return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items() if k.startswith((SCAFFOLD, OUTER)))
+    """Copies of the scaffold.*, outer.* and auto.* entries: what a peer keeps from a committed
+    round besides the model and the optimizer buffers."""
+    return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items()
+                       if k.startswith((SCAFFOLD, OUTER, AUTO)))
 
 
 def nbytes(state: dict) -> int:

@@ -54,6 +54,15 @@ class Plan:
         return int(self.epoch_after(rnd) + 1e-9) > int(self.epoch_after(rnd - 1) + 1e-9)
 
 
+def merged(plan: Plan, after_round: int, m: int) -> Plan:
+    """The plan with every m consecutive rounds after after_round merged into one (m x their
+    local steps; the last may hold fewer): the same steps in all, fewer exchanges
+    (train.auto_steps)."""
+    head, tail = list(plan.steps[:after_round]), plan.steps[after_round:]
+    merged_tail = [sum(tail[i:i + m]) for i in range(0, len(tail), max(1, m))]
+    return Plan(tuple(head + merged_tail), plan.steps_per_epoch)
+
+
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
     return max(1, math.ceil(n_samples / batch_size))
 

@@ -24,6 +24,15 @@ def path_of(run_dir: Path, peer_id: int) -> Path:
     return run_dir / "checkpoints" / f"peer-{peer_id}.pt"
 
 
+def save_if_due(peer, rnd: int, evaluated: bool) -> None:
+    """After round rnd: every output.checkpoint_every rounds, else after each evaluation, and
+    after the last round."""
+    every = peer.cfg.output.checkpoint_every
+    if (every and rnd % every == 0) or (not every and evaluated) or rnd == peer.plan.rounds:
+        save(path_of(peer.run_dir, peer.id), peer.trainer, peer.committed, peer.cfg.model)
+        peer.metrics.write("checkpoint", round=rnd)
+
+
 def save(path: Path, trainer: Trainer, committed: Committed, model_cfg) -> None:
     checkpoint.save_checkpoint(path, state_dict=trainer.net.state_dict(), optimizer=trainer.opt.state_dict(),
                                rnd=committed.round, digest=committed.digest, members=list(committed.members),

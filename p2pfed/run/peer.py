@@ -41,6 +41,7 @@ from . import checkpoints, finish, presence, reports
 from . import state as state_mod
 from .evaluation import Evaluator
 from .faults import FaultInjector, FaultPoint
+from . import pacing as pacing_mod
 from .keys import exposure_warning, load_keys
 from .stages import RoundStage, StageMachine
 from .trainer import Trainer
@@ -101,6 +102,7 @@ class Peer:
         self.weight = self.n_samples    # my weight in the round's mean
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
         self.trainer = Trainer(cfg, self.id, len(self.ids), self.train_split, self.plan, self.metrics, self.faults, dev)
+        self.pacing = pacing_mod.Pacing(cfg.train, self.plan)
         template = self.trainer.template
         log.info("starting on %s: %d training images (%s partition); %d rounds of %s local steps (%.2f epochs); "
                  "model %.2f MB", dev, self.n_samples, cfg.data.partition, self.plan.rounds,
@@ -133,6 +135,7 @@ class Peer:
         if self.resume:
             got = checkpoints.load(checkpoints.path_of(self.run_dir, self.id), self.trainer)
             if got:
+                self._pace(got)
                 self._serve(got)
                 self._advance(got.round + 1)
                 self.metrics.write("event", round=self.round, message=f"restarted from checkpoint of round {got.round}")
@@ -162,6 +165,7 @@ class Peer:
 
     def run_round(self) -> None:
         rnd = self.round
+        self.trainer.carried.update(self.pacing.entries())       # train.auto_steps: my measured costs
         if self.cfg.train.batchnorm == "sync":
             outcome, losses, train_s = self.train_synced(rnd)
         else:
@@ -173,6 +177,7 @@ class Peer:
             if self.cfg.train.round_target == "samples":     # weighted by the images I processed
                 self.weight = self.trainer.last_images
             outcome = self.settle(rnd, self._sent(rnd))
+        self.pacing.measured(rnd, train_s, len(losses), outcome.sync_s if isinstance(outcome, Averaged) else None)
         committed = self.committed
         if self.id in committed.members and committed.round == rnd:
             stats = reports.round_stats(committed, outcome, losses, train_s, self.n_samples, self.plan,
@@ -187,8 +192,8 @@ class Peer:
                          self.plan.epoch_after(rnd), list(committed.members),
                          100 * stats["correct"] / max(1, stats["total"]))
             if isinstance(outcome, Averaged):
-                self.checkpoint_if_due(rnd, evaluates)
-            self.report(rnd, stats)
+                checkpoints.save_if_due(self, rnd, evaluates)
+            reports.publish(self, rnd, stats)
         self.faults.at(rnd, FaultPoint.BETWEEN_ROUNDS)
         self._advance(committed.round + 1)
 
@@ -248,6 +253,7 @@ class Peer:
                         self.cfg.averaging.fetch_timeout_s)
             self.mailbox.distrust(want.claimant)
             return False
+        self._pace(got)
         self.trainer.global_step = self.plan.start_step(got.round + 1)
         self.commit(got)
         checkpoints.save(checkpoints.path_of(self.run_dir, self.id), self.trainer, got, self.cfg.model)
@@ -259,27 +265,17 @@ class Peer:
 
     def commit(self, committed: Committed) -> None:
         """Train on from this committed round state, and serve it to late and rejoining peers."""
+        self._pace(committed)
         self.trainer.load(committed.state)
         if self.cfg.output.dump_round_models:
             reports.dump(self.run_dir, self.id, committed.round, committed.state, self.n_samples, "post")
         self._serve(committed)
 
-    # ------------------------------------------------------------------ after a round
-    def checkpoint_if_due(self, rnd: int, evaluated: bool) -> None:
-        every = self.cfg.output.checkpoint_every
-        if (every and rnd % every == 0) or (not every and evaluated) or rnd == self.plan.rounds:
-            checkpoints.save(checkpoints.path_of(self.run_dir, self.id), self.trainer, self.committed,
-                             self.cfg.model)
-            self.metrics.write("checkpoint", round=rnd)
-
-    def report(self, rnd: int, stats: dict) -> None:
-        self.metrics.write("round", round=rnd, **stats)
-        for e in stats["events"]:
-            self.metrics.write("event", round=rnd, message=e)
-        self.transport.broadcast(self.ids, wire.encode("report", self.id, round=rnd, stats=stats))
-        self.mailbox.put(wire.Message("report", self.id, {"round": rnd, "stats": stats}))
-
     # ------------------------------------------------------------------ helpers
+    def _pace(self, committed: Committed) -> None:
+        """train.auto_steps: once the members' choice is agreed, the rest of my run follows it."""
+        pacing_mod.follow(self, committed)
+
     def _advance(self, rnd: int) -> None:
         """The one place the round number moves."""
         self.round = rnd

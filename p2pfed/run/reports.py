@@ -11,6 +11,7 @@ from ..consensus.outcome import Averaged, Committed
 from ..learning import balance as balancing
 
 BALANCE_WINDOW = 3      # rounds of reports a member's speed is measured over (sample-target rounds)
+from ..net import wire
 from ..outputs import atomic
 
 
@@ -52,6 +53,15 @@ def balance(tcfg, mailbox, members: list[int], rnd: int) -> dict:
         rates[m] = balancing.rate(int(images), train_s)
     share = balancing.shares(rates, members, tcfg.batch_size)
     return {"batch_size": share[mailbox.me], "deadline_s": tcfg.round_deadline_s}
+
+
+def publish(peer, rnd: int, stats: dict) -> None:
+    """My round's stats: into my metrics, to every peer (`report`), and into my own mailbox."""
+    peer.metrics.write("round", round=rnd, **stats)
+    for e in stats["events"]:
+        peer.metrics.write("event", round=rnd, message=e)
+    peer.transport.broadcast(peer.ids, wire.encode("report", peer.id, round=rnd, stats=stats))
+    peer.mailbox.put(wire.Message("report", peer.id, {"round": rnd, "stats": stats}))
 
 
 def dump(run_dir: Path, peer_id: int, rnd: int, state: dict, n_samples: int, when: str) -> None:

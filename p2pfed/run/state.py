@@ -15,8 +15,8 @@ from ..learning import capture
 
 def capture_state(net: nn.Module, opt, tcfg, carried: dict | None = None, copy: bool = False,
                   buffers: capture.HostBuffers | None = None) -> "OrderedDict[str, np.ndarray]":
-    """The round state of this peer now. `carried` holds scaffold.* and outer.* entries (missing
-    ones are zeros). copy=False may share the model's memory (or `buffers`' pinned memory)."""
+    """The round state of this peer now. `carried` holds scaffold.*, outer.* and auto.* entries
+    (missing ones are zeros). copy=False may share the model's memory (or `buffers`' pinned memory)."""
     have = roundstate.split(carried or {})
     zeros = capture.param_zeros(net)
     parts = roundstate.Parts(
@@ -24,7 +24,9 @@ def capture_state(net: nn.Module, opt, tcfg, carried: dict | None = None, copy: 
         optimizer=capture.optimizer_buffers(net, opt, tcfg.optimizer) if tcfg.average_optimizer_state else OrderedDict(),
         scaffold=OrderedDict((n, have.scaffold.get(n, z)) for n, z in zeros.items()) if tcfg.scaffold else OrderedDict(),
         outer=OrderedDict((n, have.outer.get(n, z)) for n, z in zeros.items()) if tcfg.outer_momentum > 0
-        else OrderedDict())
+        else OrderedDict(),
+        auto=OrderedDict((n, have.auto.get(n, np.zeros(2, np.float32))) for n in ("cost", "choice"))
+        if tcfg.auto_steps else OrderedDict())
     state = roundstate.compose(parts)
     return OrderedDict((k, v.copy()) for k, v in state.items()) if copy else state
 
