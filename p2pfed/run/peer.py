@@ -38,10 +38,10 @@ from ..net.transport import Served, Transport
 from ..outputs import atomic
 from ..outputs.metrics import MetricsWriter
 from . import checkpoints, finish, presence, reports
+from . import pacing as pacing_mod
 from . import state as state_mod
 from .evaluation import Evaluator
 from .faults import FaultInjector, FaultPoint
-from . import pacing as pacing_mod
 from .keys import exposure_warning, load_keys
 from .stages import RoundStage, StageMachine
 from .trainer import Trainer

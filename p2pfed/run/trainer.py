@@ -37,7 +37,7 @@ class Trainer:
         self._saved: tuple | None = None
         self.opt = train.make_optimizer(self.net, cfg.train)
         self.controls = scaffold.Controls(self.net) if cfg.train.scaffold else None
-        self.carried: dict = {}          # scaffold.* (c) and outer.* entries of the last committed round
+        self.carried: dict = {}          # scaffold.* (c), outer.* and auto.* entries of the last committed round
         self.global_step = 0
         self.last_images = 0             # images processed by the last round's steps
         # on a GPU the partition lives there as uint8 and is cropped and flipped there
