@@ -18,8 +18,9 @@ def test_choose_aims_at_a_fifth_of_the_round_for_the_exchange():
     assert autosteps.choose(0.01, 0.1, 1, "none") == (1, False)       # rho 0.1: the exchange is cheap
     assert autosteps.choose(0.1, 0.1, 1, "none") == (4, False)        # rho 1: m 4
     assert autosteps.choose(0.1, 0.1, 4, "none") == (1, False)        # the same costs at k = 4: rho 0.25
-    assert autosteps.choose(0.3, 0.1, 1, "none") == (8, True)         # rho 3 > 1: int8, then 1.5 -> m 8
-    assert autosteps.choose(0.3, 0.1, 1, "int8") == (16, False)       # compression already on; rho 3 -> 12 -> 16
+    assert autosteps.choose(0.2, 0.1, 1, "none") == (4, True)         # rho 2 > 1: int8, then 1 -> m 4
+    assert autosteps.choose(0.12, 0.1, 1, "int8") == (4, False)       # compression already on; rho 1.2 -> 4
+    assert autosteps.choose(0.3, 0.1, 1, "int8") == (autosteps.MAX_MULTIPLIER, False)   # rho 3 wants 16: capped
     assert autosteps.choose(100.0, 0.1, 1, "none") == (autosteps.MAX_MULTIPLIER, True)
     for bad in ((math.nan, 0.1), (0.1, math.inf), (0.1, 0.0), (0.0, 0.1), (-1.0, 0.1)):
         assert autosteps.choose(*bad, 1, "none") == (1, False)
@@ -34,7 +35,8 @@ def test_the_choice_comes_from_the_agreed_state_and_survives_a_compressed_mean()
     assert autosteps.decided(later, autosteps.DECIDE_ROUND + 3, 1, "none") == (4, True)
     assert autosteps.decided({**later, autosteps.CHOICE: np.zeros(2, np.float32)}, 9, 1, "none") is None
     assert autosteps.decided({**later, autosteps.CHOICE: np.array([np.nan, 0], np.float32)}, 9, 1, "none") is None
-    assert autosteps.decided({**later, autosteps.CHOICE: np.array([1e9, 0], np.float32)}, 9, 1, "none")[0] == 16
+    assert autosteps.decided({**later, autosteps.CHOICE: np.array([1e9, 0], np.float32)}, 9, 1,
+                             "none")[0] == autosteps.MAX_MULTIPLIER
 
 
 def test_merged_plans_keep_every_step_and_the_head():

@@ -75,7 +75,7 @@ class TrainConfig:
     batchnorm: Literal["local", "sync", "frozen"] = "local"  # BatchNorm statistics in training: each peer's own batch, the round's joint batch (synchronized every step), or frozen to the averaged ones after freeze_bn_at (FixBN)
     freeze_bn_at: float = 0.5    # batchnorm = "frozen": the fraction of the run after which BatchNorm uses the averaged statistics
     compression: Literal["none", "fp16", "int8"] = "none"  # shards as deltas from the last round in fp16 or int8 with error feedback (slow links; docs/protocol.md)
-    auto_steps: bool = False     # after round 4, multiply local_steps by a power of two (<= 16), and turn on int8 compression if it is off and the exchange outlasts the steps, chosen from the members' agreed measured costs (slow links; docs/configuration.md)
+    auto_steps: bool = False     # after round 4, multiply local_steps by a power of two (<= 4), and turn on int8 compression if it is off and the exchange outlasts the steps, chosen from the members' agreed measured costs (slow links; docs/configuration.md)
     round_target: Literal["steps", "samples"] = "steps"  # steps: each member takes its k steps of batch_size; samples: the round's members x k x batch_size images are shared out by measured speed (batch sizes vary), weights = images processed (mixed hardware; docs/configuration.md)
     round_deadline_s: float = 0.0  # round_target = "samples": a member stops its local steps this long after it began them (after the step in flight), contributing what it managed; 0 = no deadline
     agc_clip: float = 0.0        # adaptive gradient clipping: a unit's gradient is at most this x its weights' norm (0 = off; for model.norm = "none")
