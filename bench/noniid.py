@@ -21,7 +21,6 @@ RESULT iid=.. dir05=.. dir01=.. shards2=.. central=.. dir05_vs_iid=..
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import smallrun  # noqa: E402
 
 MODES = {
     "base": {},
@@ -94,12 +95,7 @@ def run_central(args, tmp: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
-    ap.add_argument("--train-limit", type=int, default=10000)
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--width-mult", type=float, default=0.5)
-    ap.add_argument("--peers", type=int, default=5)
+    ap = smallrun.parser(__doc__)
     ap.add_argument("--modes", default="base,sync")
     ap.add_argument("--partitions", default="iid,dir05,dir01,shards2")
     ap.add_argument("--result", default=None, help="the mode the RESULT line is about (default: the first)")

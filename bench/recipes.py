@@ -17,7 +17,6 @@ Last line: RESULT base_acc=.. outer_acc=.. outer_vs_base=.. outer_bytes_ratio=..
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import smallrun  # noqa: E402
 
 RECIPES = {
     "base": {},
@@ -64,12 +65,7 @@ def run_recipe(args, tmp: Path, name: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--peers", type=int, default=5)
-    ap.add_argument("--train-limit", type=int, default=10000)
-    ap.add_argument("--width-mult", type=float, default=0.5)
+    ap = smallrun.parser(__doc__)
     ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
     ap.add_argument("--local-steps", default="", help="e.g. 2,4,8 (default: the config's default)")
     ap.add_argument("--recipes", default="base,outer,avgopt")

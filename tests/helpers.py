@@ -40,6 +40,14 @@ def make_config(tmp: Path, n: int, **sections) -> tuple[config.Config, Path]:
     return cfg, path
 
 
+def add_faults(path: Path, *faults: dict) -> None:
+    """Append [[faults]] tables (key -> value) to the config file at path."""
+    def value(v):
+        return f'"{v}"' if isinstance(v, str) else repr(v)
+    path.write_text(path.read_text() + "".join(
+        "\n[[faults]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in f.items()) for f in faults))
+
+
 def start_peer(procs, cfg_path: Path, peer_id: int, *extra: str) -> subprocess.Popen:
     run_dir = cfg_path.parent / "run"
     run_dir.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from helpers import check_round_exact, make_config, peer_log, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, make_config, peer_log, start_peer, summary, wait_all
 
 from p2pfed.consensus import autosteps
 from p2pfed.learning import schedule
@@ -61,7 +61,7 @@ def test_every_member_picks_the_same_steps_and_a_restarted_peer_follows_the_choi
     cfg, path = make_config(tmp_path, 3, train={"rounds": 200, "local_steps": 1, "batch_size": 2, "eval_every": 1000,
                                                 "auto_steps": True},
                             averaging={"min_peers": 3})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 2\nround = 6\nphase = "train"\n')
+    add_faults(path, {"peer": 2, "round": 6, "phase": "train"})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     assert ps[2].wait(timeout=180) == CRASH_EXIT_CODE

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import check_round_exact, make_config, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, make_config, start_peer, summary, wait_all
 from p2pfed.run.faults import CRASH_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +19,7 @@ ROUNDS = 3
 def _run_with_faults(tmp_path, procs, killed, phase):
     faults = [{"peer": k, "round": 2, "phase": phase} for k in killed]
     cfg, path = make_config(tmp_path, N, train={"rounds": ROUNDS, "local_steps": 4})
-    text = path.read_text() + "".join(
-        f"\n[[faults]]\npeer = {f['peer']}\nround = {f['round']}\nphase = \"{f['phase']}\"\n" for f in faults)
-    path.write_text(text)
+    add_faults(path, *faults)
     t0 = time.monotonic()
     ps = [start_peer(procs, path, i) for i in range(N)]
     codes = wait_all(ps, 240)
@@ -180,8 +178,7 @@ def test_a_slow_peer_takes_longer_per_round_and_every_round_still_agrees(tmp_pat
     than the others' (3x by construction; asserted at 1.5x, since the others' times vary)."""
     from helpers import round_records
     cfg, path = make_config(tmp_path, 3, train={"rounds": 4, "local_steps": 6})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 2\nround = 2\nphase = "train"\naction = "slow"\n'
-                                       'slow_factor = 3.0\n')
+    add_faults(path, {"peer": 2, "round": 2, "phase": "train", "action": "slow", "slow_factor": 3.0})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     assert wait_all(ps, 180, run) == [0, 0, 0]

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import check_round_exact, make_config, round_records, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, make_config, round_records, start_peer, summary, wait_all
 
 from p2pfed import config
 from p2pfed.learning import augment, balance
@@ -80,8 +80,7 @@ def test_one_slow_peer_gets_a_smaller_share_and_every_round_is_exact(tmp_path, p
     deadline_s, k = 0.4, 6
     cfg, path = make_config(tmp_path, 3, train={"rounds": 7, "local_steps": k, "round_target": "samples",
                                                 "round_deadline_s": deadline_s})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 2\nround = 1\nphase = "train"\naction = "slow"\n'
-                                       'slow_factor = 3.0\n')
+    add_faults(path, {"peer": 2, "round": 1, "phase": "train", "action": "slow", "slow_factor": 3.0})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     assert wait_all(ps, 240, run) == [0, 0, 0]

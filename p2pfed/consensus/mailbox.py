@@ -101,7 +101,7 @@ class Mailbox:
                     continue
                 if d != self.me:
                     self._suspects[d] = time.monotonic()
-                elif hasattr(self.transport, "reset_link"):
+                else:
                     # it cannot hear me while I hear it: my link to it is stuck; open a new one
                     self.transport.reset_link(msg.sender)
         if r < self.round and msg.kind not in self.ANY_ROUND:

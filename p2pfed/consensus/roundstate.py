@@ -46,11 +46,15 @@ class Parts:
     auto: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
 
 
+def _prefixed(parts: Parts) -> tuple:
+    """(prefix, part) of every part but the model, in the order of a round state."""
+    return (OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer), (AUTO, parts.auto)
+
+
 def compose(parts: Parts) -> "OrderedDict[str, np.ndarray]":
     """The round state of these parts, in the order above."""
     out = OrderedDict(parts.model)
-    for prefix, part in ((OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer),
-                         (AUTO, parts.auto)):
+    for prefix, part in _prefixed(parts):
         out.update((prefix + k, v) for k, v in part.items())
     return out
 
@@ -59,8 +63,7 @@ def split(state: dict) -> Parts:
     """The parts of a round state (the arrays are shared, not copied)."""
     parts = Parts(OrderedDict())
     for k, v in state.items():
-        for prefix, part in ((OPT, parts.optimizer), (SCAFFOLD, parts.scaffold), (OUTER, parts.outer),
-                             (AUTO, parts.auto)):
+        for prefix, part in _prefixed(parts):
             if k.startswith(prefix):
                 part[k[len(prefix):]] = v
                 break

@@ -9,10 +9,10 @@ import numpy as np
 
 from ..consensus.outcome import Averaged, Committed
 from ..learning import balance as balancing
-
-BALANCE_WINDOW = 3      # rounds of reports a member's speed is measured over (sample-target rounds)
 from ..net import wire
 from ..outputs import atomic
+
+BALANCE_WINDOW = 3      # rounds of reports a member's speed is measured over (sample-target rounds)
 
 
 def round_stats(committed: Committed, outcome, losses: list[float], train_s: float, n_samples: int, plan,
