@@ -5,12 +5,29 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from helpers import add_faults, check_round_exact, make_config, peer_log, start_peer, summary, wait_all
 
+from p2pfed import config
 from p2pfed.consensus import autosteps
 from p2pfed.learning import schedule
 from p2pfed.outputs import metrics
 from p2pfed.run.faults import CRASH_EXIT_CODE
+
+
+def test_local_steps_auto_is_the_default_steps_with_auto_steps_on(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[train]\nlocal_steps = "auto"\n')
+    t = config.load(path).train
+    assert t.auto_steps and t.local_steps == config.TrainConfig().local_steps and t.local_epochs == 0.0
+    t = config.override(config.from_dict({"train": {"local_epochs": 0.5}}), train={"local_steps": "auto"}).train
+    assert t.auto_steps and t.local_steps == config.TrainConfig().local_steps and t.local_epochs == 0.0
+    for table, words in [({"local_steps": "auto", "auto_steps": False}, "auto_steps = false"),
+                         ({"local_steps": "auto", "local_epochs": 0.5}, "local_epochs = 0.5"),
+                         ({"local_steps": "fast"}, "'fast'")]:
+        with pytest.raises(config.ConfigError, match="train.local_steps") as e:
+            config.from_dict({"train": table})
+        assert words in str(e.value)
 
 
 def test_choose_aims_at_a_fifth_of_the_round_for_the_exchange():

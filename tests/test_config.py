@@ -53,7 +53,7 @@ def test_wrong_type_and_range_are_rejected():
         config.from_dict({"output": {"checkpoint_every": -1}})
     with pytest.raises(ConfigError, match=r"train.local_steps = \[4, 0\]: every entry must be >= 1"):
         config.from_dict({"train": {"local_steps": [4, 0]}})
-    with pytest.raises(ConfigError, match="train.local_steps = 'x' must be an integer or a non-empty list"):
+    with pytest.raises(ConfigError, match="train.local_steps = 'x' must be an integer, a non-empty list of integers, or \"auto\""):
         config.from_dict({"train": {"local_steps": "x"}})
     with pytest.raises(ConfigError, match="ids must be unique"):
         config.from_dict({"peers": [{"id": 1, "port": 5000}, {"id": 1, "port": 5001}]})

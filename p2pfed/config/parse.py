@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from .schema import SECTIONS, Config, ConfigError, Fault, PeerSpec
+from .schema import SECTIONS, Config, ConfigError, Fault, PeerSpec, TrainConfig
 from .validate import validate
 
 
@@ -49,9 +49,28 @@ _EITHER = {"train": ("local_steps", "local_epochs")}
 _UNSET = {"local_steps": (), "local_epochs": 0.0}
 
 
+def _local_steps_auto(table: dict) -> dict:
+    """train.local_steps = "auto" spells local_steps at its default with train.auto_steps = true."""
+    value = table.get("local_steps")
+    if not isinstance(value, str):
+        return table
+    if value != "auto":
+        raise ConfigError(f'train.local_steps = {value!r} must be an integer, a non-empty list of integers, or "auto"')
+    if table.get("auto_steps") is False:
+        raise ConfigError('train.local_steps = "auto" turns train.auto_steps on, but the table also sets '
+                          'auto_steps = false; remove one of the two')
+    if table.get("local_epochs"):
+        raise ConfigError(f'train.local_steps = "auto" and train.local_epochs = {table["local_epochs"]!r} are both '
+                          f'set; set exactly one of the two')
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "local_steps")
+    return {**table, "local_steps": list(default), "auto_steps": True}
+
+
 def _build(cls: type, where: str, table: Any) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(table).__name__}")
+    if cls is TrainConfig:
+        table = _local_steps_auto(table)
     pair = _EITHER.get(where)
     if pair:
         given = [k for k in pair if k in table]
@@ -118,6 +137,8 @@ def override(cfg: Config, **sections: dict) -> Config:
         if len(given) == 1:
             other = pair[1 - pair.index(given[0])]
             raw[section][other] = _UNSET[other]
+        if section == "train" and values.get("local_steps") == "auto" and values.get("auto_steps") is None:
+            raw[section]["auto_steps"] = True           # "auto" turns it on, whatever cfg had
         for key, value in values.items():
             if value is not None:
                 raw[section][key] = value

@@ -50,7 +50,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: float = 8.0          # run length: passes over the (average) partition; rounds follow from it
     rounds: int = 0              # > 0: run exactly this many rounds instead (tests, demos); 0 = from epochs
-    local_steps: tuple[int, ...] = (1, 2, 4)  # local optimiser steps per round; a list grows k over equal parts of the run
+    local_steps: tuple[int, ...] = (1, 2, 4)  # local optimiser steps per round; a list grows k over equal parts of the run; "auto": this default with auto_steps = true
     local_epochs: float = 0.0    # or: local epochs per round (fractions allowed); set exactly one of the two
     batch_size: int = 32         # local mini-batch size (per peer; the global batch is peers x this)
     optimizer: Literal["adamw", "sgd"] = "sgd"  # local optimizer (sgd: momentum 0.9, Nesterov)
