@@ -26,22 +26,22 @@ def _wait_for_round(run: Path, peer: int, rnd: int, timeout_s: float = 120) -> N
 
 
 @contextlib.contextmanager
-def _dealers(pairs):
+def _dealers(pairs, linger_ms: int = 0):
     """DEALER sockets, one per (routing id, peer spec) pair, connected to that peer; all closed
-    and the context ended on exit."""
+    and the context ended on exit, after at most linger_ms for what is still queued."""
     ctx = zmq.Context()
     socks = []
     try:
         for ident, target in pairs:
             s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.LINGER, linger_ms)
             s.setsockopt(zmq.ROUTING_ID, ident)
             s.connect(f"tcp://{target.host}:{target.port}")
             socks.append(s)
         yield socks
     finally:
         for s in socks:
-            s.close(linger=0)
+            s.close(linger=linger_ms)
         ctx.term()
 
 
@@ -109,7 +109,9 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     max_bytes = int(sum(a.nbytes for a in state.values()) * 1.25) + (1 << 20) + 1000   # over the peer's limit
     frames = malformed_frames(rng, n_floats, max_bytes)
     assert len(frames) >= 3000
-    with _dealers([(ident, target) for ident in (b"3", b"99", b"\xff\x00")]) as socks:
+    # a 10 s linger: a loaded peer may not have read the last frames when the sockets close, and
+    # the log must show every reason, the oversized frame's last of all
+    with _dealers([(ident, target) for ident in (b"3", b"99", b"\xff\x00")], linger_ms=10_000) as socks:
         time.sleep(0.3)
         for i, (label, f) in enumerate(frames):
             sock = socks[0] if i % 10 else socks[1 + (i // 10) % 2]
