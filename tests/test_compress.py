@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from helpers import check_round_exact, load_post, load_pre, make_config, reference_mean, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, load_post, load_pre, make_config, reference_mean, start_peer, summary, wait_all
 from p2pfed.consensus import compress, digest
 from p2pfed.net import protocol, wire
 from p2pfed.run.faults import CRASH_EXIT_CODE
@@ -142,7 +142,7 @@ def test_int8_peers_agree_bit_for_bit_on_a_mean_within_the_bound_and_send_a_quar
     about a quarter of round 1's (measured 0.26). The survivors' retry of round 20 (a proposal) is
     float32 and exact."""
     _, path = make_config(tmp_path, 5, train={"local_steps": 1, "rounds": ROUNDS, "compression": "int8"})
-    path.write_text(path.read_text() + f'\n[[faults]]\npeer = 4\nround = {CRASH_ROUND}\nphase = "exchange"\n')
+    add_faults(path, {"peer": 4, "round": CRASH_ROUND, "phase": "exchange"})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(5)]
     assert wait_all(ps, 240, run) == [0, 0, 0, 0, CRASH_EXIT_CODE]

@@ -1,7 +1,7 @@
 """A dissenting minority is excluded, not fatal (invariant 9): when one member's digest differs,
 the strict majority commits, the dissenter downloads the committed model and goes on; a peer
 outvoted round after round stops with an error that says why."""
-from helpers import check_round_exact, make_config, peer_log, round_records, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, make_config, peer_log, round_records, start_peer, summary, wait_all
 from p2pfed.consensus import exchange
 from p2pfed.net import protocol
 
@@ -9,8 +9,8 @@ STEPS = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0}
 
 
 def _dissent(path, peer, rounds):
-    path.write_text(path.read_text() + "".join(
-        f'\n[[faults]]\npeer = {peer}\nround = {r}\nphase = "exchange"\naction = "dissent"\n' for r in rounds))
+    """Peer `peer` reports a false digest in each of `rounds`."""
+    add_faults(path, *({"peer": peer, "round": r, "phase": "exchange", "action": "dissent"} for r in rounds))
 
 
 def test_majority_rule():

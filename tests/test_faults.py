@@ -93,7 +93,7 @@ def _records(run, peer):
 def test_restarted_peer_resumes_from_checkpoint_and_rejoins(tmp_path, procs):
     # enough rounds that the others are still running when the restarted process is up again
     cfg, path = make_config(tmp_path, 4, train={"rounds": 40, "local_steps": 4}, output={"checkpoint_every": 1})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 3\nround = 2\nphase = "train"\n')
+    add_faults(path, {"peer": 3, "round": 2, "phase": "train"})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(4)]
     assert ps[3].wait(timeout=120) == CRASH_EXIT_CODE

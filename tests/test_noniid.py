@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import check_round_exact, make_config, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, make_config, start_peer, summary, wait_all
 from p2pfed import config
 from p2pfed.learning import augment, datasets, model, partition, syncbn
 from p2pfed.run.faults import CRASH_EXIT_CODE
@@ -96,7 +96,7 @@ STEPS = {"local_steps": 1, "local_epochs": 0.0, "max_steps": 0, "batchnorm": "sy
 
 def test_synchronized_rounds_agree_exactly_and_a_member_killed_mid_step_is_trained_around(tmp_path, procs):
     cfg, path = make_config(tmp_path, 3, train={**STEPS, "rounds": 8}, data={"partition": "shards"})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 2\nround = 5\nphase = "train"\n')
+    add_faults(path, {"peer": 2, "round": 5, "phase": "train"})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     codes = wait_all(ps, 240)

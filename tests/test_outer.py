@@ -12,6 +12,7 @@ from p2pfed.consensus import digest, outer
 from p2pfed.learning import model
 from p2pfed.learning import train as training
 from p2pfed.run.state import capture_state, restore_state
+from test_dissent import _dissent
 
 
 def test_outer_step_is_nesterov_momentum_on_the_pseudo_gradient():
@@ -89,11 +90,6 @@ def test_round_state_round_trips_optimizer_buffers_and_outer_momentum():
         _one_step(net2, opt2)
         for (k, a), b in zip(net.state_dict().items(), net2.state_dict().values()):
             assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), (optimizer, k)
-
-
-def _dissent(path, peer, rounds):
-    path.write_text(path.read_text() + "".join(
-        f'\n[[faults]]\npeer = {peer}\nround = {r}\nphase = "exchange"\naction = "dissent"\n' for r in rounds))
 
 
 def test_live_outer_step_averaged_optimizer_state_and_scaffold_stay_exact_and_agreed(tmp_path, procs):

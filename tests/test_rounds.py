@@ -2,7 +2,7 @@
 cadences of evaluation and checkpoints, faults and restarts at small k."""
 import pytest
 
-from helpers import check_round_exact, make_config, round_records, start_peer, summary, wait_all
+from helpers import add_faults, check_round_exact, make_config, round_records, start_peer, summary, wait_all
 from p2pfed.outputs import metrics
 from p2pfed.run.faults import CRASH_EXIT_CODE
 
@@ -44,7 +44,7 @@ def test_thirty_rounds_of_two_steps_agree_exactly_with_eval_and_checkpoints_at_t
 def test_kill_at_one_local_step_per_round_survivors_finish_exactly(tmp_path, procs, phase):
     cfg, path = make_config(tmp_path, 5, train={**STEPS, "local_steps": 1, "rounds": 12})
     victim = 2
-    path.write_text(path.read_text() + f'\n[[faults]]\npeer = {victim}\nround = 6\nphase = "{phase}"\n')
+    add_faults(path, {"peer": victim, "round": 6, "phase": phase})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(5)]
     codes = wait_all(ps, 240)
@@ -62,7 +62,7 @@ def test_kill_at_one_local_step_per_round_survivors_finish_exactly(tmp_path, pro
 
 def test_restarted_peer_downloads_the_consensus_and_rejoins_a_two_step_run(tmp_path, procs):
     cfg, path = make_config(tmp_path, 4, train={**STEPS, "rounds": 40}, output={"checkpoint_every": 5})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 3\nround = 8\nphase = "train"\n')
+    add_faults(path, {"peer": 3, "round": 8, "phase": "train"})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(4)]
     assert ps[3].wait(timeout=120) == CRASH_EXIT_CODE

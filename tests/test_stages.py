@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from helpers import make_config, start_peer, wait_all
+from helpers import add_faults, make_config, start_peer, wait_all
 from p2pfed.net import wire
 from p2pfed.outputs import metrics
 from p2pfed.run.stages import RoundStage, StageError, StageMachine, TRANSITIONS
@@ -68,8 +68,7 @@ def test_heartbeats_follow_the_round_through_failure_retry_download_and_commit(t
     cfg, path = make_config(tmp_path, 4, train={"local_steps": 2, "local_epochs": 0.0, "max_steps": 0, "rounds": 40},
                             averaging={"min_peers": 2, "startup_timeout_s": 3.0, "ready_timeout_s": 1.0,
                                        "heartbeat_interval_s": 0.1, "dead_after_s": 1.0})
-    path.write_text(path.read_text() + '\n[[faults]]\npeer = 2\nround = 3\nphase = "exchange"\naction = "stall"\n'
-                                       'stall_s = 3.0\n')
+    add_faults(path, {"peer": 2, "round": 3, "phase": "exchange", "action": "stall", "stall_s": 3.0})
     run = tmp_path / "run"
     observer = _Observer(cfg.peer(3).port)
     observer.start()
