@@ -62,8 +62,7 @@ def _local_steps_auto(table: dict) -> dict:
     if table.get("local_epochs"):
         raise ConfigError(f'train.local_steps = "auto" and train.local_epochs = {table["local_epochs"]!r} are both '
                           f'set; set exactly one of the two')
-    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "local_steps")
-    return {**table, "local_steps": list(default), "auto_steps": True}
+    return {**table, "local_steps": list(TrainConfig.local_steps), "auto_steps": True}    # the field's default
 
 
 def _build(cls: type, where: str, table: Any) -> Any:
