@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from p2pfed.consensus import autosteps, averaging, compress, digest  # noqa: E402
+from p2pfed.consensus import autosteps, averaging, compress, digest, secagg  # noqa: E402
 from p2pfed.net import wire  # noqa: E402
 from p2pfed.learning import balance  # noqa: E402
 
@@ -84,6 +84,66 @@ def compressed_round(anchor_state, states, weights, codec: str, carried: list, c
             "result": state_json(res), "digest": digest.digest(res)}
 
 
+def mask_key(i: int) -> secagg.MaskKey:
+    """Member i's mask key of the vectors: the X25519 private key of 32 bytes, each i + 1."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    return secagg.MaskKey(X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32))
+
+
+def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> dict:
+    """One round of docs/protocol.md ("Secure aggregation") with fixed keys and seeds: member i
+    sends slice j of encode(w_i x_i) + pair masks + self-mask; members[j] adds the parts, removes
+    every self-mask and decodes; the result is placed as without secure aggregation."""
+    keys = {m: mask_key(m) for m in members}
+    public = {m: k.public for m, k in keys.items()}
+    seeds = {m: bytes([0xA0 + m]) * 32 for m in members}
+    pair_nonce, self_nonce = (secagg.nonce(rnd, attempt, members, p) for p in ("part", "self"))
+    flats = [averaging.flatten(s) for s in states]
+    n, total_w = flats[0].size, float(sum(weights))
+    bounds = averaging.shard_bounds(n, len(members))
+    encoded = [secagg.encode(f, w / total_w) for f, w in zip(flats, weights)]
+    masked = [e + secagg.pair_mask(keys[m], m, public, pair_nonce, n) + secagg.self_mask(seeds[m], self_nonce, 0, n)
+              for m, e in zip(members, encoded)]
+    sums, reduced = [], []
+    for lo, hi in bounds:
+        total = np.zeros(hi - lo, secagg.U64)
+        for part in masked:
+            total += part[lo:hi]
+        for m in members:
+            total -= secagg.self_mask(seeds[m], self_nonce, lo, hi)
+        sums.append(total)
+        reduced.append(secagg.decode(total))
+    ints = OrderedDict((k, v) for k, v in states[0].items() if not averaging.is_float(v))
+    result = averaging.unflatten(np.concatenate(reduced), ints, states[0])
+    vector = np.array([96.0, 1.5e-9, -0.25, 4.0e7, -3.0e-12], np.float64)
+    bn_nonce = secagg.nonce(rnd, attempt, members, "bnsync/7")
+    wide = [secagg.wide_add(secagg.wide_encode(vector * (i + 1)),
+                            secagg.pair_mask(keys[m], m, public, bn_nonce, vector.size, words=2))
+            for i, m in enumerate(members)]
+    bn_total = wide[0]
+    for w in wide[1:]:
+        bn_total = secagg.wide_add(bn_total, w)
+    return {"round": rnd, "attempt": attempt, "members": members, "weights": weights,
+            "private_keys_hex": {str(m): (bytes([m + 1]) * 32).hex() for m in members},
+            "mask_keys": {str(m): public[m] for m in members},
+            "pair_keys_hex": {f"{a},{b}": keys[a].pair_key(public[b]).hex() for a in members for b in members if a < b},
+            "keys_digest": secagg.keys_digest([public[m] for m in members]),
+            "nonces_hex": {"part": pair_nonce.hex(), "self": self_nonce.hex(), "bnsync/7": bn_nonce.hex()},
+            "seeds_hex": {str(m): seeds[m].hex() for m in members},
+            "encoded_hex": [e.tobytes().hex() for e in encoded],
+            "masked_hex": [x.tobytes().hex() for x in masked],
+            "shard_bounds": [list(b) for b in bounds],
+            "shard_sums_hex": [x.tobytes().hex() for x in sums],
+            "reduced_shards_hex": [r.tobytes().hex() for r in reduced],
+            "result": state_json(result), "digest": digest.digest(result),
+            "bnsync": {"seq": 7, "vector_of_member_i": "vector x (i + 1), i = position in members",
+                       "vector_hex": vector.tobytes().hex(),
+                       "wide_encoded_hex": [secagg.wide_encode(vector * (i + 1)).tobytes().hex()
+                                            for i in range(len(members))],
+                       "masked_hex": [w.tobytes().hex() for w in wide],
+                       "sum_hex": secagg.wide_decode(bn_total).tobytes().hex()}}
+
+
 def build() -> dict:
     tiny = tiny_state(0)
     big = large_state()
@@ -127,6 +187,7 @@ def build() -> dict:
         },
         "compressed_rounds": {"anchor": state_json(tiny), "members": members, "weights": weights,
                               "inputs": "the inputs of \"round\"", "rounds": comp},
+        "secure_round": {"inputs": "the inputs of \"round\"", **secure_round(states, members, weights)},
         "auto_choices": [{"exchange_s": e, "step_s": st, "k": k, "compression": c,
                           "choice": list(autosteps.choose(e, st, k, c))}
                          for e, st, k, c in ((0.01, 0.1, 1, "none"), (0.1, 0.1, 1, "none"), (0.1, 0.1, 4, "none"),
@@ -159,6 +220,13 @@ def build() -> dict:
             frames_json("bndigest", 1, round=4, digest=d),
             frames_json("bnsync", 2, [np.array([96.0, 1.5, -0.25, 40.0, 2.0], np.float64)], round=4, attempt=0,
                         seq=7),
+            frames_json("ready", 2, round=4, n_samples=8000, recipe="data.seed=0;security.secure_aggregation=true",
+                        mask_key=mask_key(2).public),
+            frames_json("part", 0, [np.arange(3, dtype=secagg.U64) * np.uint64(2**61 + 7)], round=4, attempt=0, shard=1,
+                        members=[0, 1, 2], codec="m64", keys=d, sealed=False),
+            frames_json("held", 1, round=4, attempt=0),
+            frames_json("seed", 1, round=4, attempt=0, seed=(bytes([0xA1]) * 32).hex()),
+            frames_json("bnsync", 2, [np.arange(6, dtype=secagg.U64).reshape(2, 3)], round=4, attempt=0, seq=7, keys=d),
             frames_json("done", 0, round=4),
             frames_json("bye", 2, round=4),
         ],

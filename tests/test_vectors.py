@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from p2pfed.consensus import averaging, digest
-from make_vectors import compressed_round
+from make_vectors import compressed_round, secure_round
 from p2pfed.net import wire
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "docs" / "vectors" / "protocol-vectors.json").read_text())
@@ -91,3 +91,15 @@ def test_auto_steps_choices_give_the_vector_choices():
     for case in VECTORS["auto_choices"]:
         got = autosteps.choose(case["exchange_s"], case["step_s"], case["k"], case["compression"])
         assert list(got) == case["choice"], case
+
+
+def test_a_secure_round_gives_the_vector_keys_masks_sums_and_digest():
+    """X25519 pair keys, HKDF, ChaCha20 masks, fixed point and the 128-bit BatchNorm sums of
+    "Secure aggregation", against the vectors."""
+    v = VECTORS["secure_round"]
+    inputs = [_state(s) for s in VECTORS["round"]["inputs"]]
+    got = secure_round(inputs, v["members"], v["weights"], v["round"], v["attempt"])
+    assert got == {k: x for k, x in v.items() if k != "inputs"}
+    exact = VECTORS["round"]["reduced_shards_hex"]
+    for mine, plain in zip(v["reduced_shards_hex"], exact):     # within the bound of the plain round's mean
+        assert np.max(np.abs(_hex32(mine).astype(np.float64) - _hex32(plain))) <= 3 * 2.0 ** -33 + 2.0 ** -23

@@ -97,6 +97,7 @@ class AveragingConfig:
 class SecurityConfig:
     curve: bool = False          # CURVE encryption + authentication; keys in [[peers]] public_key
     secret_key_file: str = ""    # this peer's secret key file; {id} is replaced by the peer id
+    secure_aggregation: bool = False  # members see only the sum of their round states, never one member's (masked fixed point; docs/security.md); every peer must set it alike
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class OutputConfig:
 class Fault:
     peer: int                    # which peer misbehaves
     round: int                   # in which round (1-based)
-    phase: Literal["train", "exchange", "between-rounds"] = "train"  # where
+    phase: Literal["train", "exchange", "seed", "reveal", "between-rounds"] = "train"  # where (seed, reveal: secure aggregation, docs/faults.md)
     action: Literal["crash", "stall", "dissent", "slow"] = "crash"  # crash = os._exit; stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only); slow = from this round on, every local step takes slow_factor x as long (phase train)
     stall_s: float = 30.0        # how long a stall lasts
     slow_factor: float = 3.0     # action = slow: each local step takes this many times as long (3 = a third of the speed)

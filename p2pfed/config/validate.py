@@ -60,6 +60,15 @@ def _train(cfg: Config) -> None:
         raise ConfigError(f"train.round_deadline_s = {t.round_deadline_s} needs train.round_target = \"samples\" (a "
                           f"member that stops early is weighted by the images it processed); set both, or set "
                           f"round_deadline_s = 0")
+    if cfg.security.secure_aggregation and t.compression != "none":
+        raise ConfigError(f"security.secure_aggregation = true cannot be used with train.compression = "
+                          f"\"{t.compression}\": a masked sum needs one fixed-point scale for all members, and "
+                          f"compressed shards have one scale per member; set train.compression = \"none\"")
+    if cfg.security.secure_aggregation and t.average_optimizer_state and t.optimizer == "adamw":
+        raise ConfigError("security.secure_aggregation = true cannot average AdamW's moments "
+                          "(train.average_optimizer_state = true with train.optimizer = \"adamw\"): its second "
+                          "moments (about 1e-10) are below the fixed point's resolution of 2^-32; use SGD, or set "
+                          "train.average_optimizer_state = false")
     a = cfg.averaging
     if a.dead_after_s < 2 * a.heartbeat_interval_s:
         raise ConfigError(f"averaging.dead_after_s ({a.dead_after_s}) must be at least twice "

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..net import protocol, wire
-from . import averaging, compress, roundstate
+from . import averaging, compress, masked, roundstate
 from .butterfly import Vector, exchange
 from .exchange import Interrupted, Scope, agree, majority
 from .group import IMPLICIT, Group, GroupFormation
 from .mailbox import Mailbox
+from .masked import Rollback, Secure
 from .outcome import Averaged, Committed, Download, Failed
 
 log = logging.getLogger("p2pfed.consensus.allreduce")
@@ -58,15 +59,18 @@ class _Dissent:
 
 class AllReduce:
     def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
-                 faults=None, on_progress: Callable[[str], None] = lambda progress: None, codec: str = "f32"):
+                 faults=None, on_progress: Callable[[str], None] = lambda progress: None, codec: str = "f32",
+                 secure: Secure | None = None):
         """faults: has at(round, point) -> bool (the run's fault injector; None: none).
-        codec: how shards travel when they can be compressed (compress.py; train.compression)."""
+        codec: how shards travel when they can be compressed (compress.py; train.compression).
+        secure: secure aggregation's keys and state (masked.py); None: shards travel in the clear."""
         self.t = transport
         self.mb = mailbox
         self.cfg = acfg
         self.me = mailbox.me
         self.all_peers = sorted(all_peers)
-        self.groups = GroupFormation(transport, mailbox, acfg, all_peers)
+        self.secure = secure
+        self.groups = GroupFormation(transport, mailbox, acfg, all_peers, mask_key=secure.key.public if secure else "")
         self.faults = faults
         self.on_progress = on_progress
         self.dissents = 0            # consecutive rounds in which a majority outvoted my digest
@@ -138,9 +142,25 @@ class AllReduce:
             mine = self._compressed(mine, group, anchor)
             self.on_progress(Progress.EXCHANGING)
             deadline = time.monotonic() + self.cfg.exchange_timeout_s
-            result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline,
-                                  at_half=lambda: bool(self.faults and self.faults.at(rnd, "exchange")), post=post)
+            at_half = lambda: bool(self.faults and self.faults.at(rnd, "exchange"))   # noqa: E731
+            if self.secure:
+                result, dg = masked.exchange(self.t, self.mb, scope, group.weights, mine, deadline, self.secure,
+                                             at_half, post=post)
+            else:
+                result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline, at_half, post=post)
+        except Rollback as back:
+            if anchor is None:
+                return _Failure(f"{back}, but I hold no committed round {rnd - 1} (a round without an anchor "
+                                f"cannot be rolled back)")
+            log.warning("round %d, attempt %d: %s", rnd, group.attempt, back)
+            events.append(f"attempt {group.attempt}: rolled back to round {rnd - 1} (peers {back.sealed} had seen "
+                          f"sums of an earlier attempt)")
+            dg, result = anchor
+            deadline = time.monotonic() + self.cfg.exchange_timeout_s
         except Interrupted as stop:
+            if self.secure and self.mb.get("reduced", rnd, group.attempt):
+                self.secure.seal(rnd)          # I hold a sum of this round: never take part in one over fewer
+
             if stop.superseded:
                 return _Superseded()
             if not stop.commit:
@@ -178,7 +198,7 @@ class AllReduce:
 
     def _compressed(self, mine: Vector, group: Group, anchor) -> Vector:
         """mine as this attempt sends it: compressed in a derived group with an anchor, else float32."""
-        if self.codec == "f32" or anchor is None or group.attempt != IMPLICIT:
+        if self.codec == "f32" or anchor is None or group.attempt != IMPLICIT or self.secure:
             return mine
         base, state = anchor
         flat = averaging.flatten(roundstate.exchanged(state))

@@ -41,8 +41,9 @@ class Group:
 
 
 class GroupFormation:
-    def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int]):
+    def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int], mask_key: str = ""):
         self.t = transport
+        self.mask_key = mask_key          # secure aggregation: my public mask key, sent in every ready
         self.mb = mailbox
         self.cfg = acfg
         self.me = mailbox.me
@@ -52,7 +53,8 @@ class GroupFormation:
 
     def ready(self, rnd: int, n_samples: int) -> None:
         """Say I am ready for round rnd with weight n_samples, and leave it standing."""
-        frames = wire.encode("ready", self.me, round=rnd, n_samples=int(n_samples), recipe=self.mb.recipe)
+        frames = wire.encode("ready", self.me, round=rnd, n_samples=int(n_samples), recipe=self.mb.recipe,
+                             **({"mask_key": self.mask_key} if self.mask_key else {}))
         self.t.broadcast(self.all_peers, frames)
         self.t.announce(rnd, frames)
 

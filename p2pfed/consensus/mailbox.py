@@ -47,6 +47,7 @@ class Mailbox:
         self._log = RateLimitedLog(log, protocol.LOG_EVERY_S)
         self.last_round = 0               # the run's last round: a claim to have committed beyond it is false
         self._distrusted: set[int] = set()  # peers whose claims to be ahead proved false
+        self.mask_keys: dict[int, str] = {}  # peer -> the mask key of its latest ready (secure aggregation)
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_s: float) -> int:
@@ -91,6 +92,8 @@ class Mailbox:
                 return
             if self.foreign.pop(msg.sender, None) is not None:
                 log.info("peer %d now shares my options; it takes part again", msg.sender)
+            if "mask_key" in msg.header:
+                self.mask_keys[msg.sender] = msg["mask_key"]
         elif msg.sender in self.foreign and msg.kind != "bye":
             self._drop(msg, f"dropped {msg.kind} from peer {msg.sender}, which trains with other options",
                        logging.INFO)
@@ -122,6 +125,10 @@ class Mailbox:
     def get(self, kind: str, rnd: int, attempt: int = -1, seq: int = -1) -> dict[int, wire.Message]:
         """sender -> message of this kind, round and attempt (-1: kinds without attempts)."""
         return self._box.get((kind, rnd, attempt, seq), {})
+
+    def filed(self, kind: str, rnd: int) -> bool:
+        """Is any message of this kind and round filed (any attempt)?"""
+        return any(k == kind and r == rnd and d for (k, r, _, _), d in self._box.items())
 
     def drop(self, kind: str, rnd: int, attempt: int = -1, seq: int = -1) -> None:
         """Forget the messages of one exchange that has been used (bnsync: hundreds per round)."""

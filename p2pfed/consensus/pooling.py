@@ -16,6 +16,7 @@ import numpy as np
 
 from ..net import wire
 from . import digest as digest_mod
+from . import masked
 from .exchange import Interrupted, Scope, agree, collect
 from .mailbox import Mailbox
 
@@ -29,10 +30,21 @@ def combine(vectors: list[np.ndarray]) -> np.ndarray:
 
 
 def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: np.ndarray,
-         build: Callable[[np.ndarray], dict], timeout_s: float) -> tuple[dict, str] | str:
-    """(the pooled state, its agreed digest), or why there is none."""
+         build: Callable[[np.ndarray], dict], timeout_s: float,
+         secure: masked.Secure | None = None) -> tuple[dict, str] | str:
+    """(the pooled state, its agreed digest), or why there is none. secure: the vectors travel
+    masked and only their sum is seen (secure aggregation); a failure is not retried."""
     scope = Scope(rnd, -1, tuple(sorted(members)), overtaken_by_commit=False)
     deadline = time.monotonic() + timeout_s
+    if secure:
+        try:
+            total = masked.masked_sum(transport, mailbox, secure, "bnstats", scope, mine, deadline)
+            pooled = build(total)
+            dg = digest_mod.digest(pooled)
+            digests = agree(transport, mailbox, "bndigest", scope, dg, deadline)
+        except (Interrupted, ValueError) as stop:
+            return f"round {rnd}: pooled BatchNorm statistics failed ({stop})"
+        return _agreed(rnd, pooled, dg, digests)
     transport.broadcast(scope.others(mailbox.me), wire.encode("bnstats", mailbox.me, [mine], round=rnd))
     vectors = {mailbox.me: mine}
 
@@ -50,6 +62,10 @@ def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: 
         digests = agree(transport, mailbox, "bndigest", scope, dg, deadline)
     except Interrupted as stop:
         return f"round {rnd}: pooled BatchNorm statistics failed ({stop.reason})"
+    return _agreed(rnd, pooled, dg, digests)
+
+
+def _agreed(rnd: int, pooled: dict, dg: str, digests: dict[int, str]) -> tuple[dict, str] | str:
     wrong = {m: d[:12] for m, d in digests.items() if d != dg}
     if wrong:
         return f"round {rnd}: pooled BatchNorm digests differ ({wrong} vs mine {dg[:12]})"

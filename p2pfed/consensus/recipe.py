@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+# options left out of the text while at their default, so that a peer that predates them agrees
+_OMITTED_AT_DEFAULT = {"security.secure_aggregation"}
 _PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
              "train.device", "train.precision"}
 
@@ -34,12 +36,15 @@ def _text(value) -> str:
 def of(cfg) -> str:
     """The recipe of a config."""
     pairs = []
-    for section in ("data", "model", "train"):
+    for section in ("data", "model", "train", "security"):
         table = getattr(cfg, section)
         for f in fields(table):
-            key = f"{section}.{f.name}"
-            if key not in _PER_HOST:
-                pairs.append(f"{key}={_text(getattr(table, f.name))}")
+            key, value = f"{section}.{f.name}", getattr(table, f.name)
+            if section == "security" and key not in _OMITTED_AT_DEFAULT or key in _PER_HOST:
+                continue
+            if key in _OMITTED_AT_DEFAULT and value == f.default:
+                continue
+            pairs.append(f"{key}={_text(value)}")
     return ";".join(sorted(pairs))
 
 

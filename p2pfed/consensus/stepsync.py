@@ -16,13 +16,15 @@ import time
 import numpy as np
 
 from ..net import wire
+from . import masked
 from .exchange import Interrupted, Scope, collect
 from .mailbox import Mailbox
 
 
 class StepSync:
-    def __init__(self, transport, mailbox: Mailbox, scope: Scope, timeout_s: float):
-        self.t, self.mb, self.scope, self.timeout_s = transport, mailbox, scope, timeout_s
+    def __init__(self, transport, mailbox: Mailbox, scope: Scope, timeout_s: float, secure: masked.Secure | None = None):
+        """secure: send each vector masked (secure aggregation): every member sees only the sum."""
+        self.t, self.mb, self.scope, self.timeout_s, self.secure = transport, mailbox, scope, timeout_s, secure
         self.seq = 0
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
@@ -30,6 +32,14 @@ class StepSync:
         scope = dataclasses.replace(self.scope, seq=self.seq)
         self.seq += 1
         mine = np.ascontiguousarray(vector, dtype=np.float64)
+        if self.secure:
+            try:
+                total = masked.masked_sum(self.t, self.mb, self.secure, "bnsync", scope, mine,
+                                          time.monotonic() + self.timeout_s)
+            except ValueError as e:          # secagg.RangeError: a sum beyond the fixed-point range
+                raise Interrupted(f"BatchNorm sums of call {scope.seq}: {e}") from None
+            self.mb.drop("bnsync", scope.round, scope.attempt, scope.seq)
+            return total
         self.t.broadcast(scope.others(self.mb.me), wire.encode("bnsync", self.mb.me, [mine], **scope.fields()))
         got = {self.mb.me: mine}
 

@@ -18,8 +18,9 @@ ID_LIMIT = 2**31                 # peer ids are in 0 .. ID_LIMIT - 1
 COUNT_LIMIT = 2**53              # sample counts and weights: below this a float64 sum of them is exact
 RECIPE_MAX_CHARS = 4096          # ready.recipe (a few hundred characters in practice)
 REASON_MAX_CHARS = 200           # abort.reason is cut to this by its sender
-ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|u1", "|i1", "|b1"})
-CODECS = ("f32", "f16", "i8")    # part/reduced "codec": float32 (the default when absent), half, int8 + scales
+ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "<u8", "|u1", "|i1", "|b1"})
+CODECS = ("f32", "f16", "i8", "m64")  # part/reduced "codec": float32 (the default when absent), half, int8 + scales,
+#                                  masked fixed point (secure aggregation, parts only)
 CODEC_CHUNK = 1024               # values per float32 scale of an i8 shard
 INBOX_LIMIT = 10_000             # validated messages queued for the main thread before new ones are dropped
 

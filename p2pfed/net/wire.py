@@ -40,14 +40,20 @@ KINDS: dict[str, dict[str, type]] = {
     "bnstats": {"round": int},                                       # + 1 float64 array: BatchNorm sums (bnstats.py)
     "bnsync":  {"round": int, "attempt": int, "seq": int},           # + 1 float64 array: a step's BatchNorm sums
     "bndigest": {"round": int, "digest": str},                       # digest of the model with pooled BN stats
+    "held":    {"round": int, "attempt": int},                       # secure aggregation: I hold every part of my slice
+    "seed":    {"round": int, "attempt": int, "seed": str},          # secure aggregation: my self-mask seed (64 hex)
     "done":    {"round": int},                                       # the writer finished; you may exit
     "bye":     {"round": int},                                       # clean exit, do not wait for me
 }
 
 # kind -> {field: type} of fields a message may carry. Absent, they have the default named here.
 OPTIONAL: dict[str, dict[str, type]] = {
-    "part":    {"codec": str, "base": str},    # codec: "f32" (absent), "f16" or "i8"; base: the anchor's digest
+    "ready":   {"mask_key": str},              # secure aggregation: my X25519 mask key (64 hex)
+    "part":    {"codec": str, "base": str,     # codec: "f32" (absent), "f16", "i8" or "m64"; base: the anchor's digest
+                "keys": str, "sealed": bool},  # m64: the digest of the members' mask keys; whether I saw a sum
     "reduced": {"codec": str, "base": str},
+    "bnstats": {"keys": str},                  # secure aggregation: the vector is masked (uint64 [2, n])
+    "bnsync":  {"keys": str},
 }
 
 
@@ -179,6 +185,9 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
         _ids(msg.kind, "dead", msg["dead"], peer_ids)
     if msg.kind in ("digest", "commit", "model", "bndigest") and not _is_digest(msg["digest"]):
         raise WireError(f"{msg.kind}.digest must be 64 lower-case hex digits")
+    for name in ("mask_key", "keys", "seed"):
+        if name in msg.header and not _is_digest(msg[name]):
+            raise WireError(f"{msg.kind}.{name} must be 64 lower-case hex digits")
     if msg.kind == "model":
         if not all(isinstance(n, str) for n in msg["names"]):
             raise WireError("model.names must be a list of strings")
@@ -189,8 +198,10 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
             raise WireError(f"{msg.kind}.codec {codec!r} is not one of {list(CODECS)}")
         if "base" in msg.header and not _is_digest(msg["base"]):
             raise WireError(f"{msg.kind}.base must be 64 lower-case hex digits")
-        if (codec == "f32") == ("base" in msg.header):
+        if (codec in ("f16", "i8")) != ("base" in msg.header):
             raise WireError(f"{msg.kind}: a compressed shard names its base (the anchor's digest), a float32 one none")
+        if (codec == "m64") != (msg.kind == "part" and "keys" in msg.header):
+            raise WireError(f"{msg.kind}: a masked shard (m64) is a part that names its keys, and only it")
         n_shard = SHARD_ARRAYS[codec]
         if len(msg.arrays) < n_shard:
             raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays; a {codec} shard needs {n_shard}")
@@ -210,9 +221,13 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
         elif len(msg.arrays) != n_shard:
             raise WireError(f"{msg.kind} carries {len(msg.arrays)} arrays, expected {n_shard}")
     elif msg.kind in ("bnstats", "bnsync"):
-        if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float64 or msg.arrays[0].ndim != 1 \
-                or msg.arrays[0].size > n_floats:
-            raise WireError(f"{msg.kind} carries one float64 vector no longer than the model")
+        arr = msg.arrays[0] if len(msg.arrays) == 1 else None
+        plain = arr is not None and arr.dtype == np.float64 and arr.ndim == 1 and "keys" not in msg.header
+        masked = (arr is not None and arr.dtype == np.uint64 and arr.ndim == 2 and arr.shape[0] == 2
+                  and "keys" in msg.header)
+        if not (plain or masked) or arr.size > 2 * n_floats:
+            raise WireError(f"{msg.kind} carries one float64 vector, or with keys one masked uint64 [2, n], no longer "
+                            f"than the model")
     elif msg.kind == "group":
         members, weights = msg["members"], msg["weights"]
         # the ids themselves were checked by _ids above
@@ -222,8 +237,8 @@ def check_schema(msg: Message, like: dict, n_floats: int, peer_ids: set[int] | N
                             "positive counts below 2^53")
 
 
-SHARD_DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}   # a shard's values per codec
-SHARD_ARRAYS = {"f32": 1, "f16": 1, "i8": 2}                          # arrays per shard (i8: + scales)
+SHARD_DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8, "m64": np.uint64}  # a shard's values per codec
+SHARD_ARRAYS = {"f32": 1, "f16": 1, "i8": 2, "m64": 1}                # arrays per shard (i8: + scales)
 
 
 def codec_of(msg: Message) -> str:

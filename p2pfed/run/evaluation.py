@@ -23,8 +23,10 @@ log = logging.getLogger("p2pfed.run.evaluation")
 
 
 class Evaluator:
-    def __init__(self, cfg, me: int, train_split: datasets.Split, test_split: datasets.Split, transport, mailbox):
+    def __init__(self, cfg, me: int, train_split: datasets.Split, test_split: datasets.Split, transport, mailbox,
+                 secure=None):
         self.cfg = cfg
+        self.secure = secure          # secure aggregation: the BatchNorm sums travel masked
         self.me = me
         self.train_split = train_split
         self.test_split = test_split
@@ -58,7 +60,7 @@ class Evaluator:
         layers = list(bnstats.bn_layers(net))
         got = pooling.pool(self.transport, self.mailbox, committed.round, committed.members,
                            bnstats.collect(net, batches), lambda total: bnstats.apply(plain.state, total, layers),
-                           self.cfg.averaging.exchange_timeout_s)
+                           self.cfg.averaging.exchange_timeout_s, self.secure)
         if isinstance(got, str):
             log.warning("%s; evaluating the plain consensus", got)
             return plain

@@ -1,7 +1,9 @@
 """Fault injection, a product feature: make this peer crash, stall or dissent at a named point.
 
 Points (FaultPoint): `train` (halfway through a round's local steps), `exchange` (with half of
-its shard slices sent), `between-rounds` (after committing and checkpointing a round). Actions:
+its shard slices sent), `seed` and `reveal` (secure aggregation: after every member held every
+part, before releasing its self-mask seed; with half of its slice's sums sent), `between-rounds`
+(after committing and checkpointing a round). Actions:
 `crash` (exit with code 70 at once), `stall` (sleep faults.stall_s), and `dissent` (exchange
 only): the peer's own copy of the round's result differs by one ulp, as with bad memory, so its
 digest is outvoted. `slow` is not a point but a state: from its round on, every local step of
@@ -26,6 +28,8 @@ CRASH_EXIT_CODE = int(ExitCode.INJECTED_CRASH)   # so launch.py can tell an inje
 class FaultPoint(str, enum.Enum):
     TRAIN = "train"
     EXCHANGE = "exchange"
+    SEED = "seed"                   # secure aggregation: every part held, before releasing my self-mask seed
+    REVEAL = "reveal"               # secure aggregation: with half of my slice's sums sent
     BETWEEN_ROUNDS = "between-rounds"
 
 

@@ -30,6 +30,9 @@ def options(f):
                      help="samples: share each round's images out by measured speed (mixed hardware, --slow)"),
         click.option("--round-deadline-s", type=float, help="with --round-target samples: stop local steps after "
                                                             "this many seconds"),
+        click.option("--secure-aggregation/--no-secure-aggregation", default=None,
+                     help="members see only the sum of their updates, never one peer's (docs/security.md; default: "
+                          "security.secure_aggregation)"),
         click.option("--train-limit", type=int, help="use only N training images in all"),
         click.option("--test-limit", type=int, help="evaluate on only N test images"),
         click.option("--threads", type=int, help="torch threads per peer (default cores / peers)"),
@@ -37,7 +40,7 @@ def options(f):
                                    "train.device, which spreads the peers over every GPU there is)"),
         click.option("--run-dir", help="default runs/<timestamp>"),
         click.option("--kill", multiple=True, metavar="ID@ROUND:PHASE",
-                     help="crash a peer at train|exchange|between-rounds of a round (repeatable)"),
+                     help="crash a peer at train|exchange|seed|reveal|between-rounds of a round (repeatable)"),
         click.option("--stall", multiple=True, metavar="ID@ROUND:PHASE",
                      help="stall a peer (faults.stall_s) at a point of a round (repeatable)"),
         click.option("--slow", multiple=True, metavar="ID[@ROUND]xFACTOR",

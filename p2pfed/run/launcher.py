@@ -208,6 +208,7 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
         data={"dataset": o["dataset"], "data_dir": o["data_dir"], "partition": o["partition"], "alpha": o["alpha"],
               "seed": o["seed"], "train_limit": o["train_limit"], "test_limit": o["test_limit"]},
         model={"width_mult": o["width_mult"]},
+        security={"secure_aggregation": o["secure_aggregation"]},
         output={"run_dir": str(run_dir), "quantize": o["quantize"]})
     cfg = config_mod.replace_peers(cfg, config_mod.local_peers(o["peers"], preflight.free_ports(o["peers"])))
     if cfg.averaging.min_peers == 0:

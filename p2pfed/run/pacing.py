@@ -60,7 +60,7 @@ def follow(peer, committed) -> None:
         return
     peer.plan = peer.trainer.plan = peer.pacing.plan()
     peer.mailbox.last_round = peer.plan.rounds
-    if choice[1]:
+    if choice[1] and not peer.allreduce.secure:     # masked sums need one scale: secure aggregation stays f32
         peer.allreduce.codec = "i8"
     log.info("train.auto_steps chose local steps x %d%s after round %d: %d rounds in all", choice[0],
              " and int8 shards" if choice[1] else "", autosteps.DECIDE_ROUND, peer.plan.rounds)

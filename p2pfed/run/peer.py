@@ -29,6 +29,7 @@ from ..consensus import compress, recipe, roundstate
 from ..consensus.allreduce import AllReduce, Progress
 from ..consensus.download import download
 from ..consensus.mailbox import Mailbox
+from ..consensus.masked import Secure
 from ..consensus.outcome import Averaged, Committed, Download, Failed, RoundError
 from ..consensus.stepsync import StepSync
 from ..learning import datasets, schedule, train
@@ -127,11 +128,13 @@ class Peer:
         self.mailbox = Mailbox(self.transport, a.dead_after_s, recipe_text=self.recipe,
                                validate=lambda msg: wire.check_schema(msg, template, n_floats, peer_ids))
         self.mailbox.last_round = self.plan.rounds
+        # secure aggregation: a mask key for this process (sent in every ready), and the fault points of its barrier
+        self.secure = Secure(hook=self.faults.at) if cfg.security.secure_aggregation else None
         self.evaluator = Evaluator(cfg, self.id, self.train_split, datasets.load_split(cfg.data, "test"),
-                                   self.transport, self.mailbox)
+                                   self.transport, self.mailbox, self.secure)
         self.allreduce = AllReduce(self.transport, self.mailbox, a, self.ids, faults=self.faults,
                                    on_progress=self._progress,
-                                   codec=compress.CONFIG_CODECS[self.cfg.train.compression])
+                                   codec=compress.CONFIG_CODECS[self.cfg.train.compression], secure=self.secure)
         if self.resume:
             got = checkpoints.load(checkpoints.path_of(self.run_dir, self.id), self.trainer)
             if got:
@@ -202,13 +205,17 @@ class Peer:
         (every BatchNorm layer sums its statistics over them in each step, stepsync.py), then they
         average. An attempt that fails mid-step is trained again from the round's start."""
         self.trainer.begin_round(rnd)
-        done: dict = {"losses": [], "train_s": 0.0}
+        done: dict = {"losses": [], "train_s": 0.0, "attempts": 0}
 
         def work(group, scope) -> dict:
             share = group.weights[group.members.index(self.id)] / sum(group.weights)
             started = time.monotonic()
+            # secure aggregation: a redo trains on fresh batches, so no sum of it repeats an input already summed
+            fresh = bool(self.secure) and done["attempts"] > 0
+            done["attempts"] += 1
             done["losses"] = self.trainer.train_synced(
-                rnd, share, StepSync(self.transport, self.mailbox, scope, self.cfg.averaging.exchange_timeout_s))
+                rnd, share, StepSync(self.transport, self.mailbox, scope, self.cfg.averaging.exchange_timeout_s,
+                                     self.secure), fresh=fresh)
             done["train_s"] = time.monotonic() - started
             return self._sent(rnd)
 

@@ -87,11 +87,14 @@ class Trainer:
             self.controls.local, self.controls.trained = copy.deepcopy(controls[0]), controls[1]
         return batches
 
-    def train_synced(self, rnd: int, share: float, combine) -> list[float]:
+    def train_synced(self, rnd: int, share: float, combine, fresh: bool = False) -> list[float]:
         """One attempt of a synchronized round: back to the round's start, then its steps with
         every BatchNorm layer's sums added up over the group by combine (numpy in, numpy out);
-        share is my weight in the group's mean."""
+        share is my weight in the group's mean. fresh: on the next batches of my stream instead
+        of the round's first ones (secure aggregation's redo)."""
         batches = self.restore_round()
+        if fresh:
+            batches = [next(self.batches) for _ in batches]
         with syncbn.synced(self.net, lambda v: torch.from_numpy(combine(v.cpu().numpy())).to(v.device), share):
             return self.train_round(rnd, batches)
 

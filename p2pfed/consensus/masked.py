@@ -1,0 +1,243 @@
+"""One attempt's butterfly with secure aggregation (security.secure_aggregation; docs/protocol.md,
+"Secure aggregation"): no member sees another member's part, only sums over every member.
+
+    keys     the members' mask keys, from their `ready` (Mailbox.mask_keys)
+    scatter  member i sends slice j of  encode(w_i x_i) + pair masks + its self-mask  to member j
+             (`part`, codec m64), flagged `sealed` if it has already seen a sum of this round
+    reduce   member j adds the parts of slice j mod 2^64: the pair masks cancel, the self-masks
+             stay. If any part is flagged sealed, the attempt is a rollback (below).
+    barrier  member j says `held` once it holds every part of slice j, and waits for every member's
+    seeds    then releases its self-mask seed (`seed`); with every seed, member j removes the
+             self-masks of slice j: the weighted sum of slice j, decoded to float32
+    reveal   member j sends that sum to every member (`reduced`, as without secure aggregation)
+
+Until every seed is out nobody can see any sum, so an attempt that fails before then is simply
+redone among the survivors with fresh masks. A member that has seen a sum of the round (it held
+every seed, or received a `reduced`) is *sealed*: a redo among fewer members would let it subtract
+the two sums, so it flags its parts, and an attempt with any flagged part commits the round's
+starting state (the last committed round) instead of a new mean: a rollback, which reveals
+nothing. See docs/security.md.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..net import wire
+from . import averaging, digest, secagg
+from .exchange import Interrupted, Scope, collect
+from .mailbox import Mailbox
+
+CODEC = "m64"                   # part codec of a masked shard: uint64, fixed point mod 2^64
+
+
+class Rollback(Exception):
+    """A member of the attempt has seen a sum of this round: commit the round's starting state."""
+
+    def __init__(self, sealed: list[int]):
+        super().__init__(f"peers {sealed} have seen sums of this round; rolling back to the last committed round")
+        self.sealed = sealed
+
+
+@dataclass
+class Secure:
+    """A peer's side of secure aggregation: its mask key, and the round it is sealed in (if any).
+    hooks: fault injection at "seed" (before releasing my seed) and "reveal" (half my sums sent)."""
+    key: secagg.MaskKey = field(default_factory=secagg.MaskKey)
+    sealed_round: int = 0
+    hook: Callable[[int, str], None] = lambda rnd, point: None
+
+    def sealed(self, rnd: int) -> bool:
+        return self.sealed_round == rnd
+
+    def seal(self, rnd: int) -> None:
+        self.sealed_round = rnd
+
+
+def member_keys(mailbox: Mailbox, scope: Scope, mine: str, deadline: float) -> dict[int, str]:
+    """member -> mask key, waiting (the exchange's deadline and dead-member rules) for members
+    whose `ready` with a key has not arrived yet."""
+    others = scope.others(mailbox.me)
+    while True:
+        missing = [m for m in others if m not in mailbox.mask_keys]
+        if not missing:
+            return {mailbox.me: mine, **{m: mailbox.mask_keys[m] for m in others}}
+        dead = [m for m in missing if not mailbox.alive(m, scope.since)]
+        if dead:
+            raise Interrupted(f"peer {dead[0]} died before its mask key arrived", dead)
+        if time.monotonic() > deadline:
+            raise Interrupted(f"no mask key from {missing} (security.secure_aggregation: a peer sends it in `ready`)")
+        mailbox.wait(deadline, watch=missing, since=scope.since)
+
+
+def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Scope, vector: np.ndarray,
+               deadline: float) -> np.ndarray:
+    """The sum over the members of their float64 `vector`s, each sent masked in 128-bit fixed
+    point (BatchNorm sums: `bnsync`, `bnstats`). No self-masks: every member sees the sum at once."""
+    keys = member_keys(mailbox, scope, secure.key.public, deadline)
+    kd = secagg.keys_digest([keys[m] for m in scope.members])
+    purpose = f"{kind}/{scope.seq}"
+    mine = secagg.wide_add(secagg.wide_encode(vector),
+                           secagg.pair_mask(secure.key, mailbox.me, keys, secagg.nonce(scope.round, scope.attempt,
+                                                                                      scope.members, purpose),
+                                            vector.size, words=2))
+    transport.broadcast(scope.others(mailbox.me), wire.encode(kind, mailbox.me, [mine], **scope.fields(), keys=kd))
+    total = [mine]
+
+    def take(m: int, msg: wire.Message) -> None:
+        arr = msg.arrays[0]
+        if msg.header.get("keys") != kd or arr.dtype != secagg.U64 or arr.shape != mine.shape:
+            raise Interrupted(f"peer {m} sent a {kind} vector {arr.dtype}{list(arr.shape)} with keys "
+                              f"{str(msg.header.get('keys', '-'))[:12]}; expected masked uint64{list(mine.shape)} "
+                              f"with keys {kd[:12]}")
+        total[0] = secagg.wide_add(total[0], arr)
+
+    collect(mailbox, kind, scope, deadline, take)
+    return secagg.wide_decode(total[0])
+
+
+def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...], mine, deadline: float,
+             secure: Secure, at_half: Callable[[], bool], post=None) -> tuple[dict, str]:
+    """The attempt's result (the weighted mean, decoded from fixed point; or post(mean)) and its
+    digest. Raises Interrupted (a redo) or Rollback (commit the round's starting state)."""
+    b = _MaskedButterfly(transport, mailbox, scope, mine, deadline, secure)
+    corrupt = b.scatter(weights, at_half)
+    b.reduce()
+    return b.reveal(corrupt, post)
+
+
+class _MaskedButterfly:
+    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine, deadline: float, secure: Secure):
+        self.t, self.mb, self.scope, self.mine, self.deadline, self.secure = (transport, mailbox, scope, mine,
+                                                                              deadline, secure)
+        self.me, self.members = mailbox.me, list(scope.members)
+        self.pos = self.members.index(self.me)
+        self.bounds = averaging.shard_bounds(mine.flat.size, len(self.members))
+        self.rnd = scope.round
+
+    def _nonce(self, purpose: str) -> bytes:
+        return secagg.nonce(self.scope.round, self.scope.attempt, self.members, purpose)
+
+    def scatter(self, weights: tuple[int, ...], at_half: Callable[[], bool]) -> bool:
+        """Send every other member its slice of my masked, weighted vector."""
+        keys = member_keys(self.mb, self.scope, self.secure.key.public, self.deadline)
+        self.kd = secagg.keys_digest([keys[m] for m in self.members])
+        n = self.mine.flat.size
+        weight = float(weights[self.pos]) / float(sum(weights))
+        try:
+            masked = secagg.encode(self.mine.flat, weight)
+        except secagg.RangeError as e:
+            raise Interrupted(f"my round state: {e}") from None
+        masked += secagg.pair_mask(self.secure.key, self.me, keys, self._nonce("part"), n)
+        self.seed = secagg.new_seed()
+        masked += secagg.self_mask(self.seed, self._nonce("self"), 0, n)
+        sealed = self._seen_sums()
+        others = [j for j, m in enumerate(self.members) if m != self.me]
+        corrupt = False
+        for count, j in enumerate(others):
+            if count == len(others) // 2:
+                corrupt = at_half()
+            lo, hi = self.bounds[j]
+            self.t.send(self.members[j], wire.encode("part", self.me, [masked[lo:hi]], **self.scope.fields(), shard=j,
+                                                     members=self.members, codec=CODEC, keys=self.kd, sealed=sealed))
+        lo, hi = self.bounds[self.pos]
+        self._own = masked[lo:hi].copy()
+        self._sealed = [self.me] if sealed else []
+        return at_half() if not others else corrupt
+
+    def reduce(self) -> None:
+        """Add every member's part of my slice (still self-masked); any part flagged sealed makes
+        the attempt a rollback; then the barrier (`held`) and the seeds; then unmask my slice."""
+        lo, hi = self.bounds[self.pos]
+        total = self._own
+
+        def take_part(m: int, msg: wire.Message) -> None:
+            nonlocal total
+            arr = msg.arrays[0]
+            if (msg["shard"] != self.pos or msg["members"] != self.members or wire.codec_of(msg) != CODEC
+                    or msg.header.get("keys") != self.kd or arr.size != hi - lo):
+                raise Interrupted(f"peer {m} sent {wire.codec_of(msg)} shard {msg['shard']} of group {msg['members']} "
+                                  f"({arr.size} values, keys {str(msg.header.get('keys', '-'))[:12]}); I expected "
+                                  f"{CODEC} shard {self.pos} of {self.members} ({hi - lo} values, keys {self.kd[:12]})")
+            if msg.header.get("sealed"):
+                self._sealed.append(m)
+            total = total + arr
+
+        collect(self.mb, "part", self.scope, self.deadline, take_part)
+        if self._sealed:
+            raise Rollback(sorted(self._sealed))
+        self._barrier("held", {})
+        if self._seen_sums():               # a sum of an earlier attempt arrived since my scatter
+            raise Interrupted("I received a sum of an earlier attempt of this round after sending my parts; "
+                              "my next parts say so (a rollback)")
+        self.secure.hook(self.rnd, "seed")
+        seeds = {self.me: self.seed}
+
+        def take_seed(m: int, msg: wire.Message) -> None:
+            seeds[m] = bytes.fromhex(msg["seed"])
+
+        self._barrier("seed", {"seed": self.seed.hex()}, take_seed)
+        self.secure.seal(self.rnd)          # with every seed I can see my slice's sum: no redo among fewer
+        for m in self.members:
+            total = total - secagg.self_mask(seeds[m], self._nonce("self"), lo, hi)
+        self.reduced = secagg.decode(total)
+
+    def _seen_sums(self) -> bool:
+        """Have I seen a sum of this round: my own slice's, or anyone's `reduced`?"""
+        return self.secure.sealed(self.rnd) or self.mb.filed("reduced", self.rnd)
+
+    def _barrier(self, kind: str, fields: dict, take: Callable | None = None) -> None:
+        self.t.broadcast(self.scope.others(self.me), wire.encode(kind, self.me, **self.scope.fields(), **fields))
+        collect(self.mb, kind, self.scope, self.deadline, take or (lambda m, msg: None))
+
+    def reveal(self, corrupt: bool, post) -> tuple[dict, str]:
+        """Send my slice's mean to every member (the lowest adds the integer buffers); place
+        everyone's, hashing each chunk as it completes (once after post, if any)."""
+        mine, me, members = self.mine, self.me, self.members
+        lo, hi = self.bounds[self.pos]
+        source = averaging.integer_source(members)
+        extra = list(mine.ints.values()) if me == source else []
+        frames = wire.encode("reduced", me, [self.reduced, *extra], **self.scope.fields(), shard=self.pos,
+                             ints=list(mine.ints.keys()) if me == source else [])
+        others = self.scope.others(me)
+        for count, m in enumerate(others):
+            if count == len(others) // 2:
+                self.secure.hook(self.rnd, "reveal")
+            self.t.send(m, frames)
+        out = np.empty_like(mine.flat)
+        hasher = digest.IncrementalDigest(out) if post is None else None
+        out[lo:hi] = self.reduced
+        if corrupt and hi > lo:
+            out[lo] = np.nextafter(out[lo], np.float32(np.inf))
+        if hasher:
+            hasher.placed(lo, hi)
+
+        def take_reduced(m: int, msg: wire.Message) -> None:
+            j = members.index(m)
+            b0, b1 = self.bounds[j]
+            if msg["shard"] != j or wire.codec_of(msg) != "f32" or msg.arrays[0].size != b1 - b0:
+                raise Interrupted(f"peer {m} sent reduced shard {msg['shard']} ({msg.arrays[0].size} values), "
+                                  f"expected float32 shard {j} ({b1 - b0} values)")
+            out[b0:b1] = msg.arrays[0]
+            if hasher:
+                hasher.placed(b0, b1)
+
+        collect(self.mb, "reduced", self.scope, self.deadline, take_reduced)
+        result = averaging.unflatten(out, self._ints(source), mine.state, copy=False)
+        if hasher:
+            return result, hasher.digest(digest.layout(mine.state), [result[k] for k in mine.ints])
+        result = post(result)
+        return result, digest.digest(result)
+
+    def _ints(self, source: int) -> "OrderedDict[str, np.ndarray]":
+        if self.me == source:
+            return self.mine.ints
+        msg = self.mb.get("reduced", self.scope.round, self.scope.attempt)[source]
+        try:
+            return wire.check_ints(msg["ints"], msg.arrays[1:], self.mine.state)
+        except wire.WireError as e:
+            raise Interrupted(f"peer {source}: {e}") from None

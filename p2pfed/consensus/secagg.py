@@ -1,0 +1,177 @@
+"""Secure aggregation's maths and keys (security.secure_aggregation): fixed point in the integers
+mod 2^64, pairwise masks that cancel in the sum over all members, and self-masks.
+
+    fixed point  a member's weighted round state w_i x_i (w_i = n_i / W, public) as
+                 rint(w_i x_i 2^FRAC_BITS) mod 2^64. The members' values add up mod 2^64
+                 without wrapping while |x| < 2^RANGE_BITS, and the decoded mean is within
+                 k 2^-(FRAC_BITS + 1) of the float64 mean before its rounding to float32
+                 (k members, each rounding once). BatchNorm sums use 128 bits (WIDE_FRAC_BITS
+                 fraction bits, two uint64 limbs): they are small vectors of large and tiny sums.
+    pair masks   for every pair of members a key from X25519 between their mask keys (one
+                 ephemeral key pair per peer process, sent in `ready`), expanded with HKDF-SHA256
+                 into a ChaCha20 key; the stream for one exchange takes a nonce from the run's
+                 round, attempt, member list and purpose. Member i adds the stream of pair (i, j)
+                 when i < j and subtracts it when i > j: the masks cancel only in the sum over
+                 every member of the exchange.
+    self masks   a fresh random seed per member and attempt; its ChaCha20 stream is added too, and
+                 the seed is released only once every reducer holds every part (butterfly.py), so
+                 no one can unmask a sum before the barrier.
+
+Pure apart from the randomness of new keys and seeds; numpy and `cryptography`, no sockets.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+FRAC_BITS = 32                  # fraction bits of a masked round-state value
+RANGE_BITS = 30                 # |value| < 2^RANGE_BITS, so a sum of weighted values stays below 2^62
+WIDE_FRAC_BITS = 64             # fraction bits of a 128-bit BatchNorm sum (the integer part is the high limb)
+WIDE_RANGE_BITS = 56            # |value| < 2^WIDE_RANGE_BITS, so 128 members' sum stays below 2^63
+KEY_INFO = b"p2pfed secure aggregation v1 pair key"
+NONCE_TAG = b"p2pfed secure aggregation v1 nonce\n"
+U64 = np.dtype("<u8")
+
+
+class RangeError(ValueError):
+    """A value is too large for the fixed-point range; the message names where."""
+
+
+# ------------------------------------------------------------------ fixed point (64 bits)
+
+def encode(x: np.ndarray, weight: float) -> np.ndarray:
+    """rint(x * weight * 2^FRAC_BITS) as uint64 (two's complement), x float32 or float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if x64.size and float(np.max(np.abs(x64))) >= 2.0 ** RANGE_BITS:
+        i = int(np.argmax(np.abs(x64)))
+        raise RangeError(f"value {x64.flat[i]:.6g} at position {i} is beyond the fixed-point range "
+                         f"+-2^{RANGE_BITS} of secure aggregation")
+    return np.rint(x64 * (float(weight) * 2.0 ** FRAC_BITS)).astype(np.int64).view(U64)
+
+
+def decode(total: np.ndarray) -> np.ndarray:
+    """The float32 value of a sum of encoded values (uint64, read as a signed 64-bit integer)."""
+    return (total.view(np.int64).astype(np.float64) * 2.0 ** -FRAC_BITS).astype(np.float32)
+
+
+def error_bound(k: int) -> float:
+    """The largest |decoded - exact float64 mean| before the final rounding to float32."""
+    return k * 2.0 ** -(FRAC_BITS + 1)
+
+
+# ------------------------------------------------------------------ fixed point (128 bits, two limbs)
+
+def wide_encode(x: np.ndarray) -> np.ndarray:
+    """x (float64) as 128-bit fixed point with WIDE_FRAC_BITS fraction bits: uint64 [2, n],
+    row 0 the low limb (the fraction), row 1 the high limb (the integer part, two's complement)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size and float(np.max(np.abs(x))) >= 2.0 ** WIDE_RANGE_BITS:
+        i = int(np.argmax(np.abs(x)))
+        raise RangeError(f"sum {x[i]:.6g} at position {i} is beyond the fixed-point range +-2^{WIDE_RANGE_BITS}")
+    a = np.abs(x)                                       # |x|, then negated mod 2^128: a small negative x
+    hi = np.floor(a)                                    # keeps all its bits (1 - |x| would not)
+    lo = np.rint((a - hi) * 2.0 ** WIDE_FRAC_BITS)      # < 2^64 - 2^11: exact in float64, fits uint64
+    magnitude = np.stack([lo.astype(U64), hi.astype(U64)])
+    return np.where(x < 0, wide_add(np.zeros_like(magnitude), magnitude, -1), magnitude)
+
+
+def wide_add(a: np.ndarray, b: np.ndarray, sign: int = 1) -> np.ndarray:
+    """a + b (sign 1) or a - b (sign -1) mod 2^128, on [2, n] uint64 limbs."""
+    lo = a[0] + b[0] if sign > 0 else a[0] - b[0]
+    carry = (lo < a[0]) if sign > 0 else (lo > a[0])
+    hi = a[1] + b[1] if sign > 0 else a[1] - b[1]
+    hi = hi + carry.astype(U64) if sign > 0 else hi - carry.astype(U64)
+    return np.stack([lo, hi])
+
+
+def wide_decode(total: np.ndarray) -> np.ndarray:
+    """The float64 value of a 128-bit sum, to float64's relative precision: a negative sum is
+    negated first, so that a small one is not the difference of two numbers near 1."""
+    negative = total[1].view(np.int64) < 0
+    magnitude = np.where(negative, wide_add(np.zeros_like(total), total, -1), total)
+    value = magnitude[1].astype(np.float64) + magnitude[0].astype(np.float64) * 2.0 ** -WIDE_FRAC_BITS
+    return np.where(negative, -value, value)
+
+
+# ------------------------------------------------------------------ keys and streams
+
+class MaskKey:
+    """This peer process's ephemeral X25519 key pair for pair masks, and the pair keys it derived."""
+
+    def __init__(self, private: X25519PrivateKey | None = None):
+        self._private = private or X25519PrivateKey.generate()
+        self.public = self._private.public_key().public_bytes_raw().hex()
+        self._pairs: dict[str, bytes] = {}
+
+    def pair_key(self, theirs: str) -> bytes:
+        """The 32-byte ChaCha20 key this peer shares with the holder of public key `theirs` (hex)."""
+        key = self._pairs.get(theirs)
+        if key is None:
+            if theirs == self.public:
+                raise ValueError("a pair key needs two different mask keys")
+            shared = self._private.exchange(X25519PublicKey.from_public_bytes(bytes.fromhex(theirs)))
+            info = KEY_INFO + b"".join(sorted([bytes.fromhex(self.public), bytes.fromhex(theirs)]))
+            key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+            self._pairs[theirs] = key
+        return key
+
+
+def is_key(text: str) -> bool:
+    """A mask key on the wire: 64 lower-case hex digits (32 bytes)."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def nonce(rnd: int, attempt: int, members, purpose: str) -> bytes:
+    """ChaCha20's 16-byte nonce for one exchange: a zero block counter, then 12 bytes of
+    SHA-256(tag, round, attempt, members, purpose). Every member computes the same."""
+    text = NONCE_TAG + f"{rnd}|{attempt}|{','.join(map(str, members))}|{purpose}".encode()
+    return b"\0\0\0\0" + hashlib.sha256(text).digest()[:12]
+
+
+def stream(key: bytes, nonce16: bytes, n: int, offset: int = 0) -> np.ndarray:
+    """Words offset .. offset + n - 1 of ChaCha20's keystream as uint64 (little-endian): the block
+    counter (the nonce's first 4 bytes, little-endian) starts at the block that holds word offset."""
+    block, skip = divmod(offset, 8)                    # a ChaCha20 block is 64 bytes: 8 words
+    start = struct.pack("<I", struct.unpack("<I", nonce16[:4])[0] + block) + nonce16[4:]
+    enc = Cipher(algorithms.ChaCha20(key, start), mode=None).encryptor()
+    return np.frombuffer(enc.update(bytes(8 * (n + skip))), dtype=U64)[skip:]
+
+
+def keys_digest(keys: list[str]) -> str:
+    """SHA-256 over the members' mask keys in member order: a part names the keys it was masked with."""
+    return hashlib.sha256(b"".join(bytes.fromhex(k) for k in keys)).hexdigest()
+
+
+def pair_mask(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, n: int, words: int = 1) -> np.ndarray:
+    """Sum over the other members j of +stream(i, j) (me < j) or -stream(i, j) (me > j), mod 2^64;
+    `words` streams per value (2 for 128-bit values: [2, n], the low limb first, added with carry)."""
+    if words == 1:
+        total = np.zeros(n, dtype=U64)
+        for j in sorted(keys):
+            if j != me:
+                s = stream(mine.pair_key(keys[j]), nonce16, n)
+                total = total + s if me < j else total - s
+        return total
+    total = np.zeros((2, n), dtype=U64)
+    for j in sorted(keys):
+        if j != me:
+            s = stream(mine.pair_key(keys[j]), nonce16, 2 * n).reshape(2, n)
+            total = wide_add(total, s, 1 if me < j else -1)
+    return total
+
+
+def new_seed() -> bytes:
+    """A fresh self-mask seed: 32 random bytes from the OS."""
+    return os.urandom(32)
+
+
+def self_mask(seed: bytes, nonce16: bytes, lo: int, hi: int) -> np.ndarray:
+    """Words lo .. hi - 1 of the self-mask stream of this seed."""
+    return stream(seed, nonce16, hi - lo, offset=lo)

@@ -1,0 +1,183 @@
+"""Secure aggregation's pure parts: fixed point, masks that cancel exactly, keys, the recipe and
+the wire (consensus/secagg.py). The runs with real peers are in test_secagg_runs.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from p2pfed import config
+from p2pfed.consensus import averaging, recipe, secagg
+from p2pfed.net import wire
+
+U64 = secagg.U64
+
+
+def _masked_parts(values: list[np.ndarray], weights: list[int], rnd: int = 3, attempt: int = 1):
+    """Each member's encode(w_i x_i) + pair masks + self-mask, as the butterfly builds it."""
+    keys = [secagg.MaskKey() for _ in values]
+    members = list(range(10, 10 + len(values)))            # ids need not start at 0
+    public = {m: k.public for m, k in zip(members, keys)}
+    nonce = secagg.nonce(rnd, attempt, members, "part")
+    self_nonce = secagg.nonce(rnd, attempt, members, "self")
+    seeds = [secagg.new_seed() for _ in values]
+    total_w = float(sum(weights))
+    n = values[0].size
+    parts = []
+    for i, (m, x) in enumerate(zip(members, values)):
+        p = secagg.encode(x, weights[i] / total_w)
+        p += secagg.pair_mask(keys[i], m, public, nonce, n)
+        p += secagg.self_mask(seeds[i], self_nonce, 0, n)
+        parts.append(p)
+    return parts, seeds, self_nonce
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 7, 10])
+def test_masks_cancel_exactly_in_the_sum_over_all_members_and_the_mean_is_within_the_bound(k):
+    rng = np.random.default_rng(k)
+    n = 1000 + k
+    values = [rng.normal(0, 1, n).astype(np.float32) * rng.choice([1e-6, 1.0, 1e4], n).astype(np.float32)
+              for _ in range(k)]
+    values[0][:4] = [2.0 ** 29, -(2.0 ** 29), 0.0, -0.0]        # near the range: the masked values wrap around
+    weights = [int(w) for w in rng.integers(1, 5000, k)]
+    parts, seeds, self_nonce = _masked_parts(values, weights)
+
+    total = np.zeros(n, dtype=U64)
+    for p in parts:
+        total += p
+    for s in seeds:
+        total -= secagg.self_mask(s, self_nonce, 0, n)
+    unmasked = np.zeros(n, dtype=U64)
+    for x, w in zip(values, weights):
+        unmasked += secagg.encode(x, w / float(sum(weights)))
+    assert np.array_equal(total, unmasked)              # the masks cancel bit for bit, mod 2^64
+
+    exact = sum(np.float64(w) / sum(weights) * x.astype(np.float64) for x, w in zip(values, weights))
+    got = secagg.decode(total).astype(np.float64)
+    bound = secagg.error_bound(k) + np.abs(exact) * 2.0 ** -24     # + float32's rounding of the result
+    assert np.all(np.abs(got - exact) <= bound)
+    plain = averaging.weighted_mean(values, weights).astype(np.float64)
+    assert np.max(np.abs(got - plain) - np.abs(plain) * 2.0 ** -23) <= secagg.error_bound(k)
+
+
+def test_without_one_members_part_the_sum_is_noise():
+    rng = np.random.default_rng(0)
+    values = [rng.normal(0, 1, 4000).astype(np.float32) for _ in range(4)]
+    parts, seeds, self_nonce = _masked_parts(values, [1, 1, 1, 1])
+    partial = parts[0] + parts[1] + parts[2]
+    for s in seeds[:3]:
+        partial -= secagg.self_mask(s, self_nonce, 0, 4000)
+    decoded = secagg.decode(partial)
+    assert np.abs(decoded).mean() > 1e6         # uniform over 2^64 / 2^32: nothing like the values
+
+
+@pytest.mark.parametrize("member", range(4))
+def test_a_single_part_is_uncorrelated_with_its_members_values(member):
+    rng = np.random.default_rng(1)
+    values = [rng.normal(0, 1, 20000).astype(np.float32) for _ in range(4)]
+    parts, _, _ = _masked_parts(values, [3, 1, 2, 5])
+    as_values = parts[member].view(np.int64).astype(np.float64)
+    r = np.corrcoef(as_values, values[member])[0, 1]
+    control = np.corrcoef(secagg.encode(values[member], 0.25).view(np.int64).astype(np.float64), values[member])[0, 1]
+    assert control > 0.999                      # the check can see a plain part
+    assert abs(r) < 0.05
+
+
+def test_the_self_mask_alone_hides_a_part_from_everyone_without_the_seed():
+    """Pair masks cancel in the reducer's sum; until the seeds are out, the sum is still masked."""
+    rng = np.random.default_rng(2)
+    values = [rng.normal(0, 1, 3000).astype(np.float32) for _ in range(3)]
+    parts, seeds, self_nonce = _masked_parts(values, [1, 1, 1])
+    total = parts[0] + parts[1] + parts[2]
+    assert np.abs(secagg.decode(total)).mean() > 1e6
+    for s in seeds:
+        total -= secagg.self_mask(s, self_nonce, 0, 3000)
+    assert np.abs(secagg.decode(total) - np.mean(values, axis=0)).max() < 1e-6
+
+
+def test_wide_sums_cancel_and_decode_to_float64_precision():
+    rng = np.random.default_rng(3)
+    k, n = 6, 257
+    vectors = [np.concatenate([rng.normal(0, 1, n) * 1e-9, rng.normal(0, 1, n) * 1e9, [2.0 ** 40, -3.5]])
+               for _ in range(k)]
+    keys = [secagg.MaskKey() for _ in range(k)]
+    public = {m: keys[m].public for m in range(k)}
+    nonce = secagg.nonce(2, 0, list(range(k)), "bnsync/7")
+    total = np.zeros((2, vectors[0].size), dtype=U64)
+    for m in range(k):
+        total = secagg.wide_add(total, secagg.wide_add(secagg.wide_encode(vectors[m]),
+                                                       secagg.pair_mask(keys[m], m, public, nonce, vectors[0].size, 2)))
+    exact = np.array([math.fsum(v[i] for v in vectors) for i in range(vectors[0].size)])   # exactly rounded
+    got = secagg.wide_decode(total)
+    assert np.all(np.abs(got - exact) <= np.abs(exact) * 2.0 ** -52 + k * 2.0 ** -65)
+
+
+def test_wide_subtraction_borrows_across_the_limbs():
+    a = secagg.wide_encode(np.array([1.0, -1.0, 0.25]))
+    b = secagg.wide_encode(np.array([0.5, 2.0**40, 0.75]))
+    assert np.allclose(secagg.wide_decode(secagg.wide_add(a, b, -1)), [0.5, -1.0 - 2.0**40, -0.5], rtol=0, atol=0)
+
+
+def test_values_beyond_the_fixed_point_range_are_refused_naming_the_position():
+    x = np.zeros(10, np.float32)
+    x[7] = 2.0 ** 30
+    with pytest.raises(secagg.RangeError, match="position 7"):
+        secagg.encode(x, 0.5)
+    with pytest.raises(secagg.RangeError, match="position 0"):
+        secagg.wide_encode(np.array([2.0 ** 57]))
+
+
+def test_a_stream_read_from_an_offset_is_that_part_of_the_whole_stream():
+    key, nonce = bytes(range(32)), secagg.nonce(1, 0, [0, 1], "self")
+    whole = secagg.stream(key, nonce, 100)
+    for lo, hi in [(0, 3), (5, 17), (8, 16), (63, 100), (99, 100)]:
+        assert np.array_equal(secagg.self_mask(key, nonce, lo, hi), whole[lo:hi])
+
+
+def test_pair_keys_agree_both_ways_and_nonces_separate_every_exchange():
+    a, b, c = secagg.MaskKey(), secagg.MaskKey(), secagg.MaskKey()
+    assert a.pair_key(b.public) == b.pair_key(a.public) != a.pair_key(c.public)
+    nonces = {secagg.nonce(r, at, m, p) for r in (1, 2) for at in (0, 1) for m in ([0, 1, 2], [0, 1]) for p in
+              ("part", "self", "bnsync/0")}
+    assert len(nonces) == 2 * 2 * 2 * 3
+    assert all(n[:4] == b"\0\0\0\0" for n in nonces)
+
+
+def test_the_recipe_names_secure_aggregation_only_when_it_is_on():
+    off, on = config.Config(), config.override(config.Config(), security={"secure_aggregation": True})
+    assert "security" not in recipe.of(off)               # a peer that predates the option agrees
+    assert "security.secure_aggregation=true" in recipe.of(on).split(";")
+    assert "security.secure_aggregation: true here, (absent) there" in recipe.differences(recipe.of(on),
+                                                                                         recipe.of(off))
+
+
+@pytest.mark.parametrize("train, words", [({"compression": "int8"}, "train.compression"),
+                                          ({"optimizer": "adamw", "average_optimizer_state": True},
+                                           "train.average_optimizer_state")])
+def test_combinations_it_cannot_mask_are_refused_naming_both_keys(train, words):
+    with pytest.raises(config.ConfigError, match=r"security.secure_aggregation.*" + words):
+        config.override(config.Config(), security={"secure_aggregation": True}, train=train)
+
+
+def _decoded(kind: str, arrays, **fields) -> wire.Message:
+    return wire.decode(wire.encode(kind, 1, arrays, **fields), 1 << 24)
+
+
+def test_masked_frames_pass_the_schema_and_malformed_ones_name_the_problem():
+    like = {"w": np.zeros(10, np.float32)}
+    kd = "ab" * 32
+    part = _decoded("part", [np.zeros(5, U64)], round=1, attempt=0, shard=1, members=[0, 1], codec="m64", keys=kd,
+                    sealed=False)
+    wire.check_schema(part, like, 10)
+    with pytest.raises(wire.WireError, match="masked shard"):
+        wire.check_schema(_decoded("part", [np.zeros(5, U64)], round=1, attempt=0, shard=1, members=[0, 1],
+                                   codec="m64"), like, 10)
+    with pytest.raises(wire.WireError, match="keys must be 64"):
+        wire.check_schema(_decoded("part", [np.zeros(5, U64)], round=1, attempt=0, shard=1, members=[0, 1],
+                                   codec="m64", keys="xyz"), like, 10)
+    wire.check_schema(_decoded("bnsync", [np.zeros((2, 4), U64)], round=1, attempt=0, seq=3, keys=kd), like, 10)
+    with pytest.raises(wire.WireError, match="masked uint64"):
+        wire.check_schema(_decoded("bnsync", [np.zeros((2, 4), U64)], round=1, attempt=0, seq=3), like, 10)
+    with pytest.raises(wire.WireError, match="seed must be 64"):
+        wire.check_schema(_decoded("seed", [], round=1, attempt=0, seed="00"), like, 10)
