@@ -92,8 +92,9 @@ def mask_key(i: int) -> secagg.MaskKey:
 
 def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> dict:
     """One round of docs/protocol.md ("Secure aggregation") with fixed keys and seeds: member i
-    sends slice j of encode(w_i x_i) + pair masks + self-mask; members[j] adds the parts, removes
-    every self-mask and decodes; the result is placed as without secure aggregation."""
+    sends slice j of encode(w_i x_i) + the pair masks of the pairs without members[j] + its
+    self-mask; members[j] adds the parts (its own unmasked), removes the other members'
+    self-masks and decodes; the result is placed as without secure aggregation."""
     keys = {m: mask_key(m) for m in members}
     public = {m: k.public for m, k in keys.items()}
     seeds = {m: bytes([0xA0 + m]) * 32 for m in members}
@@ -102,17 +103,15 @@ def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> di
     n, total_w = flats[0].size, float(sum(weights))
     bounds = averaging.shard_bounds(n, len(members))
     encoded = [secagg.encode(f, w / total_w) for f, w in zip(flats, weights)]
-    masked = [e + secagg.pair_mask(keys[m], m, public, pair_nonce, n) + secagg.self_mask(seeds[m], self_nonce, 0, n)
-              for m, e in zip(members, encoded)]
+    masked = [secagg.masked_vector(f, w / total_w, keys[m], m, public, seeds[m], rnd, attempt, bounds)
+              for m, f, w in zip(members, flats, weights)]
     sums, reduced = [], []
     for lo, hi in bounds:
         total = np.zeros(hi - lo, secagg.U64)
         for part in masked:
             total += part[lo:hi]
-        for m in members:
-            total -= secagg.self_mask(seeds[m], self_nonce, lo, hi)
-        sums.append(total)
-        reduced.append(secagg.decode(total))
+        sums.append(total.copy())
+        reduced.append(secagg.unmasked(total, seeds, members[len(reduced)], rnd, attempt, lo, hi))
     ints = OrderedDict((k, v) for k, v in states[0].items() if not averaging.is_float(v))
     result = averaging.unflatten(np.concatenate(reduced), ints, states[0])
     vector = np.array([96.0, 1.5e-9, -0.25, 4.0e7, -3.0e-12], np.float64)
@@ -133,7 +132,7 @@ def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> di
             "encoded_hex": [e.tobytes().hex() for e in encoded],
             "masked_hex": [x.tobytes().hex() for x in masked],
             "shard_bounds": [list(b) for b in bounds],
-            "shard_sums_hex": [x.tobytes().hex() for x in sums],
+            "shard_sums_self_masked_hex": [x.tobytes().hex() for x in sums],
             "reduced_shards_hex": [r.tobytes().hex() for r in reduced],
             "result": state_json(result), "digest": digest.digest(result),
             "bnsync": {"seq": 7, "vector_of_member_i": "vector x (i + 1), i = position in members",

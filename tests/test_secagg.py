@@ -15,22 +15,27 @@ U64 = secagg.U64
 
 
 def _masked_parts(values: list[np.ndarray], weights: list[int], rnd: int = 3, attempt: int = 1):
-    """Each member's encode(w_i x_i) + pair masks + self-mask, as the butterfly builds it."""
+    """Each member's masked vector as the butterfly builds it (ids need not start at 0), the
+    seeds, and a function that sums shard j's parts and removes the self-masks, as its reducer does."""
     keys = [secagg.MaskKey() for _ in values]
-    members = list(range(10, 10 + len(values)))            # ids need not start at 0
+    members = list(range(10, 10 + len(values)))
     public = {m: k.public for m, k in zip(members, keys)}
-    nonce = secagg.nonce(rnd, attempt, members, "part")
-    self_nonce = secagg.nonce(rnd, attempt, members, "self")
-    seeds = [secagg.new_seed() for _ in values]
+    seeds = {m: secagg.new_seed() for m in members}
+    bounds = averaging.shard_bounds(values[0].size, len(values))
     total_w = float(sum(weights))
-    n = values[0].size
-    parts = []
-    for i, (m, x) in enumerate(zip(members, values)):
-        p = secagg.encode(x, weights[i] / total_w)
-        p += secagg.pair_mask(keys[i], m, public, nonce, n)
-        p += secagg.self_mask(seeds[i], self_nonce, 0, n)
-        parts.append(p)
-    return parts, seeds, self_nonce
+    parts = [secagg.masked_vector(x, w / total_w, k, m, public, seeds[m], rnd, attempt, bounds)
+             for x, w, k, m in zip(values, weights, keys, members)]
+
+    def reduce(j: int, with_seeds: bool = True, skip: int | None = None) -> np.ndarray:
+        lo, hi = bounds[j]
+        total = np.zeros(hi - lo, U64)
+        for i, p in enumerate(parts):
+            if i != skip:
+                total += p[lo:hi]
+        return secagg.unmasked(total, seeds, members[j], rnd, attempt, lo, hi) if with_seeds else \
+            secagg.decode(total)
+
+    return parts, bounds, reduce
 
 
 @pytest.mark.parametrize("k", [3, 4, 5, 7, 10])
@@ -41,59 +46,51 @@ def test_masks_cancel_exactly_in_the_sum_over_all_members_and_the_mean_is_within
               for _ in range(k)]
     values[0][:4] = [2.0 ** 29, -(2.0 ** 29), 0.0, -0.0]        # near the range: the masked values wrap around
     weights = [int(w) for w in rng.integers(1, 5000, k)]
-    parts, seeds, self_nonce = _masked_parts(values, weights)
-
-    total = np.zeros(n, dtype=U64)
-    for p in parts:
-        total += p
-    for s in seeds:
-        total -= secagg.self_mask(s, self_nonce, 0, n)
-    unmasked = np.zeros(n, dtype=U64)
-    for x, w in zip(values, weights):
-        unmasked += secagg.encode(x, w / float(sum(weights)))
-    assert np.array_equal(total, unmasked)              # the masks cancel bit for bit, mod 2^64
+    parts, bounds, reduce = _masked_parts(values, weights)
 
     exact = sum(np.float64(w) / sum(weights) * x.astype(np.float64) for x, w in zip(values, weights))
-    got = secagg.decode(total).astype(np.float64)
-    bound = secagg.error_bound(k) + np.abs(exact) * 2.0 ** -24     # + float32's rounding of the result
-    assert np.all(np.abs(got - exact) <= bound)
     plain = averaging.weighted_mean(values, weights).astype(np.float64)
-    assert np.max(np.abs(got - plain) - np.abs(plain) * 2.0 ** -23) <= secagg.error_bound(k)
+    for j, (lo, hi) in enumerate(bounds):
+        unmasked = np.zeros(hi - lo, dtype=U64)
+        for x, w in zip(values, weights):
+            unmasked += secagg.encode(x[lo:hi], w / float(sum(weights)))
+        got = reduce(j)
+        assert np.array_equal(got, secagg.decode(unmasked))     # the masks cancel bit for bit, mod 2^64
+        bound = secagg.error_bound(k) + np.abs(exact[lo:hi]) * 2.0 ** -24   # + float32's rounding
+        assert np.all(np.abs(got - exact[lo:hi]) <= bound)
+        assert np.all(np.abs(got - plain[lo:hi]) - np.abs(plain[lo:hi]) * 2.0 ** -23 <= secagg.error_bound(k))
 
 
 def test_without_one_members_part_the_sum_is_noise():
     rng = np.random.default_rng(0)
     values = [rng.normal(0, 1, 4000).astype(np.float32) for _ in range(4)]
-    parts, seeds, self_nonce = _masked_parts(values, [1, 1, 1, 1])
-    partial = parts[0] + parts[1] + parts[2]
-    for s in seeds[:3]:
-        partial -= secagg.self_mask(s, self_nonce, 0, 4000)
-    decoded = secagg.decode(partial)
-    assert np.abs(decoded).mean() > 1e6         # uniform over 2^64 / 2^32: nothing like the values
+    _, bounds, reduce = _masked_parts(values, [1, 1, 1, 1])
+    assert np.abs(reduce(0, skip=1)).mean() > 1e6     # uniform over 2^64 / 2^32: nothing like the values
+    assert np.abs(reduce(0) - np.mean(values, axis=0)[:bounds[0][1]]).max() < 1e-6
 
 
 @pytest.mark.parametrize("member", range(4))
 def test_a_single_part_is_uncorrelated_with_its_members_values(member):
     rng = np.random.default_rng(1)
     values = [rng.normal(0, 1, 20000).astype(np.float32) for _ in range(4)]
-    parts, _, _ = _masked_parts(values, [3, 1, 2, 5])
-    as_values = parts[member].view(np.int64).astype(np.float64)
-    r = np.corrcoef(as_values, values[member])[0, 1]
-    control = np.corrcoef(secagg.encode(values[member], 0.25).view(np.int64).astype(np.float64), values[member])[0, 1]
-    assert control > 0.999                      # the check can see a plain part
-    assert abs(r) < 0.05
+    parts, bounds, _ = _masked_parts(values, [3, 1, 2, 5])
+    for j, (lo, hi) in enumerate(bounds):
+        if j == member:
+            continue                        # a member's own shard is not sent
+        seen = parts[member][lo:hi].view(np.int64).astype(np.float64)
+        plain = secagg.encode(values[member][lo:hi], 0.25).view(np.int64).astype(np.float64)
+        assert np.corrcoef(plain, values[member][lo:hi])[0, 1] > 0.999      # the check can see a plain part
+        assert abs(np.corrcoef(seen, values[member][lo:hi])[0, 1]) < 0.06
 
 
-def test_the_self_mask_alone_hides_a_part_from_everyone_without_the_seed():
+def test_the_self_mask_alone_hides_the_sum_from_its_reducer_without_the_seeds():
     """Pair masks cancel in the reducer's sum; until the seeds are out, the sum is still masked."""
     rng = np.random.default_rng(2)
     values = [rng.normal(0, 1, 3000).astype(np.float32) for _ in range(3)]
-    parts, seeds, self_nonce = _masked_parts(values, [1, 1, 1])
-    total = parts[0] + parts[1] + parts[2]
-    assert np.abs(secagg.decode(total)).mean() > 1e6
-    for s in seeds:
-        total -= secagg.self_mask(s, self_nonce, 0, 3000)
-    assert np.abs(secagg.decode(total) - np.mean(values, axis=0)).max() < 1e-6
+    _, bounds, reduce = _masked_parts(values, [1, 1, 1])
+    assert np.abs(reduce(1, with_seeds=False)).mean() > 1e6
+    lo, hi = bounds[1]
+    assert np.abs(reduce(1) - np.mean(values, axis=0)[lo:hi]).max() < 1e-6
 
 
 def test_wide_sums_cancel_and_decode_to_float64_precision():
@@ -141,7 +138,7 @@ def test_pair_keys_agree_both_ways_and_nonces_separate_every_exchange():
     nonces = {secagg.nonce(r, at, m, p) for r in (1, 2) for at in (0, 1) for m in ([0, 1, 2], [0, 1]) for p in
               ("part", "self", "bnsync/0")}
     assert len(nonces) == 2 * 2 * 2 * 3
-    assert all(n[:4] == b"\0\0\0\0" for n in nonces)
+    assert all(n[12:] == b"\0\0\0\0" for n in nonces)
 
 
 def test_the_recipe_names_secure_aggregation_only_when_it_is_on():

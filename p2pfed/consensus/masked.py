@@ -3,7 +3,8 @@
 
     keys     the members' mask keys, from their `ready` (Mailbox.mask_keys)
     scatter  member i sends slice j of  encode(w_i x_i) + pair masks + its self-mask  to member j
-             (`part`, codec m64), flagged `sealed` if it has already seen a sum of this round
+             (`part`, codec m64), flagged `sealed` if it has already seen a sum of this round; the
+             pair masks of slice j are those of the pairs without member j (secagg.part_masks)
     reduce   member j adds the parts of slice j mod 2^64: the pair masks cancel, the self-masks
              stay. If any part is flagged sealed, the attempt is a rollback (below).
     barrier  member j says `held` once it holds every part of slice j, and waits for every member's
@@ -119,22 +120,17 @@ class _MaskedButterfly:
         self.bounds = averaging.shard_bounds(mine.flat.size, len(self.members))
         self.rnd = scope.round
 
-    def _nonce(self, purpose: str) -> bytes:
-        return secagg.nonce(self.scope.round, self.scope.attempt, self.members, purpose)
-
     def scatter(self, weights: tuple[int, ...], at_half: Callable[[], bool]) -> bool:
         """Send every other member its slice of my masked, weighted vector."""
         keys = member_keys(self.mb, self.scope, self.secure.key.public, self.deadline)
         self.kd = secagg.keys_digest([keys[m] for m in self.members])
-        n = self.mine.flat.size
         weight = float(weights[self.pos]) / float(sum(weights))
+        self.seed = secagg.new_seed()
         try:
-            masked = secagg.encode(self.mine.flat, weight)
+            masked = secagg.masked_vector(self.mine.flat, weight, self.secure.key, self.me, keys, self.seed,
+                                          self.rnd, self.scope.attempt, self.bounds)
         except secagg.RangeError as e:
             raise Interrupted(f"my round state: {e}") from None
-        masked += secagg.pair_mask(self.secure.key, self.me, keys, self._nonce("part"), n)
-        self.seed = secagg.new_seed()
-        masked += secagg.self_mask(self.seed, self._nonce("self"), 0, n)
         sealed = self._seen_sums()
         others = [j for j, m in enumerate(self.members) if m != self.me]
         corrupt = False
@@ -153,7 +149,7 @@ class _MaskedButterfly:
         """Add every member's part of my slice (still self-masked); any part flagged sealed makes
         the attempt a rollback; then the barrier (`held`) and the seeds; then unmask my slice."""
         lo, hi = self.bounds[self.pos]
-        total = self._own
+        total = self._own                   # a copy: added to in place
 
         def take_part(m: int, msg: wire.Message) -> None:
             nonlocal total
@@ -165,7 +161,7 @@ class _MaskedButterfly:
                                   f"{CODEC} shard {self.pos} of {self.members} ({hi - lo} values, keys {self.kd[:12]})")
             if msg.header.get("sealed"):
                 self._sealed.append(m)
-            total = total + arr
+            np.add(total, arr, out=total)
 
         collect(self.mb, "part", self.scope, self.deadline, take_part)
         if self._sealed:
@@ -182,9 +178,7 @@ class _MaskedButterfly:
 
         self._barrier("seed", {"seed": self.seed.hex()}, take_seed)
         self.secure.seal(self.rnd)          # with every seed I can see my slice's sum: no redo among fewer
-        for m in self.members:
-            total = total - secagg.self_mask(seeds[m], self._nonce("self"), lo, hi)
-        self.reduced = secagg.decode(total)
+        self.reduced = secagg.unmasked(total, seeds, self.me, self.rnd, self.scope.attempt, lo, hi)
 
     def _seen_sums(self) -> bool:
         """Have I seen a sum of this round: my own slice's, or anyone's `reduced`?"""

@@ -9,11 +9,11 @@ mod 2^64, pairwise masks that cancel in the sum over all members, and self-masks
                  fraction bits, two uint64 limbs): they are small vectors of large and tiny sums.
     pair masks   for every pair of members a key from X25519 between their mask keys (one
                  ephemeral key pair per peer process, sent in `ready`), expanded with HKDF-SHA256
-                 into a ChaCha20 key; the stream for one exchange takes a nonce from the run's
-                 round, attempt, member list and purpose. Member i adds the stream of pair (i, j)
+                 into an AES-256 key; the stream for one exchange is AES-256 in counter mode from
+                 an IV of the run's round, attempt, member list and purpose. Member i adds the stream of pair (i, j)
                  when i < j and subtracts it when i > j: the masks cancel only in the sum over
                  every member of the exchange.
-    self masks   a fresh random seed per member and attempt; its ChaCha20 stream is added too, and
+    self masks   a fresh random seed per member and attempt; its AES-CTR stream is added too, and
                  the seed is released only once every reducer holds every part (butterfly.py), so
                  no one can unmask a sum before the barrier.
 
@@ -21,14 +21,14 @@ Pure apart from the randomness of new keys and seeds; numpy and `cryptography`, 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import struct
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 FRAC_BITS = 32                  # fraction bits of a masked round-state value
@@ -48,12 +48,15 @@ class RangeError(ValueError):
 
 def encode(x: np.ndarray, weight: float) -> np.ndarray:
     """rint(x * weight * 2^FRAC_BITS) as uint64 (two's complement), x float32 or float64."""
-    x64 = np.asarray(x, dtype=np.float64)
-    if x64.size and float(np.max(np.abs(x64))) >= 2.0 ** RANGE_BITS:
-        i = int(np.argmax(np.abs(x64)))
-        raise RangeError(f"value {x64.flat[i]:.6g} at position {i} is beyond the fixed-point range "
+    x = np.asarray(x)
+    if x.size and not (np.max(x) < 2.0 ** RANGE_BITS and np.min(x) > -2.0 ** RANGE_BITS):
+        i = int(np.argmax(np.abs(x.astype(np.float64))))
+        raise RangeError(f"value {x.flat[i]:.6g} at position {i} is beyond the fixed-point range "
                          f"+-2^{RANGE_BITS} of secure aggregation")
-    return np.rint(x64 * (float(weight) * 2.0 ** FRAC_BITS)).astype(np.int64).view(U64)
+    scaled = np.multiply(x, float(weight) * 2.0 ** FRAC_BITS, dtype=np.float64)
+    out = np.empty(x.shape, dtype=np.int64)
+    np.rint(scaled, out=out, casting="unsafe")          # round half to even, straight into int64
+    return out.view(U64)
 
 
 def decode(total: np.ndarray) -> np.ndarray:
@@ -111,7 +114,7 @@ class MaskKey:
         self._pairs: dict[str, bytes] = {}
 
     def pair_key(self, theirs: str) -> bytes:
-        """The 32-byte ChaCha20 key this peer shares with the holder of public key `theirs` (hex)."""
+        """The 32-byte AES-256 key this peer shares with the holder of public key `theirs` (hex)."""
         key = self._pairs.get(theirs)
         if key is None:
             if theirs == self.public:
@@ -129,19 +132,28 @@ def is_key(text: str) -> bool:
 
 
 def nonce(rnd: int, attempt: int, members, purpose: str) -> bytes:
-    """ChaCha20's 16-byte nonce for one exchange: a zero block counter, then 12 bytes of
-    SHA-256(tag, round, attempt, members, purpose). Every member computes the same."""
+    """The 16-byte initial counter block of one exchange's streams: 12 bytes of SHA-256(tag,
+    round, attempt, members, purpose), then a 32-bit zero. Every member computes the same."""
     text = NONCE_TAG + f"{rnd}|{attempt}|{','.join(map(str, members))}|{purpose}".encode()
-    return b"\0\0\0\0" + hashlib.sha256(text).digest()[:12]
+    return hashlib.sha256(text).digest()[:12] + b"\0\0\0\0"
 
 
 def stream(key: bytes, nonce16: bytes, n: int, offset: int = 0) -> np.ndarray:
-    """Words offset .. offset + n - 1 of ChaCha20's keystream as uint64 (little-endian): the block
-    counter (the nonce's first 4 bytes, little-endian) starts at the block that holds word offset."""
-    block, skip = divmod(offset, 8)                    # a ChaCha20 block is 64 bytes: 8 words
-    start = struct.pack("<I", struct.unpack("<I", nonce16[:4])[0] + block) + nonce16[4:]
-    enc = Cipher(algorithms.ChaCha20(key, start), mode=None).encryptor()
-    return np.frombuffer(enc.update(bytes(8 * (n + skip))), dtype=U64)[skip:]
+    """Words offset .. offset + n - 1 of the keystream of AES-256-CTR (key, counter block
+    nonce16, a 128-bit big-endian counter) as uint64, little-endian: the counter starts at the
+    block that holds word offset (a block is 16 bytes: 2 words)."""
+    block, skip = divmod(offset, 2)
+    start = ((int.from_bytes(nonce16, "big") + block) % 2 ** 128).to_bytes(16, "big")
+    enc = Cipher(algorithms.AES(key), modes.CTR(start)).encryptor()
+    out = np.empty(n + skip + 2, dtype=U64)            # update_into wants room for one more block
+    enc.update_into(_zeros(8 * (n + skip)), memoryview(out).cast("B"))
+    return out[skip:skip + n]
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(nbytes: int) -> memoryview:
+    """Read-only zero bytes to encrypt into a keystream (kept: a round needs the same sizes again)."""
+    return memoryview(bytes(nbytes))
 
 
 def keys_digest(keys: list[str]) -> str:
@@ -156,8 +168,7 @@ def pair_mask(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, n: i
         total = np.zeros(n, dtype=U64)
         for j in sorted(keys):
             if j != me:
-                s = stream(mine.pair_key(keys[j]), nonce16, n)
-                total = total + s if me < j else total - s
+                (np.add if me < j else np.subtract)(total, stream(mine.pair_key(keys[j]), nonce16, n), out=total)
         return total
     total = np.zeros((2, n), dtype=U64)
     for j in sorted(keys):
@@ -165,6 +176,50 @@ def pair_mask(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, n: i
             s = stream(mine.pair_key(keys[j]), nonce16, 2 * n).reshape(2, n)
             total = wide_add(total, s, 1 if me < j else -1)
     return total
+
+
+def part_masks(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, bounds: list[tuple[int, int]]
+               ) -> np.ndarray:
+    """The pair masks of my parts in a butterfly whose members are sorted(keys), shard j of
+    bounds going to the j-th member: on shard j, +-stream(i, i') for every pair of members other
+    than that shard's reducer, words lo .. hi - 1 of the pair's stream. The reducer knows its own
+    pair streams, so they would hide nothing from it; it adds no mask to its own shard (zeros
+    there). In the reducer's sum of shard j every mask meets its negative: they cancel."""
+    members = sorted(keys)
+    out = np.zeros(bounds[-1][1] if bounds else 0, dtype=U64)
+    for j, (lo, hi) in enumerate(bounds):
+        if members[j] == me:
+            continue
+        for other in members:
+            if other in (me, members[j]):
+                continue
+            s = stream(mine.pair_key(keys[other]), nonce16, hi - lo, offset=lo)
+            (np.add if me < other else np.subtract)(out[lo:hi], s, out=out[lo:hi])
+    return out
+
+
+def masked_vector(x: np.ndarray, weight: float, mine: MaskKey, me: int, keys: dict[int, str], seed: bytes,
+                  rnd: int, attempt: int, bounds: list[tuple[int, int]]) -> np.ndarray:
+    """What member `me` cuts into its parts: encode(x, weight) + part_masks + its self-mask on
+    every shard but its own (whose part it keeps)."""
+    members = sorted(keys)
+    out = encode(x, weight)
+    out += part_masks(mine, me, keys, nonce(rnd, attempt, members, "part"), bounds)
+    for j, (lo, hi) in enumerate(bounds):
+        if members[j] != me:
+            out[lo:hi] += self_mask(seed, nonce(rnd, attempt, members, "self"), lo, hi)
+    return out
+
+
+def unmasked(total: np.ndarray, seeds: dict[int, bytes], reducer: int, rnd: int, attempt: int,
+             lo: int, hi: int) -> np.ndarray:
+    """The reducer's sum of shard [lo, hi) without the self-masks (every member's seed but its
+    own), decoded to float32."""
+    self_nonce = nonce(rnd, attempt, sorted(seeds), "self")
+    for m, seed in seeds.items():
+        if m != reducer:
+            np.subtract(total, self_mask(seed, self_nonce, lo, hi), out=total)
+    return decode(total)
 
 
 def new_seed() -> bytes:

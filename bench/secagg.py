@@ -1,0 +1,167 @@
+"""Secure aggregation's cost: ready -> commit of N peer processes averaging full MobileNetV2 round
+states with security.secure_aggregation on and off, side by side in one run, and where its time goes.
+
+    python bench/secagg.py --peers 5 [--rounds 7] [--repeats 2] [--width-mult 1.0]
+
+Time per round = from the moment the last peer is ready to the moment the last peer has committed,
+wall clock across the processes, median over rounds (the first skipped: connection warm-up) and
+over the repeats, which alternate plain and secure runs. The split is measured in this process
+for one member with the same vector: key agreement (X25519 + HKDF with N - 1 peers, once per run),
+PRG (AES-256-CTR: N - 1 pair streams and the self-mask of the whole vector, plus N self-mask slices to
+unmask a shard), fixed point (encode the vector, decode a shard). The exchange is the rest.
+Last line: RESULT peers=N plain_ms=.. secagg_ms=.. ratio=.. plain_bytes=.. secagg_bytes=.. ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from averaging import _state  # noqa: E402  (bench/averaging.py: a full MobileNetV2 state per rank)
+
+
+def worker(args) -> None:
+    import logging
+    import torch
+    from p2pfed import config
+    from p2pfed.consensus import allreduce
+    from p2pfed.consensus.mailbox import Mailbox
+    from p2pfed.consensus.masked import Secure
+    from p2pfed.net import protocol
+    from p2pfed.net.transport import Transport
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    ports = json.loads(args.ports)
+    peers = config.local_peers(len(ports), ports)
+    acfg = config.AveragingConfig(heartbeat_interval_s=0.2, dead_after_s=5.0)
+    state = _state(args.width_mult, args.rank)
+    model_bytes = sum(a.nbytes for a in state.values())
+    t = Transport(peers[args.rank], peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
+                  heartbeat_interval_s=acfg.heartbeat_interval_s)
+    t.start()
+    mb = Mailbox(t, acfg.dead_after_s)
+    ids = [p.id for p in peers]
+    ar = allreduce.AllReduce(t, mb, acfg, ids, secure=Secure() if args.secure else None)
+    deadline = time.monotonic() + 60
+    while len(mb.live(ids)) < len(peers) and time.monotonic() < deadline:
+        mb.pump(0.05)
+    sent, ready_at, commit_at, members = [], [], [], None
+    for r in range(1, args.rounds + 1):
+        ready_at.append(time.time())
+        res = ar.run(r, state, 1000 + args.rank, members)
+        commit_at.append(time.time())
+        sent.append(res.bytes_sent)
+        members = list(res.committed.members)     # each round averages the same inputs again
+        t.set_status(committed=r)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(mb.committed(p) < args.rounds for p in mb.live(ids) if p != args.rank):
+        mb.pump(0.1)
+    time.sleep(0.5)
+    t.close()
+    print(json.dumps({"bytes": sent, "ready_at": ready_at, "commit_at": commit_at, "model_bytes": model_bytes}),
+          flush=True)
+
+
+def run_workers(secure: bool, n: int, rounds: int, width: float) -> list[dict]:
+    from p2pfed.run.preflight import free_ports
+    ports = free_ports(n)
+    procs = []
+    try:
+        for rank in range(n):
+            cmd = [sys.executable, __file__, "--worker", "--rank", str(rank), "--rounds", str(rounds),
+                   "--width-mult", str(width), "--ports", json.dumps(ports)] + (["--secure"] if secure else [])
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True))
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"workers failed: {[p.returncode for p in procs]}")
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+def round_ms(ws: list[dict], rounds: int) -> list[float]:
+    return [1000 * (max(w["commit_at"][r] for w in ws) - max(w["ready_at"][r] for w in ws)) for r in range(1, rounds)]
+
+
+def split_ms(n: int, width: float) -> dict:
+    """One member's secure-aggregation work for the full vector, timed here (median of 3)."""
+    import numpy as np
+    from p2pfed.consensus import averaging, secagg
+    flat = averaging.flatten(_state(width, 0))
+    size, members = flat.size, list(range(n))
+    keys = [secagg.MaskKey() for _ in members]
+    public = {m: k.public for m, k in zip(members, keys)}
+    lo, hi = averaging.shard_bounds(size, n)[0]
+    seeds = [secagg.new_seed() for _ in members]
+
+    def timed(f) -> float:
+        out = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            f()
+            out.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(out)
+
+    bounds = averaging.shard_bounds(size, n)
+    total = np.zeros(hi - lo, secagg.U64)
+    return {
+        "keys": timed(lambda: [secagg.MaskKey().pair_key(public[m]) for m in members[1:]]),
+        "prg": timed(lambda: (secagg.part_masks(keys[0], 0, public, secagg.nonce(1, 0, members, "part"), bounds),
+                              [secagg.self_mask(seeds[0], secagg.nonce(1, 0, members, "self"), a, b)
+                               for a, b in bounds[1:]],
+                              [secagg.self_mask(s, secagg.nonce(1, 0, members, "self"), lo, hi) for s in seeds[1:]])),
+        "fixed_point": timed(lambda: (secagg.encode(flat, 0.2), secagg.decode(total))),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--width-mult", type=float, default=1.0)
+    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--secure", action="store_true")
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--ports", default="[]")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    n = args.peers
+    times = {False: [], True: []}
+    sent = {}
+    for _ in range(args.repeats):
+        for secure in (False, True):
+            ws = run_workers(secure, n, args.rounds, args.width_mult)
+            times[secure] += round_ms(ws, args.rounds)
+            sent[secure] = statistics.median(w["bytes"][-1] for w in ws)
+            model = ws[0]["model_bytes"]
+    plain, secure = statistics.median(times[False]), statistics.median(times[True])
+    split = split_ms(n, args.width_mult)
+    exchange = secure - split["prg"] - split["fixed_point"]
+    print(f"{n} peers, model {model / 1e6:.2f} MB, {args.rounds} rounds x {args.repeats} repeats (first round of "
+          f"each skipped), 2 cores shared by all processes")
+    print(f"ready -> commit, plain:               {plain:8.1f} ms median per round")
+    print(f"ready -> commit, secure aggregation:  {secure:8.1f} ms  ({secure / plain:.2f}x)")
+    print(f"  key agreement (once per run):       {split['keys']:8.1f} ms")
+    print(f"  PRG (AES-256-CTR masks):               {split['prg']:8.1f} ms per round and member")
+    print(f"  fixed point (encode, decode):       {split['fixed_point']:8.1f} ms")
+    print(f"  exchange and the rest:              {exchange:8.1f} ms")
+    print(f"bytes sent per peer per round: plain {sent[False] / 1e6:.2f} MB ({sent[False] / model:.2f} x model), "
+          f"secure {sent[True] / 1e6:.2f} MB ({sent[True] / model:.2f} x model)")
+    print(f"RESULT peers={n} plain_ms={plain:.1f} secagg_ms={secure:.1f} ratio={secure / plain:.2f} "
+          f"keys_ms={split['keys']:.1f} prg_ms={split['prg']:.1f} fixed_point_ms={split['fixed_point']:.1f} "
+          f"exchange_ms={exchange:.1f} plain_bytes={sent[False]:.0f} secagg_bytes={sent[True]:.0f}")
+
+
+if __name__ == "__main__":
+    main()
