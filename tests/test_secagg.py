@@ -3,6 +3,7 @@ the wire (consensus/secagg.py). The runs with real peers are in test_secagg_runs
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +179,23 @@ def test_masked_frames_pass_the_schema_and_malformed_ones_name_the_problem():
         wire.check_schema(_decoded("bnsync", [np.zeros((2, 4), U64)], round=1, attempt=0, seq=3), like, 10)
     with pytest.raises(wire.WireError, match="seed must be 64"):
         wire.check_schema(_decoded("seed", [], round=1, attempt=0, seed="00"), like, 10)
+
+
+class _Box:
+    """The part of a Mailbox that member_keys reads: peer 2 is alive but sent no mask key."""
+    me, mask_keys = 0, {1: "11" * 32}
+
+    def alive(self, peer, since=None):
+        return True
+
+    def wait(self, deadline, watch=(), since=None):
+        time.sleep(0.01)
+
+
+def test_a_member_whose_ready_carried_no_mask_key_is_named_when_the_deadline_passes():
+    from p2pfed.consensus.exchange import Interrupted, Scope
+    from p2pfed.consensus.masked import member_keys
+    with pytest.raises(Interrupted, match=r"no mask key from \[2\].*secure_aggregation"):
+        member_keys(_Box(), Scope(1, 0, (0, 1, 2)), "00" * 32, time.monotonic() + 0.1)
+    assert member_keys(_Box(), Scope(1, 0, (0, 1)), "00" * 32, time.monotonic() + 0.1) == {0: "00" * 32,
+                                                                                              1: "11" * 32}

@@ -9,6 +9,8 @@
     exchange.py    gather and agree: the one way members combine values, with its fault rules
     group.py       ready, then a group: derived from the readies or proposed by the leader
     butterfly.py   one attempt's scatter, reduce and gather
+    secagg.py      secure aggregation's maths and keys: fixed point, X25519, HKDF, AES-CTR masks
+    masked.py      secure aggregation's exchange: masked parts, the barrier, seeds, the rollback
     allreduce.py   one round, as a value: Averaged, Download or Failed
     outcome.py     those values, and Committed: the one shape of a committed round
     pooling.py     pooled BatchNorm statistics of a committed round (a gather and an agreement)
