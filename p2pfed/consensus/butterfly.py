@@ -62,13 +62,13 @@ def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...]
     """The attempt's result (the exact weighted mean, or post(mean)) and its digest.
     at_half(): called with half my parts sent (fault injection); True corrupts my own copy of
     the result by one ulp, as bad memory would."""
-    b = _Butterfly(transport, mailbox, scope, mine, deadline)
+    b = Butterfly(transport, mailbox, scope, mine, deadline)
     corrupt = b.scatter(at_half)
     reduced = b.reduce(weights)
     return b.gather(reduced, corrupt, post)
 
 
-class _Butterfly:
+class Butterfly:
     """One attempt's three steps, in the order they run; the shards are averaging.shard_bounds."""
 
     def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine: Vector, deadline: float):
@@ -76,6 +76,7 @@ class _Butterfly:
         self.me, self.members = mailbox.me, list(scope.members)
         self.pos = self.members.index(self.me)
         self.bounds = averaging.shard_bounds(mine.flat.size, len(self.members))
+        self.midway: Callable[[], None] = lambda: None     # called with half my reduced shards sent (faults)
 
     def scatter(self, at_half: Callable[[], bool]) -> bool:
         """Send slice j of my vector to member j; at_half() is called with half of them sent.
@@ -132,9 +133,13 @@ class _Butterfly:
             own = mine.anchor[lo:hi] + delta
         source = averaging.integer_source(members)
         extra = list(mine.ints.values()) if me == source else []
-        self.t.broadcast(members, wire.encode("reduced", me, [*payload, *extra], **self.scope.fields(), shard=self.pos,
-                                              ints=list(mine.ints.keys()) if me == source else [],
-                                              **mine.header()))
+        frames = wire.encode("reduced", me, [*payload, *extra], **self.scope.fields(), shard=self.pos,
+                             ints=list(mine.ints.keys()) if me == source else [], **mine.header())
+        others = self.scope.others(me)
+        for count, m in enumerate(others):
+            if count == len(others) // 2:
+                self.midway()
+            self.t.send(m, frames)
         out = np.empty_like(mine.flat)
         hasher = digest.IncrementalDigest(out) if post is None else None
         out[lo:hi] = own

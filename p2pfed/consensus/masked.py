@@ -10,7 +10,7 @@
     barrier  member j says `held` once it holds every part of slice j, and waits for every member's
     seeds    then releases its self-mask seed (`seed`); with every seed, member j removes the
              self-masks of slice j: the weighted sum of slice j, decoded to float32
-    reveal   member j sends that sum to every member (`reduced`, as without secure aggregation)
+    reveal   member j sends that sum to every member (`reduced`): butterfly.py's gather, unchanged
 
 Until every seed is out nobody can see any sum, so an attempt that fails before then is simply
 redone among the survivors with fresh masks. A member that has seen a sum of the round (it held
@@ -22,14 +22,14 @@ nothing. See docs/security.md.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..net import wire
-from . import averaging, digest, secagg
+from . import secagg
+from .butterfly import Butterfly
 from .exchange import Interrupted, Scope, collect
 from .mailbox import Mailbox
 
@@ -105,26 +105,27 @@ def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...]
              secure: Secure, at_half: Callable[[], bool], post=None) -> tuple[dict, str]:
     """The attempt's result (the weighted mean, decoded from fixed point; or post(mean)) and its
     digest. Raises Interrupted (a redo) or Rollback (commit the round's starting state)."""
-    b = _MaskedButterfly(transport, mailbox, scope, mine, deadline, secure)
-    corrupt = b.scatter(weights, at_half)
-    b.reduce()
-    return b.reveal(corrupt, post)
+    b = _MaskedButterfly(transport, mailbox, scope, mine, deadline, secure, weights)
+    corrupt = b.scatter(at_half)
+    reduced = b.reduce(weights)
+    return b.gather(reduced, corrupt, post)        # the reveal: butterfly.py's gather of float32 shards
 
 
-class _MaskedButterfly:
-    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine, deadline: float, secure: Secure):
-        self.t, self.mb, self.scope, self.mine, self.deadline, self.secure = (transport, mailbox, scope, mine,
-                                                                              deadline, secure)
-        self.me, self.members = mailbox.me, list(scope.members)
-        self.pos = self.members.index(self.me)
-        self.bounds = averaging.shard_bounds(mine.flat.size, len(self.members))
-        self.rnd = scope.round
+class _MaskedButterfly(Butterfly):
+    """The butterfly's attempt with a masked scatter and reduce; the gather is the plain one.
+    The weights are known at the start: each member encodes its own weighted values."""
 
-    def scatter(self, weights: tuple[int, ...], at_half: Callable[[], bool]) -> bool:
+    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine, deadline: float, secure: Secure,
+                 weights: tuple[int, ...]):
+        super().__init__(transport, mailbox, scope, mine, deadline)
+        self.secure, self.rnd, self.weights = secure, scope.round, weights
+        self.midway = lambda: secure.hook(self.rnd, "reveal")
+
+    def scatter(self, at_half: Callable[[], bool]) -> bool:
         """Send every other member its slice of my masked, weighted vector."""
         keys = member_keys(self.mb, self.scope, self.secure.key.public, self.deadline)
         self.kd = secagg.keys_digest([keys[m] for m in self.members])
-        weight = float(weights[self.pos]) / float(sum(weights))
+        weight = float(self.weights[self.pos]) / float(sum(self.weights))
         self.seed = secagg.new_seed()
         try:
             masked = secagg.masked_vector(self.mine.flat, weight, self.secure.key, self.me, keys, self.seed,
@@ -145,14 +146,14 @@ class _MaskedButterfly:
         self._sealed = [self.me] if sealed else []
         return at_half() if not others else corrupt
 
-    def reduce(self) -> None:
-        """Add every member's part of my slice (still self-masked); any part flagged sealed makes
-        the attempt a rollback; then the barrier (`held`) and the seeds; then unmask my slice."""
+    def reduce(self, weights: tuple[int, ...]) -> np.ndarray:
+        """The weighted mean of my slice: add every member's part (still self-masked; the weights
+        are in the parts); any part flagged sealed makes the attempt a rollback; then the barrier
+        (`held`) and the seeds; then unmask."""
         lo, hi = self.bounds[self.pos]
         total = self._own                   # a copy: added to in place
 
         def take_part(m: int, msg: wire.Message) -> None:
-            nonlocal total
             arr = msg.arrays[0]
             if (msg["shard"] != self.pos or msg["members"] != self.members or wire.codec_of(msg) != CODEC
                     or msg.header.get("keys") != self.kd or arr.size != hi - lo):
@@ -178,7 +179,7 @@ class _MaskedButterfly:
 
         self._barrier("seed", {"seed": self.seed.hex()}, take_seed)
         self.secure.seal(self.rnd)          # with every seed I can see my slice's sum: no redo among fewer
-        self.reduced = secagg.unmasked(total, seeds, self.me, self.rnd, self.scope.attempt, lo, hi)
+        return secagg.unmasked(total, seeds, self.me, self.rnd, self.scope.attempt, lo, hi)
 
     def _seen_sums(self) -> bool:
         """Have I seen a sum of this round: my own slice's, or anyone's `reduced`?"""
@@ -187,51 +188,3 @@ class _MaskedButterfly:
     def _barrier(self, kind: str, fields: dict, take: Callable | None = None) -> None:
         self.t.broadcast(self.scope.others(self.me), wire.encode(kind, self.me, **self.scope.fields(), **fields))
         collect(self.mb, kind, self.scope, self.deadline, take or (lambda m, msg: None))
-
-    def reveal(self, corrupt: bool, post) -> tuple[dict, str]:
-        """Send my slice's mean to every member (the lowest adds the integer buffers); place
-        everyone's, hashing each chunk as it completes (once after post, if any)."""
-        mine, me, members = self.mine, self.me, self.members
-        lo, hi = self.bounds[self.pos]
-        source = averaging.integer_source(members)
-        extra = list(mine.ints.values()) if me == source else []
-        frames = wire.encode("reduced", me, [self.reduced, *extra], **self.scope.fields(), shard=self.pos,
-                             ints=list(mine.ints.keys()) if me == source else [])
-        others = self.scope.others(me)
-        for count, m in enumerate(others):
-            if count == len(others) // 2:
-                self.secure.hook(self.rnd, "reveal")
-            self.t.send(m, frames)
-        out = np.empty_like(mine.flat)
-        hasher = digest.IncrementalDigest(out) if post is None else None
-        out[lo:hi] = self.reduced
-        if corrupt and hi > lo:
-            out[lo] = np.nextafter(out[lo], np.float32(np.inf))
-        if hasher:
-            hasher.placed(lo, hi)
-
-        def take_reduced(m: int, msg: wire.Message) -> None:
-            j = members.index(m)
-            b0, b1 = self.bounds[j]
-            if msg["shard"] != j or wire.codec_of(msg) != "f32" or msg.arrays[0].size != b1 - b0:
-                raise Interrupted(f"peer {m} sent reduced shard {msg['shard']} ({msg.arrays[0].size} values), "
-                                  f"expected float32 shard {j} ({b1 - b0} values)")
-            out[b0:b1] = msg.arrays[0]
-            if hasher:
-                hasher.placed(b0, b1)
-
-        collect(self.mb, "reduced", self.scope, self.deadline, take_reduced)
-        result = averaging.unflatten(out, self._ints(source), mine.state, copy=False)
-        if hasher:
-            return result, hasher.digest(digest.layout(mine.state), [result[k] for k in mine.ints])
-        result = post(result)
-        return result, digest.digest(result)
-
-    def _ints(self, source: int) -> "OrderedDict[str, np.ndarray]":
-        if self.me == source:
-            return self.mine.ints
-        msg = self.mb.get("reduced", self.scope.round, self.scope.attempt)[source]
-        try:
-            return wire.check_ints(msg["ints"], msg.arrays[1:], self.mine.state)
-        except wire.WireError as e:
-            raise Interrupted(f"peer {source}: {e}") from None
