@@ -160,7 +160,6 @@ class AllReduce:
         except Interrupted as stop:
             if self.secure and self.mb.get("reduced", rnd, group.attempt):
                 self.secure.seal(rnd)          # I hold a sum of this round: never take part in one over fewer
-
             if stop.superseded:
                 return _Superseded()
             if not stop.commit:

@@ -19,6 +19,7 @@ from . import digest as digest_mod
 from . import masked
 from .exchange import Interrupted, Scope, agree, collect
 from .mailbox import Mailbox
+from .secagg import RangeError
 
 
 def combine(vectors: list[np.ndarray]) -> np.ndarray:
@@ -42,7 +43,7 @@ def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: 
             pooled = build(total)
             dg = digest_mod.digest(pooled)
             digests = agree(transport, mailbox, "bndigest", scope, dg, deadline)
-        except (Interrupted, ValueError) as stop:
+        except (Interrupted, RangeError) as stop:
             return f"round {rnd}: pooled BatchNorm statistics failed ({stop})"
         return _agreed(rnd, pooled, dg, digests)
     transport.broadcast(scope.others(mailbox.me), wire.encode("bnstats", mailbox.me, [mine], round=rnd))

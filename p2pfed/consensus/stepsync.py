@@ -19,6 +19,7 @@ from ..net import wire
 from . import masked
 from .exchange import Interrupted, Scope, collect
 from .mailbox import Mailbox
+from .secagg import RangeError
 
 
 class StepSync:
@@ -36,7 +37,7 @@ class StepSync:
             try:
                 total = masked.masked_sum(self.t, self.mb, self.secure, "bnsync", scope, mine,
                                           time.monotonic() + self.timeout_s)
-            except ValueError as e:          # secagg.RangeError: a sum beyond the fixed-point range
+            except RangeError as e:          # a sum beyond the fixed-point range
                 raise Interrupted(f"BatchNorm sums of call {scope.seq}: {e}") from None
             self.mb.drop("bnsync", scope.round, scope.attempt, scope.seq)
             return total
