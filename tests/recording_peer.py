@@ -1,5 +1,5 @@
 """A peer that records what it receives (tests only): `python tests/recording_peer.py DIR peer ...`
-runs `p2pfed peer ...` and appends every `part`, `reduced`, `held` and `seed` it files to
+runs `p2pfed peer ...` and appends every `part`, `reduced`, `held`, `seed` and `bnstats` it files to
 DIR/frames-<id>.jsonl (header fields; the array in DIR/<id>-<n>.npy): a curious member's view."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from p2pfed.consensus import mailbox
 
-RECORDED = ("part", "reduced", "held", "seed")
+RECORDED = ("part", "reduced", "held", "seed", "bnstats")
 
 
 def install(out: Path) -> None:

@@ -182,8 +182,11 @@ def test_masked_frames_pass_the_schema_and_malformed_ones_name_the_problem():
 
 
 class _Box:
-    """The part of a Mailbox that member_keys reads: peer 2 is alive but sent no mask key."""
-    me, mask_keys = 0, {1: "11" * 32}
+    """The part of a Mailbox that member_keys reads: peer 1 sent its mask key, peer 2 (alive) none."""
+    me = 0
+
+    def __init__(self, keys: dict[int, str]):
+        self.mask_keys = keys
 
     def alive(self, peer, since=None):
         return True
@@ -192,10 +195,18 @@ class _Box:
         time.sleep(0.01)
 
 
-def test_a_member_whose_ready_carried_no_mask_key_is_named_when_the_deadline_passes():
+def test_a_member_without_a_usable_mask_key_is_named_and_nothing_waits_past_the_deadline():
     from p2pfed.consensus.exchange import Interrupted, Scope
     from p2pfed.consensus.masked import member_keys
+    mine, theirs = secagg.MaskKey(), secagg.MaskKey()
     with pytest.raises(Interrupted, match=r"no mask key from \[2\].*secure_aggregation"):
-        member_keys(_Box(), Scope(1, 0, (0, 1, 2)), "00" * 32, time.monotonic() + 0.1)
-    assert member_keys(_Box(), Scope(1, 0, (0, 1)), "00" * 32, time.monotonic() + 0.1) == {0: "00" * 32,
-                                                                                              1: "11" * 32}
+        member_keys(_Box({1: theirs.public}), Scope(1, 0, (0, 1, 2)), mine, time.monotonic() + 0.1)
+    with pytest.raises(Interrupted, match=r"peer 1's mask key is unusable"):      # my own key sent back to me
+        member_keys(_Box({1: mine.public}), Scope(1, 0, (0, 1)), mine, time.monotonic() + 0.1)
+    assert member_keys(_Box({1: theirs.public}), Scope(1, 0, (0, 1)), mine, time.monotonic() + 0.1) == \
+        {0: mine.public, 1: theirs.public}
+
+
+def test_a_non_finite_batchnorm_sum_is_refused_not_encoded():
+    with pytest.raises(secagg.RangeError, match="position 1"):
+        secagg.wide_encode(np.array([1.0, np.nan, 2.0]))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import add_faults, load_post, load_pre, make_config, peer_log, reference_mean, start_peer, story, \
-    summary, wait_all
+from helpers import add_faults, load_post, load_pre, make_config, peer_log, reference_mean, round_records, \
+    start_peer, story, summary, wait_all
 from p2pfed.consensus import averaging, digest, secagg
 from p2pfed.run.faults import CRASH_EXIT_CODE
 
@@ -119,7 +119,7 @@ def _revealed_sets(tmp: Path, peers: list[int]) -> dict[int, set]:
 def test_a_member_that_dies_at_any_point_leaves_agreed_survivors_and_no_two_sums_one_member_apart(
         tmp_path, procs, phase):
     n, victim = 4, 2
-    cfg, path = make_config(tmp_path, n, train={"rounds": 3, "local_steps": 2}, security=SECURE)
+    cfg, path = make_config(tmp_path, n, train={"rounds": 3, "local_steps": 2, "eval_every": 1}, security=SECURE)
     add_faults(path, {"peer": victim, "round": 2, "phase": phase})
     ps = [_start_recording(procs, path, i) for i in range(n)]
     codes = wait_all(ps, 240, tmp_path / "run")
@@ -134,6 +134,10 @@ def test_a_member_that_dies_at_any_point_leaves_agreed_survivors_and_no_two_sums
         # sums over all four were seen: round 2 commits round 1's consensus again (nothing new revealed)
         assert set(rounds[2]["digests"].values()) == set(rounds[1]["digests"].values()), rounds[2]["events"]
         assert any("rolled back" in e for e in rounds[2]["events"]), rounds[2]["events"]
+        # its weights were pooled over all four in round 1: not pooled again over three (a subtraction)
+        assert not [r for p in survivors for r in _frames(tmp_path, p) if r["kind"] == "bnstats"
+                    and r["fields"]["round"] == 2]
+        assert all(round_records(run, p)[2]["bn_pooled"] for p in survivors)     # the model pooled before
     else:
         # nobody could unmask before the victim died: round 2 is the mean of the survivors
         _check_mean_within_bound(run, 2, survivors, survivors)

@@ -59,14 +59,21 @@ class Secure:
         self.sealed_round = rnd
 
 
-def member_keys(mailbox: Mailbox, scope: Scope, mine: str, deadline: float) -> dict[int, str]:
+def member_keys(mailbox: Mailbox, scope: Scope, mine: secagg.MaskKey, deadline: float) -> dict[int, str]:
     """member -> mask key, waiting (the exchange's deadline and dead-member rules) for members
-    whose `ready` with a key has not arrived yet."""
+    whose `ready` with a key has not arrived yet. A key I cannot agree a pair key with (my own
+    key, a low-order point) ends the exchange, naming its peer."""
     others = scope.others(mailbox.me)
     while True:
         missing = [m for m in others if m not in mailbox.mask_keys]
         if not missing:
-            return {mailbox.me: mine, **{m: mailbox.mask_keys[m] for m in others}}
+            keys = {mailbox.me: mine.public, **{m: mailbox.mask_keys[m] for m in others}}
+            for m in others:
+                try:
+                    mine.pair_key(keys[m])
+                except ValueError as e:
+                    raise Interrupted(f"peer {m}'s mask key is unusable ({e})") from None
+            return keys
         dead = [m for m in missing if not mailbox.alive(m, scope.since)]
         if dead:
             raise Interrupted(f"peer {dead[0]} died before its mask key arrived", dead)
@@ -79,7 +86,7 @@ def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Sc
                deadline: float) -> np.ndarray:
     """The sum over the members of their float64 `vector`s, each sent masked in 128-bit fixed
     point (BatchNorm sums: `bnsync`, `bnstats`). No self-masks: every member sees the sum at once."""
-    keys = member_keys(mailbox, scope, secure.key.public, deadline)
+    keys = member_keys(mailbox, scope, secure.key, deadline)
     kd = secagg.keys_digest([keys[m] for m in scope.members])
     purpose = f"{kind}/{scope.seq}"
     mine = secagg.wide_add(secagg.wide_encode(vector),
@@ -123,7 +130,7 @@ class _MaskedButterfly(Butterfly):
 
     def scatter(self, at_half: Callable[[], bool]) -> bool:
         """Send every other member its slice of my masked, weighted vector."""
-        keys = member_keys(self.mb, self.scope, self.secure.key.public, self.deadline)
+        keys = member_keys(self.mb, self.scope, self.secure.key, self.deadline)
         self.kd = secagg.keys_digest([keys[m] for m in self.members])
         weight = float(self.weights[self.pos]) / float(sum(self.weights))
         self.seed = secagg.new_seed()
@@ -167,18 +174,20 @@ class _MaskedButterfly(Butterfly):
         collect(self.mb, "part", self.scope, self.deadline, take_part)
         if self._sealed:
             raise Rollback(sorted(self._sealed))
-        self._barrier("held", {})
-        if self._seen_sums():               # a sum of an earlier attempt arrived since my scatter
+        if self._seen_sums():               # a sum of an earlier attempt arrived since my scatter: no `held`,
             raise Interrupted("I received a sum of an earlier attempt of this round after sending my parts; "
-                              "my next parts say so (a rollback)")
+                              "my next parts say so (a rollback)")      # so nobody sends me a seed
+        self._barrier("held", {})
         self.secure.hook(self.rnd, "seed")
         seeds = {self.me: self.seed}
 
         def take_seed(m: int, msg: wire.Message) -> None:
             seeds[m] = bytes.fromhex(msg["seed"])
+            if len(seeds) == len(self.members):
+                self.secure.seal(self.rnd)  # with every seed I can see my slice's sum: no redo among fewer
 
         self._barrier("seed", {"seed": self.seed.hex()}, take_seed)
-        self.secure.seal(self.rnd)          # with every seed I can see my slice's sum: no redo among fewer
+        self.secure.seal(self.rnd)
         return secagg.unmasked(total, seeds, self.me, self.rnd, self.scope.attempt, lo, hi)
 
     def _seen_sums(self) -> bool:

@@ -75,8 +75,8 @@ def wide_encode(x: np.ndarray) -> np.ndarray:
     """x (float64) as 128-bit fixed point with WIDE_FRAC_BITS fraction bits: uint64 [2, n],
     row 0 the low limb (the fraction), row 1 the high limb (the integer part, two's complement)."""
     x = np.asarray(x, dtype=np.float64).ravel()
-    if x.size and float(np.max(np.abs(x))) >= 2.0 ** WIDE_RANGE_BITS:
-        i = int(np.argmax(np.abs(x)))
+    if not np.all(np.abs(x) < 2.0 ** WIDE_RANGE_BITS):            # NaN fails too
+        i = int(np.argmax(~(np.abs(x) < 2.0 ** WIDE_RANGE_BITS)))
         raise RangeError(f"sum {x[i]:.6g} at position {i} is beyond the fixed-point range +-2^{WIDE_RANGE_BITS}")
     a = np.abs(x)                                       # |x|, then negated mod 2^128: a small negative x
     hi = np.floor(a)                                    # keeps all its bits (1 - |x| would not)

@@ -27,6 +27,7 @@ class Evaluator:
                  secure=None):
         self.cfg = cfg
         self.secure = secure          # secure aggregation: the BatchNorm sums travel masked
+        self._pooled: tuple[str, Committed] | None = None   # (round digest, its pooled model), the last one
         self.me = me
         self.train_split = train_split
         self.test_split = test_split
@@ -49,6 +50,11 @@ class Evaluator:
         n = self.cfg.train.bn_pool_images
         if not n or not pool or self.cfg.model.norm != "batch":
             return plain
+        if self.secure and self._pooled and self._pooled[0] == committed.digest:
+            # a rolled-back round holds the weights pooled before: pooling them again among fewer members
+            # would reveal the missing member's statistics by subtraction; the pooled model is the same
+            before = self._pooled[1]
+            return Committed(committed.round, before.digest, committed.members, before.state, bn_pooled=True)
         # a fixed random sample (my partition lists its images class by class), augmented as in
         # training: the weights were fitted to the statistics of augmented images, and clean-image
         # statistics cost 3.6 points on the dev test split (docs/benchmarks.md)
@@ -64,7 +70,9 @@ class Evaluator:
         if isinstance(got, str):
             log.warning("%s; evaluating the plain consensus", got)
             return plain
-        return Committed(committed.round, got[1], committed.members, got[0], bn_pooled=True)
+        pooled = Committed(committed.round, got[1], committed.members, got[0], bn_pooled=True)
+        self._pooled = (committed.digest, pooled)
+        return pooled
 
     def run(self, net, committed: Committed, pool: bool = True) -> tuple[Committed, dict]:
         """Evaluate the round's consensus; net holds the round's result before and after.
