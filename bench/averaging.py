@@ -36,11 +36,13 @@ def _state(width: float, seed: int):
     return to_numpy(net.state_dict())
 
 
-def worker_p2pfed(args) -> None:
+def connect(args, secure=None):
+    """One bench worker's peer on the loopback, connected to all the others: (transport, mailbox,
+    AllReduce, peer ids, its state, the state's bytes). secure: a masked.Secure (bench/secagg.py)."""
     import logging
     import torch
     from p2pfed import config
-    from p2pfed.consensus import allreduce, averaging
+    from p2pfed.consensus import allreduce
     from p2pfed.consensus.mailbox import Mailbox
     from p2pfed.net import protocol
     from p2pfed.net.transport import Transport
@@ -56,10 +58,16 @@ def worker_p2pfed(args) -> None:
     t.start()
     mb = Mailbox(t, acfg.dead_after_s)
     ids = [p.id for p in peers]
-    ar = allreduce.AllReduce(t, mb, acfg, ids)
+    ar = allreduce.AllReduce(t, mb, acfg, ids, secure=secure)
     deadline = time.monotonic() + 60
     while len(mb.live(ids)) < len(peers) and time.monotonic() < deadline:
         mb.pump(0.05)
+    return t, mb, ar, ids, state, model_bytes
+
+
+def worker_p2pfed(args) -> None:
+    from p2pfed.consensus import averaging
+    t, mb, ar, ids, state, model_bytes = connect(args)
     times, sent, ready_at, commit_at, members = [], [], [], [], None
     import resource
     cpu0 = resource.getrusage(resource.RUSAGE_SELF); th0=time.thread_time()

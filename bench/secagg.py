@@ -23,34 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from averaging import _state  # noqa: E402  (bench/averaging.py: a full MobileNetV2 state per rank)
+from averaging import _state, connect  # noqa: E402  (bench/averaging.py: a state per rank, a connected peer)
 
 
 def worker(args) -> None:
-    import logging
-    import torch
-    from p2pfed import config
-    from p2pfed.consensus import allreduce
-    from p2pfed.consensus.mailbox import Mailbox
     from p2pfed.consensus.masked import Secure
-    from p2pfed.net import protocol
-    from p2pfed.net.transport import Transport
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-    ports = json.loads(args.ports)
-    peers = config.local_peers(len(ports), ports)
-    acfg = config.AveragingConfig(heartbeat_interval_s=0.2, dead_after_s=5.0)
-    state = _state(args.width_mult, args.rank)
-    model_bytes = sum(a.nbytes for a in state.values())
-    t = Transport(peers[args.rank], peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
-                  heartbeat_interval_s=acfg.heartbeat_interval_s)
-    t.start()
-    mb = Mailbox(t, acfg.dead_after_s)
-    ids = [p.id for p in peers]
-    ar = allreduce.AllReduce(t, mb, acfg, ids, secure=Secure() if args.secure else None)
-    deadline = time.monotonic() + 60
-    while len(mb.live(ids)) < len(peers) and time.monotonic() < deadline:
-        mb.pump(0.05)
+    t, mb, ar, ids, state, model_bytes = connect(args, Secure() if args.secure else None)
     sent, ready_at, commit_at, members = [], [], [], None
     for r in range(1, args.rounds + 1):
         ready_at.append(time.time())
