@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of docs/configuration.md ("Peers on GPUs"), in one run of under 8 minutes on a
-# GPU host that has torch, torchvision, msgpack, click, onnx and onnxruntime but no pyzmq and no
-# internet:
-#   1. install the pyzmq wheel brought along, and the project without its dependencies
+# GPU host that has torch, torchvision, msgpack, click, onnx and onnxruntime but no pyzmq, no
+# cryptography and no internet:
+#   1. install the wheels brought along (pyzmq, cryptography, cffi, pycparser), and the project
+#      without its dependencies
 #   2. the gpu-marked tests
 #   3. 5 peers on the one GPU with the gpu preset on the dev data
 #   4. training throughput on the GPU against the CPU, side by side
@@ -10,8 +11,9 @@
 #
 # Usage (from the repository root):
 #   bash bench/gpu_check.sh [WHEELS_DIR] [DEV_ARCHIVE]
-# Defaults: .whl/ (pyzmq-*.whl from `pip download pyzmq --only-binary :all: --python-version 3.12
-# --platform manylinux_2_28_x86_64 --no-deps -d .whl`) and shared/cifar10-dev.tar.xz.
+# Defaults: .whl/ (from `pip download pyzmq cryptography cffi pycparser --only-binary :all:
+# --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --no-deps
+# -d .whl`) and shared/cifar10-dev.tar.xz.
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_WIDTH=0.1 GPU_CHECK_EPOCHS=1 runs the same steps on a CPU machine
 # (a rehearsal: the gpu tests then skip, and the throughput compares the CPU with itself).
 set -uo pipefail
@@ -27,8 +29,8 @@ mkdir -p "$OUT"
 say() { echo "== $*"; }
 
 say "1. pyzmq and the project"
-if ! $PY -c "import zmq" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/pyzmq-*.whl || exit 1
+if ! $PY -c "import zmq, cryptography" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # the project's torch pin does not apply here: no dependencies, and no build step that needs the internet
