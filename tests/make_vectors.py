@@ -15,7 +15,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from p2pfed.consensus import autosteps, averaging, compress, digest, secagg  # noqa: E402
+from p2pfed import config  # noqa: E402
+from p2pfed.consensus import autosteps, averaging, compress, digest, recipe, secagg  # noqa: E402
 from p2pfed.net import wire  # noqa: E402
 from p2pfed.learning import balance  # noqa: E402
 
@@ -197,6 +198,9 @@ def build() -> dict:
                    for rates, b in (({0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0, 4: 100 / 3}, 32),
                                     ({0: 3.0, 1: 2.0, 2: 2.0}, 7), ({0: 1000.0, 1: 1.0}, 16),
                                     ({0: 50.0, 1: 50.0, 2: None}, 10))],
+        "recipe": {"protocol": recipe.PROTOCOL, "added": {k: v for k, v in sorted(recipe.ADDED.items())},
+                   "default": recipe.of(config.Config()),
+                   "batchnorm_sync": recipe.of(config.override(config.Config(), train={"batchnorm": "sync"}))},
         "frames": [
             frames_json("hb", 2, round=4, phase="train", committed=3),
             frames_json("ready", 2, round=4, n_samples=8000, recipe="data.seed=0;train.lr=0.05"),
@@ -226,6 +230,7 @@ def build() -> dict:
             frames_json("held", 1, round=4, attempt=0),
             frames_json("seed", 1, round=4, attempt=0, seed=(bytes([0xA1]) * 32).hex()),
             frames_json("bnsync", 2, [np.arange(6, dtype=secagg.U64).reshape(2, 3)], round=4, attempt=0, seq=7, keys=d),
+            frames_json("ready", 2, round=4, n_samples=8000, recipe="data.seed=0;train.lr=0.05", protocol=2),
             frames_json("done", 0, round=4),
             frames_json("bye", 2, round=4),
         ],

@@ -146,7 +146,7 @@ def test_the_recipe_names_secure_aggregation_only_when_it_is_on():
     off, on = config.Config(), config.override(config.Config(), security={"secure_aggregation": True})
     assert "security" not in recipe.of(off)               # a peer that predates the option agrees
     assert "security.secure_aggregation=true" in recipe.of(on).split(";")
-    assert "security.secure_aggregation: true here, (absent) there" in recipe.differences(recipe.of(on),
+    assert "security.secure_aggregation: true here, (absent: at its default) there" in recipe.differences(recipe.of(on),
                                                                                          recipe.of(off))
 
 

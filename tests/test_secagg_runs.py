@@ -158,9 +158,9 @@ def test_a_peer_without_secure_aggregation_is_named_as_a_recipe_mismatch(tmp_pat
     codes = wait_all(ps, 180, tmp_path / "run")
     run = tmp_path / "run"
     assert codes[0] == codes[1] == 0 and codes[2] != 0, (codes, story(run, 3))
-    assert "security.secure_aggregation: false here, (absent) there" in peer_log(run, 2) or \
-        "security.secure_aggregation: (absent) here, true there" in peer_log(run, 2), story(run, 3)
-    assert "security.secure_aggregation: true here, (absent) there" in peer_log(run, 0)
+    assert "security.secure_aggregation: false here, (absent: at its default) there" in peer_log(run, 2) or \
+        "security.secure_aggregation: (absent: at its default) here, true there" in peer_log(run, 2), story(run, 3)
+    assert "security.secure_aggregation: true here, (absent: at its default) there" in peer_log(run, 0)
     assert [r["members"] for r in summary(run)["rounds"]] == [[0, 1]] * 3
 
 

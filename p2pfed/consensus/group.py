@@ -54,7 +54,7 @@ class GroupFormation:
     def ready(self, rnd: int, n_samples: int) -> None:
         """Say I am ready for round rnd with weight n_samples, and leave it standing."""
         frames = wire.encode("ready", self.me, round=rnd, n_samples=int(n_samples), recipe=self.mb.recipe,
-                             **({"mask_key": self.mask_key} if self.mask_key else {}))
+                             protocol=recipe.PROTOCOL, **({"mask_key": self.mask_key} if self.mask_key else {}))
         self.t.broadcast(self.all_peers, frames)
         self.t.announce(rnd, frames)
 

@@ -48,6 +48,7 @@ class Mailbox:
         self.last_round = 0               # the run's last round: a claim to have committed beyond it is false
         self._distrusted: set[int] = set()  # peers whose claims to be ahead proved false
         self.mask_keys: dict[int, str] = {}  # peer -> the mask key of its latest ready (secure aggregation)
+        self.protocols: dict[int, int] = {}  # peer -> the protocol number of its latest ready (absent = 1)
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_s: float) -> int:
@@ -80,6 +81,7 @@ class Mailbox:
                           msg.kind, msg.sender, str(e)[:300])
             return
         if msg.kind == "ready":
+            self._note_protocol(msg.sender, msg.header.get("protocol", 1))
             if msg["recipe"] != self.recipe:
                 if self.foreign.get(msg.sender) != msg["recipe"]:
                     log.error("peer %d trains with other options (%s); it takes no part in my rounds until it "
@@ -115,6 +117,16 @@ class Mailbox:
                             f"{self.round}")
             return
         self._box[_key(msg)][msg.sender] = msg
+
+    def _note_protocol(self, peer: int, number: int) -> None:
+        """Another protocol number is no reason to refuse a peer: every feature added since
+        protocol 1 is switched on by an option in the recipe, so an equal recipe means that we
+        both use only what both know (docs/protocol.md, "The recipe"). Said once per peer and
+        number, so that an operator knows that versions are mixed."""
+        if self.protocols.get(peer) != number and number != recipe.PROTOCOL:
+            log.info("peer %d speaks protocol %d, I speak %d: it takes part while its recipe equals mine "
+                     "(an option it does not know must stay at its default)", peer, number, recipe.PROTOCOL)
+        self.protocols[peer] = number
 
     def _drop(self, msg: wire.Message, text: str, level: int = logging.DEBUG) -> None:
         """Log a dropped message (late messages of the previous round are normal when rounds are

@@ -14,13 +14,27 @@ security, output.
 
 Format: `section.key=value` pairs joined by ";" in sorted key order, values as in TOML (lists
 comma-separated). Pure: no sockets, no torch.
+
+Compatibility (docs/protocol.md, "The recipe"): the keys of protocol 1 are always in the text. An
+option added since (ADDED, with the protocol number that added it) enters the text only when it is
+set away from its default, so a peer that predates it, whose text lacks it, still agrees while it
+is at its default, and one that sets it excludes every peer that does not share the setting, with
+the key named (differences()).
 """
 from __future__ import annotations
 
 from dataclasses import fields
 
-# options left out of the text while at their default, so that a peer that predates them agrees
-_OMITTED_AT_DEFAULT = {"security.secure_aggregation"}
+# This peer's protocol number, sent in `ready` (absent there = 1). Protocol 2 added the options
+# below (the keys of protocol 1 are the other keys of the sections that `of` reads).
+PROTOCOL = 2
+# options added since protocol 1 -> the protocol that added them: in the text only away from
+# their default, so that a peer that predates them agrees while they are at their default
+ADDED = {
+    "data.shards_per_peer": 2, "model.norm": 2, "train.agc_clip": 2, "train.auto_steps": 2, "train.batchnorm": 2,
+    "train.compression": 2, "train.freeze_bn_at": 2, "train.round_deadline_s": 2, "train.round_target": 2,
+    "security.secure_aggregation": 2,
+}
 _PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
              "train.device", "train.precision"}
 
@@ -40,9 +54,9 @@ def of(cfg) -> str:
         table = getattr(cfg, section)
         for f in fields(table):
             key, value = f"{section}.{f.name}", getattr(table, f.name)
-            if section == "security" and key not in _OMITTED_AT_DEFAULT or key in _PER_HOST:
+            if section == "security" and key not in ADDED or key in _PER_HOST:
                 continue
-            if key in _OMITTED_AT_DEFAULT and value == f.default:
+            if key in ADDED and value == f.default:
                 continue
             pairs.append(f"{key}={_text(value)}")
     return ";".join(sorted(pairs))
@@ -61,5 +75,9 @@ def differences(mine: str, theirs: str, limit: int = 6) -> str:
     """'train.scaffold: true here, false there; ...' for the first `limit` keys that differ."""
     a, b = parse(mine), parse(theirs)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    text = "; ".join(f"{k}: {a.get(k, '(absent)')} here, {b.get(k, '(absent)')} there" for k in keys[:limit])
+    text = "; ".join(f"{k}: {a.get(k, _absent(k))} here, {b.get(k, _absent(k))} there" for k in keys[:limit])
     return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "") if keys else "none"
+
+
+def _absent(key: str) -> str:
+    return "(absent: at its default)" if key in ADDED else "(absent)"

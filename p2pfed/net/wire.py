@@ -48,7 +48,8 @@ KINDS: dict[str, dict[str, type]] = {
 
 # kind -> {field: type} of fields a message may carry. Absent, they have the default named here.
 OPTIONAL: dict[str, dict[str, type]] = {
-    "ready":   {"mask_key": str},              # secure aggregation: my X25519 mask key (64 hex)
+    "ready":   {"mask_key": str,               # secure aggregation: my X25519 mask key (64 hex)
+                "protocol": int},              # the sender's protocol number (consensus/recipe.py); absent = 1
     "part":    {"codec": str, "base": str,     # codec: "f32" (absent), "f16", "i8" or "m64"; base: the anchor's digest
                 "keys": str, "sealed": bool},  # m64: the digest of the members' mask keys; whether I saw a sum
     "reduced": {"codec": str, "base": str},
