@@ -80,6 +80,14 @@ class Hosts:
         for i in minority:
             ip("-n", self.switch, "link", "set", self._port(i), "master", "br0")
 
+    def block(self, frm: int, to: int) -> None:
+        """A one-way link: host `frm` routes every packet for host `to` into a blackhole (TCP's
+        acknowledgements too), while `to`'s packets still reach `frm`."""
+        ip("-n", self.names[frm], "route", "add", "blackhole", f"{self.addrs[to]}/32")
+
+    def unblock(self, frm: int, to: int) -> None:
+        ip("-n", self.names[frm], "route", "del", "blackhole", f"{self.addrs[to]}/32", check=False)
+
     # ------------------------------------------------------------------ links
     def shape(self, mbit: float) -> None:
         """Every host: mbit up (its eth0) and down (the switch's end of its veth)."""

@@ -9,8 +9,8 @@
             but the leader derives the group itself: those members, attempt 0, no extra round
             trip. A peer that was not a member (it restarted, or rejoins after a partition) is
             never derived into a group, since peers may see it come back at different moments:
-            the lowest live id, the leader, waits for it to be ready (it may still be downloading)
-            and adds it by proposing `group(round, attempt >= 1, members, weights)`, which
+            the leader (the lowest live member of the last round, leader_of) waits for it to be
+            ready (it may still be downloading) and adds it by proposing `group(round, attempt >= 1, members, weights)`, which
             supersedes attempt 0. The leader also proposes after a failure, or without a peer
             still not ready after ready_timeout_s.
 
@@ -31,6 +31,17 @@ from .outcome import Download, Failed
 log = logging.getLogger("p2pfed.consensus.group")
 
 IMPLICIT = 0        # the attempt number of a group every peer derived from the ready messages
+
+
+def leader_of(live: list[int], members: set[int]) -> int | None:
+    """The peer that proposes groups for a round: the lowest live member of the last committed
+    round (members), or the lowest live peer if none of them is live. A peer that was not a member
+    (rejoining after a partition or a restart, still behind) never leads, even with the lowest id:
+    it is not yet in the round the others are in, so it could neither add itself nor hold the
+    others for itself. Every peer that committed that round knows its members, so they agree on
+    the leader without a heartbeat's delay (docs/protocol.md, step 2)."""
+    ours = [p for p in live if p in members]
+    return min(ours or live) if live else None
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,7 @@ class GroupFormation:
                 return claimed
             ready = self._readies(rnd, n_samples)
             members = expected - set(self.mb.foreign)
-            leader = bool(live) and min(live) == self.me
+            leader = leader_of(live, members) == self.me
             # live peers outside the last round's members (back from a restart or a partition, maybe
             # still downloading): the leader waits for them and adds them; nobody derives them in
             newcomers = [p for p in live if p not in members]
@@ -128,7 +139,7 @@ class GroupFormation:
             if time.monotonic() > deadline:
                 foreign = self.mb.live_foreign()
                 return Failed(f"round {rnd}: no group formed within {deadline - ready_at:.0f} s (live peers {live}, "
-                              f"leader {min(live) if live else '?'}"
+                              f"leader {leader_of(live, members) if live else '?'}"
                               + (f"; peers {sorted(foreign)} train with other options" if foreign else "")
                               + "); check that every peer runs the same config")
             wake = deadline

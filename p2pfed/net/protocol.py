@@ -43,8 +43,8 @@ REJECT_LOG_EVERY_S = 1.0         # the network thread's line per rejected frame,
 
 # ------------------------------------------------------------------ connections (seconds; ZeroMQ options)
 RECONNECT_S = 0.1                # first reconnect attempt after a connection breaks
-RECONNECT_MAX_S = 1.0            # reconnect attempts back off to at most this
-CONNECT_TIMEOUT_S = 1.0          # a TCP connect that hangs (a cut link) is abandoned and retried
+RECONNECT_MAX_S = 0.5            # reconnect attempts back off to at most this (a healed link is used again within it)
+CONNECT_TIMEOUT_S = 0.5          # a TCP connect that hangs (a cut link) is abandoned and retried
 LINK_PING_S = 1.0                # ZMTP heartbeat on every connection
 SUSPECT_HOLD_S = 5.0             # a peer a member reported dead (abort.dead) stays out of groups this long
 LINK_TIMEOUT_S = 5.0             # a connection silent this long after a ping is closed and reconnected
