@@ -42,3 +42,12 @@ def test_evaluation_cadence_once_per_epoch_and_the_last_round():
     assert [r for r in range(1, 6) if plan.evaluates(r, 0)] == [3, 5]
     assert [r for r in range(1, 6) if plan.evaluates(r, 2)] == [2, 4, 5]
     assert plan.epoch_after(5) == 2.0
+
+
+def test_progressive_resizing_trains_small_until_the_fraction_then_at_full_size():
+    from p2pfed.learning import schedule
+    sizes = [schedule.input_size_at(s, 10, 32, 24, 0.5) for s in range(10)]
+    assert sizes == [24] * 5 + [32] * 5
+    assert {schedule.input_size_at(s, 10, 32, 0, 0.5) for s in range(10)} == {32}       # off
+    assert {schedule.input_size_at(s, 10, 32, 40, 0.5) for s in range(10)} == {32}      # not smaller: off
+    assert schedule.input_size_at(0, 10, 32, 24, 0.0) == 32

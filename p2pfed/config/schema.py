@@ -79,6 +79,8 @@ class TrainConfig:
     round_target: Literal["steps", "samples"] = "steps"  # steps: each member takes its k steps of batch_size; samples: the round's members x k x batch_size images are shared out by measured speed (batch sizes vary), weights = images processed (mixed hardware; docs/configuration.md)
     round_deadline_s: float = 0.0  # round_target = "samples": a member stops its local steps this long after it began them (after the step in flight), contributing what it managed; 0 = no deadline
     agc_clip: float = 0.0        # adaptive gradient clipping: a unit's gradient is at most this x its weights' norm (0 = off; for model.norm = "none")
+    small_input: int = 0         # progressive resizing: train at this many pixels (e.g. 24) until small_until, then at model.input_size; 0 = off
+    small_until: float = 0.5     # small_input: the fraction of the run's steps trained at the smaller size
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ def _ranges(cfg: Config) -> None:
         ("train.label_smoothing", t.label_smoothing, 0, 1, "in [0, 1)"),
         ("train.outer_momentum", t.outer_momentum, 0, 1, "in [0, 1) (0 = no outer step)"),
         ("train.agc_clip", t.agc_clip, 0, None, ">= 0 (0 = off)"),
+        ("train.small_input", t.small_input, 0, None, ">= 0 (0 = off)"),
+        ("train.small_until", t.small_until, 0, 1, "in [0, 1]"),
         ("train.round_deadline_s", t.round_deadline_s, 0, None, ">= 0 seconds (0 = no deadline)"),
     ]
     for key, value, low, high, allowed in checks:

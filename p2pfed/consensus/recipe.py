@@ -33,7 +33,7 @@ PROTOCOL = 2
 ADDED = {
     "data.shards_per_peer": 2, "model.norm": 2, "train.agc_clip": 2, "train.auto_steps": 2, "train.batchnorm": 2,
     "train.compression": 2, "train.freeze_bn_at": 2, "train.round_deadline_s": 2, "train.round_target": 2,
-    "security.secure_aggregation": 2,
+    "security.secure_aggregation": 2, "train.small_input": 2, "train.small_until": 2,
 }
 _PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
              "train.device", "train.precision"}

@@ -100,6 +100,15 @@ def make_plan(tcfg, n_samples: int, mean_samples: float) -> Plan:
     return Plan((k,) * n, spe)
 
 
+def input_size_at(step: int, total_steps: int, size: int, small: int, until: float) -> int:
+    """The training image size at global step `step` (pure): `small` pixels in the first `until`
+    of the run's steps (progressive resizing: cheaper steps while the weights are far from
+    their end), `size` after. small = 0 (or >= size) is off."""
+    if small <= 0 or small >= size or step >= until * total_steps:
+        return size
+    return small
+
+
 def lr_at(step: int, total_steps: int, peak_lr: float, schedule: str) -> float:
     """Learning rate at global step `step` of `total_steps` (pure)."""
     if schedule == "constant" or total_steps <= 1:

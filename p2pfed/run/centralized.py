@@ -50,7 +50,15 @@ def run(cfg: config.Config, run_dir: Path, batch_size: int = 0) -> dict:
             metrics.write("step", round=epoch, step=i, steps=steps, loss=round(loss, 5), global_step=step0 + i,
                           epoch=round((step0 + i) / per_epoch, 4))
 
-        losses = training.train_steps(net, opt, batches, tcfg, steps, step0, total, batch, on_step)
+        # progressive resizing (train.small_input) as the peers do it, switching at the same step
+        switch = min(steps, max(0, math.ceil(tcfg.small_until * total) - step0)) if tcfg.small_input else steps
+        losses = []
+        for first, n in ((0, switch), (switch, steps - switch)):
+            if n:
+                batches.size = schedule.input_size_at(step0 + first, total, cfg.model.input_size, tcfg.small_input,
+                                                      tcfg.small_until)
+                losses += training.train_steps(net, opt, batches, tcfg, n, step0 + first, total, batch,
+                                               lambda i, loss, f=first: on_step(f + i, loss))
         step0 += len(losses)
         train_s = time.monotonic() - started
         ev = evaluate.evaluate(net, test, cfg.train.eval_batch_size, cfg.model.input_size)

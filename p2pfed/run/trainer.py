@@ -10,7 +10,7 @@ import time
 import torch
 
 from ..consensus import roundstate
-from ..learning import augment, capture, model, scaffold, syncbn, train
+from ..learning import augment, capture, model, scaffold, schedule, syncbn, train
 from ..outputs.metrics import MetricsWriter
 from .faults import FaultInjector, FaultPoint
 from .state import capture_state, restore_state
@@ -107,6 +107,9 @@ class Trainer:
         steps = self.plan.steps[rnd - 1]
         if batch_size is not None:
             self.batches.batch_size = batch_size
+        # progressive resizing: the size at the round's first step holds for the whole round
+        self.batches.size = schedule.input_size_at(self.global_step, self.plan.total_steps, self.cfg.model.input_size,
+                                                   self.tcfg.small_input, self.tcfg.small_until)
         stream = _Counted(iter(batches) if batches is not None else self.batches)
         half = max(1, steps // 2)
         epoch0 = self.global_step / self.plan.steps_per_epoch
