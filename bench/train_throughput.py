@@ -1,18 +1,36 @@
-"""The project's training loop against a plain hand-written PyTorch loop, side by side.
+"""Training throughput: the project's loop, the speed-ups one might try, and the thread layouts of
+5 peers on this machine, all side by side in one run.
 
-    python bench/train_throughput.py [--batch 32] [--threads 1] [--steps 30] [--trials 3] [--width-mult 1.0]
+    python bench/train_throughput.py [--batch 32] [--steps 20] [--trials 2] [--width-mult 1.0]
+                                     [--variants plain,project,bf16,compile,batch64]
+                                     [--layouts peers5x1,procs2x1,central1x2] [--peers 5]
                                      [--data ../shared/data/cifar10-dev.tar.xz]
 
-Both train the same MobileNetV2 (CIFAR stem, channels_last) with AdamW on the same uint8 images
-(the dev CIFAR-10 if present, else synthetic), normalised and augmented (random crop with 4 px
-padding, horizontal flip) on the fly, with the same batch and number of threads. The project's
-side is train.train_steps on a augment.stream with its metrics callback; the plain side is the
-loop a user would write by hand. Trials alternate (plain, project, plain, ...) so that machine
-noise hits both. Last line: RESULT ratio=<project img/s / plain img/s> ...
+One process, one thread, the same MobileNetV2 (CIFAR stem, channels_last), SGD with Nesterov
+momentum and the same uint8 images (the dev CIFAR-10 if present, else synthetic) with the random
+crop and flip on the fly:
+    plain     the baseline: the loop one would write by hand, fp32
+    project   train.train_steps on augment.stream, as a peer runs it
+    bf16      the project's loop under bf16 autocast (fp32 master weights, as train.precision = bf16)
+    compile   the project's loop on torch.compile(net); its start-up (first step) is given apart
+    batch64   the project's loop at 64 images a step
+Trials alternate over the variants, so that the machine's noise hits all of them.
+
+Layouts: the whole machine at once, each process running the project's loop, together:
+    peers5x1    --peers processes of 1 thread (the default run: train.threads = 0 on 2 cores)
+    procs2x1    one process of 1 thread per core
+    central1x2  one process with a thread per core (the centralized reference)
+Their img/s is all images of all processes over the wall time from a common start.
+
+The machine's peak is an fp32 matrix product on all cores; a training image costs the forward and
+backward FLOPs that torch.utils.flop_counter counts. peak_fraction = the best layout's FLOP/s
+over that peak. Last line: RESULT ratio=<project/plain> ... peak_fraction=..
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -27,10 +45,21 @@ from torch import nn  # noqa: E402
 from p2pfed import config  # noqa: E402
 from p2pfed.learning import augment, datasets, model, train  # noqa: E402
 
+VARIANTS = ("plain", "project", "bf16", "compile", "batch64")
+LAYOUTS = ("peers5x1", "procs2x1", "central1x2")
+
+
+def load(data: str, n: int = 4000):
+    if Path(data).is_file():
+        dcfg, source = config.DataConfig(dataset="folder", data_dir=data, train_limit=n), "dev CIFAR-10"
+    else:
+        dcfg, source = config.DataConfig(dataset="synthetic", synthetic_train=n), "synthetic"
+    return datasets.load_split(dcfg, "train").loaded(), source
+
 
 def plain_loop(net, images_u8, labels, batch, steps, gen):
     """What one would write by hand: shuffle, crop+flip, normalise, forward, backward, step."""
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     mean = torch.tensor(augment.CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(augment.CIFAR_STD).view(1, 3, 1, 1)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -47,48 +76,139 @@ def plain_loop(net, images_u8, labels, batch, steps, gen):
         loss.item()
 
 
+class Runner:
+    """One variant, built once (a compiled model compiles once) and run for `steps` per trial."""
+
+    def __init__(self, variant: str, split, batch: int, width: float):
+        self.variant, self.split = variant, split
+        self.batch = 64 if variant == "batch64" else batch
+        self.net = model.channels_last(model.build(config.ModelConfig(width_mult=width), seed=0))
+        precision = "bf16" if variant == "bf16" else "fp32"
+        self.tcfg = config.override(config.Config(), train={"batch_size": self.batch, "lr_scaling": "none",
+                                                            "precision": precision}).train
+        self.opt = train.make_optimizer(self.net, self.tcfg)
+        self.fwd = torch.compile(self.net) if variant == "compile" else self.net
+        self.start_s = 0.0
+        if variant == "compile":          # the first step compiles: timed apart
+            t0 = time.perf_counter()
+            self.run(1, 0)
+            self.start_s = time.perf_counter() - t0
+
+    def run(self, steps: int, seed: int) -> float:
+        gen = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        if self.variant == "plain":
+            plain_loop(self.net, self.split.images, torch.from_numpy(self.split.labels), self.batch, steps, gen)
+        else:
+            stream = augment.stream(self.split, self.batch, gen, True, 32)
+            train.train_steps(self.fwd, self.opt, stream, self.tcfg, steps, 0, steps, self.batch,
+                              on_step=lambda i, loss: None)
+        return steps * self.batch / (time.perf_counter() - t0)
+
+
+def _worker(threads: int, args, start, results) -> None:
+    torch.set_num_threads(threads)
+    split, _ = load(args.data, 1000)
+    r = Runner("project", split, args.batch, args.width_mult)
+    r.run(2, 0)                              # warm-up
+    start.wait()
+    t0 = time.time()
+    r.run(args.steps, 1)
+    results.put((t0, time.time(), args.steps * args.batch))
+
+
+def layout_img_s(name: str, args) -> float:
+    procs, threads = {"peers5x1": (args.peers, 1), "procs2x1": (os.cpu_count() or 1, 1),
+                      "central1x2": (1, os.cpu_count() or 1)}[name]
+    ctx = mp.get_context("spawn")
+    start, results = ctx.Barrier(procs), ctx.Queue()
+    ps = [ctx.Process(target=_worker, args=(threads, args, start, results)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    try:
+        got = [results.get(timeout=600) for _ in ps]
+    finally:
+        for p in ps:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return sum(n for _, _, n in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
+
+
+def peak_flop_s(threads: int) -> float:
+    """fp32 matrix product on `threads` threads: the machine's arithmetic ceiling as PyTorch reaches it."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def train_flop_per_image(width: float) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    net = model.build(config.ModelConfig(width_mult=width), seed=0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with FlopCounterMode(display=False) as fc:
+        nn.functional.cross_entropy(net(x), y).backward()
+    return fc.get_total_flops() / 8
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--width-mult", type=float, default=1.0)
+    ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if Path(args.data).is_file():
-        dcfg = config.DataConfig(dataset="folder", data_dir=args.data, train_limit=4000)
-        source = "dev CIFAR-10"
-    else:
-        dcfg = config.DataConfig(dataset="synthetic", synthetic_train=4000)
-        source = "synthetic"
-    split = datasets.load_split(dcfg, "train").loaded()
-    labels = torch.from_numpy(split.labels)
-    tcfg = config.override(config.Config(), train={"batch_size": args.batch, "lr_scaling": "none"}).train
-    mcfg = config.ModelConfig(width_mult=args.width_mult)
-    rates = {"plain": [], "project": []}
-    for trial in range(args.trials + 1):          # trial 0 warms both up and is not counted
-        for side in ("plain", "project"):
-            net = model.channels_last(model.build(mcfg, seed=0))
-            gen = torch.Generator().manual_seed(trial)
-            t0 = time.perf_counter()
-            if side == "plain":
-                plain_loop(net, split.images, labels, args.batch, args.steps, gen)
-            else:
-                opt = train.make_optimizer(net, tcfg)
-                stream = augment.stream(split, args.batch, gen, True, 32)
-                train.train_steps(net, opt, stream, tcfg, args.steps, 0, args.steps, args.batch,
-                                  on_step=lambda i, loss: None)
-            rate = args.steps * args.batch / (time.perf_counter() - t0)
+    variants = [v for v in args.variants.split(",") if v]
+    layouts = [v for v in args.layouts.split(",") if v]
+    for v in variants + layouts:
+        if v not in VARIANTS + LAYOUTS:
+            sys.exit(f"unknown variant or layout {v!r}: choose from {', '.join(VARIANTS + LAYOUTS)}")
+    if "plain" not in variants:
+        variants.insert(0, "plain")        # the baseline every ratio is taken against
+    split, source = load(args.data)
+    torch.set_num_threads(1)
+    runners = {v: Runner(v, split, args.batch, args.width_mult) for v in variants}
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    for trial in range(args.trials + 1):          # trial 0 warms every variant up and is not counted
+        for v in variants:
+            rate = runners[v].run(args.steps, trial)
             if trial:
-                rates[side].append(rate)
-            print(f"trial {trial} {side:8s} {rate:6.1f} img/s" + ("  (warm-up)" if not trial else ""), flush=True)
-    plain, project = statistics.median(rates["plain"]), statistics.median(rates["project"])
-    print(f"{source}, batch {args.batch}, {args.threads} thread(s), width {args.width_mult}, channels_last, "
+                rates[v].append(rate)
+            print(f"trial {trial} {v:8s} {rate:6.1f} img/s" + ("  (warm-up)" if not trial else ""), flush=True)
+    med = {v: statistics.median(r) for v, r in rates.items()}
+    lay = {}
+    for name in layouts:
+        lay[name] = layout_img_s(name, args)
+        print(f"layout {name:10s} {lay[name]:6.1f} img/s (all processes together)", flush=True)
+    flop_img = train_flop_per_image(args.width_mult)
+    peak = peak_flop_s(os.cpu_count() or 1)
+    best = max(lay.values()) if lay else med["plain"]
+    fraction = best * flop_img / peak
+    print(f"{source}, batch {args.batch}, 1 thread per variant, width {args.width_mult}, channels_last, "
           f"{args.steps} steps x {args.trials} trials each")
-    print(f"RESULT ratio={project / plain:.3f} project_img_s={project:.1f} plain_img_s={plain:.1f} "
-          f"batch={args.batch} threads={args.threads}")
+    print(f"one training image: {flop_img / 1e6:.0f} MFLOP (forward + backward); machine peak "
+          f"{peak / 1e9:.1f} GFLOP/s (fp32 matmul, {os.cpu_count()} threads); best layout "
+          f"{best * flop_img / 1e9:.1f} GFLOP/s = {100 * fraction:.1f}% of it")
+    out = [f"ratio={med.get('project', float('nan')) / med['plain']:.3f}", f"plain_img_s={med['plain']:.1f}"]
+    out += [f"{v}_img_s={med[v]:.1f}" for v in variants if v != "plain"]
+    out += [f"{v}_vs_plain={med[v] / med['plain']:.3f}" for v in variants if v not in ("plain", "project")]
+    if "compile" in runners:
+        out.append(f"compile_start_s={runners['compile'].start_s:.1f}")
+    out += [f"{name}_img_s={r:.1f}" for name, r in lay.items()]
+    out.append(f"peak_fraction={fraction:.3f}")
+    print("RESULT " + " ".join(out))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,171 @@
+"""Accuracy against wall time: the default 5-peer run, candidate recipes, and the centralized run of
+the default recipe, one after another in this one process.
+
+    python bench/time_to_accuracy.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
+                                     [--runs default,previous,central] [--train-limit N] [--epochs-scale F]
+                                     [--budget-s 1200] [--plot docs/time-to-accuracy.png] [--keep DIR]
+
+Runs (each a real launch.py run on the dev data, IID partitions, or `p2pfed centralized`):
+    default    the built-in defaults (the `cpu` preset), INT8 export included
+    previous   width 1.0, 8 epochs (today the same as default)
+    w1e6       width 1.0, 6 epochs (the old model in the same time budget)
+    w05e15     width 0.5, 15 epochs, peak lr 0.1, the first half at 24 px (the candidate of the
+               centralized screens in docs/benchmarks.md; not yet run at full size)
+    central    one process, 2 threads, all training images at the federation's global batch, the
+               default recipe and epochs: the reference
+Training time is measured from the first training step of any peer to the round record of the
+last commit (the evaluations and the averaging included: what a user waits for); the centralized
+run's from its first step to its last evaluation. Accuracies are the consensus (pooled BatchNorm
+statistics) on the dev test split after each epoch. --train-limit and --epochs-scale shrink every
+run alike for a quick look.
+
+central_acc is the centralized run's accuracy at the default run's training time (its last
+evaluation within that time), and fed_vs_central_s the default run's training time over the
+centralized run's for the same epochs. Last line:
+RESULT default_acc=.. default_train_s=.. central_acc=.. fed_vs_central_s=.. default_int8_acc=.. <run>_acc=.. <run>_train_s=..
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2pfed import config  # noqa: E402
+from p2pfed.outputs import metrics  # noqa: E402
+
+CANDIDATES = {
+    "default": {},
+    "previous": {"model": {"width_mult": 1.0}, "train": {"epochs": 8.0}},
+    "w1e6": {"model": {"width_mult": 1.0}, "train": {"epochs": 6.0}},
+    "w05e15": {"model": {"width_mult": 0.5}, "train": {"epochs": 15.0, "lr": 0.1, "small_input": 24}},
+}
+
+
+def _config(args, overrides: dict, run: Path) -> Path:
+    cfg = config.Config()
+    for section, values in overrides.items():
+        cfg = config.override(cfg, **{section: values})
+    train = {"epochs": cfg.train.epochs * args.epochs_scale}
+    data = {"dataset": "folder", "data_dir": args.data}
+    if args.train_limit:
+        data["train_limit"] = args.train_limit
+    cfg = config.override(cfg, train=train, data=data)
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "recipe.toml"
+    path.write_text(config.dumps_toml(cfg))
+    return path
+
+
+def federated(args, name: str, run: Path) -> dict:
+    path = _config(args, CANDIDATES[name], run)
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
+           "--run-dir", str(run / "run"), "--no-report"] + ([] if name == "default" else ["--no-quantize"])
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"run {name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}")
+    recs = [r for p in range(args.peers) for r in metrics.read(run / "run" / f"metrics-{p}.jsonl")]
+    start = min(r["t"] for r in recs if r["type"] == "step")
+    rounds = {r["round"]: r["t"] for r in recs if r["type"] == "round"}
+    s = json.loads((run / "run" / "summary.json").read_text())
+    curve = [((rounds[e["round"]] - start), e["epoch"], e["accuracy"]) for e in s["evaluations"]]
+    res = {"curve": curve, "train_s": max(rounds.values()) - start, "acc": s["final"]["accuracy"],
+           "agree": all(r["digests_agree"] for r in s["rounds"])}
+    q = run / "run" / "quantization.json"
+    if q.exists():
+        res["int8_acc"] = json.loads(q.read_text())["rows"]["int8 onnx static"]["accuracy"]
+    return res
+
+
+def central(args, run: Path) -> dict:
+    path = _config(args, {}, run)
+    out = subprocess.run([sys.executable, "-m", "p2pfed", "centralized", "--config", str(path), "--run-dir",
+                          str(run)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"centralized run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    recs = metrics.read(run / "metrics-central.jsonl")
+    start = min(r["t"] for r in recs if r["type"] in ("phase", "step"))
+    curve = [(r["t"] - start, r["epoch"], r["correct"] / r["total"]) for r in recs if r["type"] == "round"]
+    return {"curve": curve, "train_s": curve[-1][0], "acc": curve[-1][2]}
+
+
+def plot(results: dict, budget_s: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, r in results.items():
+        xs = [0.0] + [t / 60 for t, _, _ in r["curve"]]
+        ys = [10.0] + [100 * a for _, _, a in r["curve"]]
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{name} ({100 * r['acc']:.1f}%)")
+    ax.axvline(budget_s / 60, color="grey", ls="--", lw=1)
+    ax.text(budget_s / 60, 12, f" {budget_s / 60:.0f} min", color="grey")
+    ax.set_xlabel("minutes since the first training step (2 cores)")
+    ax.set_ylabel("accuracy on the dev test split (%)")
+    ax.set_title("5 IID peers on one 2-core machine, and the centralized reference")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
+    ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--runs", default="default,central")
+    ap.add_argument("--train-limit", type=int, default=0)
+    ap.add_argument("--epochs-scale", type=float, default=1.0)
+    ap.add_argument("--budget-s", type=float, default=1200.0)
+    ap.add_argument("--plot", default="")
+    ap.add_argument("--keep", default="", help="keep the run directories here")
+    args = ap.parse_args()
+    names = [n for n in args.runs.split(",") if n]
+    for n in names:
+        if n != "central" and n not in CANDIDATES:
+            sys.exit(f"unknown run {n!r}: choose from {', '.join(list(CANDIDATES) + ['central'])}")
+    results: dict[str, dict] = {}
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="p2pfed-tta-"))
+    try:
+        for n in names:
+            results[n] = central(args, tmp / n) if n == "central" else federated(args, n, tmp / n)
+            r = results[n]
+            print(f"{n:9s} {r['train_s']:7.0f} s  {100 * r['acc']:.2f}%  by epoch: "
+                  + "  ".join(f"{e:g}:{100 * a:.2f}%@{t:.0f}s" for t, e, a in r["curve"]), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.plot:
+        plot(results, args.budget_s, Path(args.plot))
+    out = []
+    d = results.get("default")
+    if d:
+        out += [f"default_acc={100 * d['acc']:.2f}", f"default_train_s={d['train_s']:.0f}",
+                f"default_agree={d['agree']}"]
+        if "int8_acc" in d:
+            out.append(f"default_int8_acc={100 * d['int8_acc']:.2f}")
+    c = results.get("central")
+    if c:
+        if d:
+            within = [a for t, _, a in c["curve"] if t <= d["train_s"]]
+            out.append(f"central_acc={100 * (within[-1] if within else float('nan')):.2f}")
+            out.append(f"fed_vs_central_s={d['train_s'] / c['train_s']:.2f}")
+        out.append(f"central_final_acc={100 * c['acc']:.2f}")
+    for n, r in results.items():
+        if n not in ("default", "central"):
+            out += [f"{n}_acc={100 * r['acc']:.2f}", f"{n}_train_s={r['train_s']:.0f}"]
+    print(f"dev test split, {args.peers} peers" + (f", {args.train_limit} training images" if args.train_limit else "")
+          + (f", epochs x {args.epochs_scale:g}" if args.epochs_scale != 1 else ""))
+    print("RESULT " + " ".join(out))
+
+
+if __name__ == "__main__":
+    main()
