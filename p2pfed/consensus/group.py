@@ -10,8 +10,8 @@
             trip. A peer that was not a member (it restarted, or rejoins after a partition) is
             never derived into a group, since peers may see it come back at different moments:
             the leader (the lowest live member of the last round, leader_of) waits for it to be
-            ready (it may still be downloading) and adds it by proposing `group(round, attempt >= 1, members, weights)`, which
-            supersedes attempt 0. The leader also proposes after a failure, or without a peer
+            ready (it may still be downloading) and adds it by proposing
+            `group(round, attempt >= 1, members, weights)`, which supersedes attempt 0. The leader also proposes after a failure, or without a peer
             still not ready after ready_timeout_s.
 
 While it waits, a peer also watches for the round being done without it: a live peer whose
