@@ -42,8 +42,8 @@ from p2pfed.outputs import metrics  # noqa: E402
 
 CANDIDATES = {
     "default": {},
-    "previous": {"model": {"width_mult": 1.0}, "train": {"epochs": 8.0}},
-    "w1e6": {"model": {"width_mult": 1.0}, "train": {"epochs": 6.0}},
+    "previous": {"model": {"width_mult": 1.0}, "train": {"epochs": 8.0, "lr": 0.05, "small_input": 0}},
+    "w1e6": {"model": {"width_mult": 1.0}, "train": {"epochs": 6.0, "lr": 0.05, "small_input": 0}},
     "w05e15": {"model": {"width_mult": 0.5}, "train": {"epochs": 15.0, "lr": 0.1, "small_input": 24}},
 }
 
