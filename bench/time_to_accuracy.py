@@ -66,7 +66,7 @@ def _config(args, overrides: dict, run: Path) -> Path:
 def federated(args, name: str, run: Path) -> dict:
     path = _config(args, CANDIDATES[name], run)
     cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
-           "--run-dir", str(run / "run"), "--no-report"] + ([] if name == "default" else ["--no-quantize"])
+           "--run-dir", str(run / "run"), "--no-report"] + (["--quantize"] if name == "default" else ["--no-quantize"])
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"run {name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}")
