@@ -1,7 +1,7 @@
 """Training throughput: the project's loop, the speed-ups one might try, and the thread layouts of
 5 peers on this machine, all side by side in one run.
 
-    python bench/train_throughput.py [--batch 32] [--steps 20] [--trials 2] [--width-mult W]
+    python bench/train_throughput.py [--batch 32] [--steps 20] [--trials 2] [--width-mult 1.0]
                                      [--variants plain,project,bf16,compile,batch64]
                                      [--layouts peers5x1,procs2x1,central1x2] [--peers 5]
                                      [--data ../shared/data/cifar10-dev.tar.xz]
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--trials", type=int, default=2)
-    ap.add_argument("--width-mult", type=float, default=config.ModelConfig().width_mult, help="default: the default model")
+    ap.add_argument("--width-mult", type=float, default=1.0)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--layouts", default=",".join(LAYOUTS))

@@ -199,7 +199,6 @@ def build() -> dict:
                                     ({0: 3.0, 1: 2.0, 2: 2.0}, 7), ({0: 1000.0, 1: 1.0}, 16),
                                     ({0: 50.0, 1: 50.0, 2: None}, 10))],
         "recipe": {"protocol": recipe.PROTOCOL, "added": {k: v for k, v in sorted(recipe.ADDED.items())},
-                   "as_added": {k: v for k, v in sorted(recipe.AS_ADDED.items())},
                    "default": recipe.of(config.Config()),
                    "batchnorm_sync": recipe.of(config.override(config.Config(), train={"batchnorm": "sync"}))},
         "frames": [

@@ -24,11 +24,6 @@ def start_old_peer(procs, cfg_path: Path, peer_id: int) -> subprocess.Popen:
 def test_options_at_their_default_leave_the_text_as_protocol_1_wrote_it():
     import old_peer
     cfg = config.Config()
-    # train.small_input's default (24) changed after it was added: a protocol-1 peer has no
-    # progressive resizing, so the text names it at the new default, and agrees only at 0
-    assert recipe.differences(recipe.of(cfg), old_peer.protocol1_text(cfg)) == \
-        "train.small_input: 24 here, (absent: 0, predates the option) there"
-    cfg = config.override(cfg, train={"small_input": 0})
     assert recipe.of(cfg) == old_peer.protocol1_text(cfg)
     for key in recipe.ADDED:                        # every added option is a real key of the config
         section, name = key.split(".")
@@ -40,8 +35,7 @@ def test_options_at_their_default_leave_the_text_as_protocol_1_wrote_it():
 
 
 def test_a_protocol_1_peer_takes_part_and_agrees_every_round(tmp_path, procs):
-    # small_input = 0: the new peers train as a protocol-1 peer does (no progressive resizing)
-    cfg, path = make_config(tmp_path, 3, train={"rounds": 4, "max_steps": 5, "small_input": 0})
+    cfg, path = make_config(tmp_path, 3, train={"rounds": 4, "max_steps": 5})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, 0), start_peer(procs, path, 1), start_old_peer(procs, path, 2)]
     assert wait_all(ps, 180, run) == [0, 0, 0], story(run, 3)
@@ -52,8 +46,7 @@ def test_a_protocol_1_peer_takes_part_and_agrees_every_round(tmp_path, procs):
 
 
 def test_an_added_option_set_away_from_its_default_refuses_the_protocol_1_peer_by_name(tmp_path, procs):
-    cfg, path = make_config(tmp_path, 3, train={"rounds": 3, "max_steps": 5, "small_input": 0},
-                            data={"shards_per_peer": 3})
+    cfg, path = make_config(tmp_path, 3, train={"rounds": 3, "max_steps": 5}, data={"shards_per_peer": 3})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, 0), start_peer(procs, path, 1), start_old_peer(procs, path, 2)]
     codes = wait_all(ps, 180, run)

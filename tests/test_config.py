@@ -97,25 +97,6 @@ def test_launch_presets_apply_before_explicit_options(tmp_path):
     assert cfg.train.rounds == 4 and len(cfg.peers) == 3 and len({p.port for p in cfg.peers}) == 3
 
 
-def test_the_cpu_preset_is_the_default_recipe_and_the_others_turn_off_small_inputs():
-    from p2pfed.run.presets import PRESETS
-    cfg = config.Config()
-    for section, values in PRESETS["cpu"].items():
-        for key, value in values.items():
-            got = getattr(getattr(cfg, section), key)
-            assert got == (tuple(value) if isinstance(value, list) else value), f"{section}.{key}"
-    for name in ("noniid", "gpu", "seed"):          # recipes measured without progressive resizing
-        assert config.override(cfg, **PRESETS[name]).train.small_input == 0, name     # and it validates
-
-
-def test_small_inputs_far_below_the_input_size_are_refused_with_both_keys_named():
-    with pytest.raises(ConfigError, match=r"train.small_input = 24 is less than half of model.input_size = 224: "
-                                          r"set train.small_input = 0"):
-        config.override(config.Config(), model={"input_size": 224})
-    cfg = config.override(config.Config(), model={"input_size": 224}, train={"small_input": 168})
-    assert cfg.train.small_input == 168
-
-
 def test_launch_lets_any_survivors_finish_on_one_host(tmp_path):
     from p2pfed.run import launcher
     cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--run-dir", str(tmp_path)]))

@@ -17,8 +17,8 @@ def test_the_recipe_holds_shared_options_only_and_names_differences():
     assert recipe.parse(text)["train.local_steps"] == "1,2,4"
     # per-host options do not change it; shared ones do
     assert recipe.of(config.override(cfg, train={"threads": 3}, data={"data_dir": "/elsewhere"})) == text
-    other = recipe.of(config.override(cfg, train={"scaffold": True, "lr": 0.05}))
-    assert recipe.differences(text, other) == "train.lr: 0.1 here, 0.05 there; train.scaffold: false here, true there"
+    other = recipe.of(config.override(cfg, train={"scaffold": True, "lr": 0.1}))
+    assert recipe.differences(text, other) == "train.lr: 0.05 here, 0.1 there; train.scaffold: false here, true there"
     assert recipe.differences(text, text) == "none"
     assert recipe.differences("a=1", "garbage") == "a: 1 here, (absent) there; garbage: (absent) here,  there"
     assert len(text) < 4096

@@ -103,12 +103,3 @@ def test_a_secure_round_gives_the_vector_keys_masks_sums_and_digest():
     exact = VECTORS["round"]["reduced_shards_hex"]
     for mine, plain in zip(v["reduced_shards_hex"], exact):     # within the bound of the plain round's mean
         assert np.max(np.abs(_hex32(mine).astype(np.float64) - _hex32(plain))) <= 3 * 2.0 ** -33 + 2.0 ** -23
-
-
-def test_recipe_texts_of_the_default_config_and_the_added_options():
-    from p2pfed import config
-    from p2pfed.consensus import recipe
-    v = VECTORS["recipe"]
-    assert (v["protocol"], v["added"], v["as_added"]) == (recipe.PROTOCOL, recipe.ADDED, recipe.AS_ADDED)
-    assert recipe.of(config.Config()) == v["default"]
-    assert recipe.of(config.override(config.Config(), train={"batchnorm": "sync"})) == v["batchnorm_sync"]

@@ -93,10 +93,6 @@ def _ranges(cfg: Config) -> None:
     for key, value, low, high, allowed in checks:
         if not value >= low or (high is not None and value >= high):     # `not >=`: NaN fails too
             raise ConfigError(f"{key} = {value} must be {allowed}")
-    if 0 < t.small_input < m.input_size / 2:
-        raise ConfigError(f"train.small_input = {t.small_input} is less than half of model.input_size = "
-                          f"{m.input_size}: set train.small_input = 0 (progressive resizing off) or about 3/4 of the "
-                          f"input size ({m.input_size * 3 // 4})")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device = {t.device!r} is not a device; use auto, cpu, cuda or cuda:K")
     if not 0 < t.freeze_bn_at < 1:

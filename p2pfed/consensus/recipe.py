@@ -17,10 +17,9 @@ comma-separated). Pure: no sockets, no torch.
 
 Compatibility (docs/protocol.md, "The recipe"): the keys of protocol 1 are always in the text. An
 option added since (ADDED, with the protocol number that added it) enters the text only when it is
-set away from its neutral value, the one at which a peer trains as a peer that predates the option
-did (its default when it was added; AS_ADDED where the default has changed since). So a peer that
-predates it, whose text lacks it, still agrees while it is neutral, and one that sets it excludes
-every peer that does not share the setting, with the key named (differences()).
+set away from its default, so a peer that predates it, whose text lacks it, still agrees while it
+is at its default, and one that sets it excludes every peer that does not share the setting, with
+the key named (differences()).
 """
 from __future__ import annotations
 
@@ -36,9 +35,6 @@ ADDED = {
     "train.compression": 2, "train.freeze_bn_at": 2, "train.round_deadline_s": 2, "train.round_target": 2,
     "security.secure_aggregation": 2, "train.small_input": 2, "train.small_until": 2,
 }
-# added options whose default has changed since they were added -> their neutral value (the
-# default when added): the text names them whenever they differ from it, at the new default too
-AS_ADDED = {"train.small_input": 0}
 _PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
              "train.device", "train.precision"}
 
@@ -60,7 +56,7 @@ def of(cfg) -> str:
             key, value = f"{section}.{f.name}", getattr(table, f.name)
             if section == "security" and key not in ADDED or key in _PER_HOST:
                 continue
-            if key in ADDED and value == AS_ADDED.get(key, f.default):
+            if key in ADDED and value == f.default:
                 continue
             pairs.append(f"{key}={_text(value)}")
     return ";".join(sorted(pairs))
@@ -84,6 +80,4 @@ def differences(mine: str, theirs: str, limit: int = 6) -> str:
 
 
 def _absent(key: str) -> str:
-    if key not in ADDED:
-        return "(absent)"
-    return f"(absent: {_text(AS_ADDED[key])}, predates the option)" if key in AS_ADDED else "(absent: at its default)"
+    return "(absent: at its default)" if key in ADDED else "(absent)"

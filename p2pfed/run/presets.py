@@ -1,13 +1,11 @@
 """Named settings for launch.py (`--preset`), applied before the other options.
 
-    cpu    the default recipe (docs/benchmarks.md has what each part of it bought): MobileNetV2 at
-           width 0.5 with the CIFAR stem, channels-last, 11 epochs of 32 images per peer per step,
-           the first half at 24 px (progressive resizing), averaging after every step in the first
+    cpu    the default recipe (docs/benchmarks.md has what each part of it bought): CIFAR stem,
+           channels-last, 32 images per peer per step, averaging after every step in the first
            third of the run, every 2 in the second, every 4 in the last (post-local SGD), SGD
-           with Nesterov momentum and a one-cycle schedule to a peak of 0.1 at a global batch of
-           128, scaled linearly with it, label smoothing, BatchNorm statistics pooled over all
-           peers before evaluation and export
-    noniid the previous cpu recipe (width 1.0, 8 epochs, peak lr 0.05, no resizing) for label-skewed data: BatchNorm synchronized across the peers every
+           with Nesterov momentum and a one-cycle schedule scaled linearly with the global batch,
+           label smoothing, BatchNorm statistics pooled over all peers before evaluation and export
+    noniid the cpu recipe for label-skewed data: BatchNorm synchronized across the peers every
            step and averaging after every step (measured at full size on Dirichlet(0.5): 74.1%
            against 66.8% for cpu, and 75.3% for cpu on IID data, in 2.2x the wall time;
            docs/benchmarks.md)
@@ -18,22 +16,22 @@
 from __future__ import annotations
 
 PRESETS = {
-    "cpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True, "width_mult": 0.5},
-            "train": {"epochs": 11.0, "local_steps": [1, 2, 4], "batch_size": 32, "optimizer": "sgd", "lr": 0.1,
+    "cpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
+            "train": {"epochs": 8.0, "local_steps": [1, 2, 4], "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
                       "lr_scaling": "linear", "lr_base_batch": 128, "schedule": "onecycle", "label_smoothing": 0.1,
-                      "bn_pool_images": 512, "small_input": 24, "small_until": 0.5}},
-    "noniid": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True, "width_mult": 1.0},
+                      "bn_pool_images": 512}},
+    "noniid": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
                "train": {"epochs": 8.0, "local_steps": [1], "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
                          "lr_scaling": "linear", "lr_base_batch": 128, "schedule": "onecycle",
-                         "label_smoothing": 0.1, "bn_pool_images": 512, "batchnorm": "sync", "small_input": 0}},
-    "gpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True, "width_mult": 1.0},
-            "train": {"device": "auto", "precision": "bf16", "epochs": 30.0, "local_steps": [4], "batch_size": 256, "small_input": 0,
+                         "label_smoothing": 0.1, "bn_pool_images": 512, "batchnorm": "sync"}},
+    "gpu": {"model": {"pretrained": False, "input_size": 32, "cifar_stem": True},
+            "train": {"device": "auto", "precision": "bf16", "epochs": 30.0, "local_steps": [4], "batch_size": 256,
                       "optimizer": "sgd", "lr": 0.05, "lr_scaling": "sqrt", "lr_base_batch": 128,
                       "schedule": "onecycle", "label_smoothing": 0.1, "bn_pool_images": 2048,
                       "eval_batch_size": 1024}},
     "seed": {"model": {"pretrained": True, "input_size": 224, "cifar_stem": False, "width_mult": 1.0},
              "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine",
-                      "device": "auto", "small_input": 0}},
+                      "device": "auto"}},
 }
 
 HELP = ("cpu: the default CPU recipe; noniid: for label-skewed data (synchronized BatchNorm, averaging every "
