@@ -11,7 +11,7 @@ Runs (each a real launch.py run on the dev data, IID partitions, or `p2pfed cent
     w1e6       width 1.0, 6 epochs (the old model in the same time budget)
     w05e11     width 0.5, 11 epochs, peak lr 0.1, the first half at 24 px (fits 20 minutes here)
     w05e15     width 0.5, 15 epochs, peak lr 0.1, the first half at 24 px
-               (both measured at full size in docs/benchmarks.md, "The default recipe in 20 minutes")
+               (both measured at full size: docs/benchmarks.md, "Towards 80% in 20 minutes")
     central    one process, 2 threads, all training images at the federation's global batch, the
                default recipe and epochs: the reference
 Training time is measured from the first training step of any peer to the round record of the
