@@ -111,6 +111,9 @@ class OutputConfig:
     checkpoint_every: int = 0    # checkpoint every N rounds; 0 = at every evaluation (a restarted peer downloads anyway)
     dump_round_models: bool = False  # write each peer's model before and after averaging, per round (tests)
     log_level: Literal["info", "debug"] = "info"  # debug also logs routine protocol events (late messages, links)
+    tensorboard: bool = True     # TensorBoard event files under RUN_DIR/tb/peer-K (if the tensorboard package is installed)
+    metrics_port: int = 0        # > 0: each peer serves /metrics (Prometheus) and /status (JSON) on this port + its index among the peers of its host; 0 = off
+    metrics_bind: str = "127.0.0.1"  # address the metrics port listens on; "0.0.0.0" exposes it to the network (read-only; docs/security.md)
 
 
 @dataclass(frozen=True)

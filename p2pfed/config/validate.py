@@ -93,6 +93,16 @@ def _ranges(cfg: Config) -> None:
     for key, value, low, high, allowed in checks:
         if not value >= low or (high is not None and value >= high):     # `not >=`: NaN fails too
             raise ConfigError(f"{key} = {value} must be {allowed}")
+    if not 0 <= cfg.output.metrics_port <= 65535:
+        raise ConfigError(f"output.metrics_port = {cfg.output.metrics_port} must be a TCP port (1-65535), or 0 for "
+                          f"no metrics endpoint")
+    if cfg.output.metrics_port:
+        local = max((sum(q.host == p.host for q in cfg.peers) for p in cfg.peers), default=1)
+        if cfg.output.metrics_port + local - 1 > 65535:
+            raise ConfigError(f"output.metrics_port = {cfg.output.metrics_port}: the {local} peers of one host serve "
+                              f"on ports up to {cfg.output.metrics_port + local - 1}, beyond 65535; choose a lower port")
+    if not cfg.output.metrics_bind:
+        raise ConfigError('output.metrics_bind is empty; use "127.0.0.1" (this host only) or the address to serve on')
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device = {t.device!r} is not a device; use auto, cpu, cuda or cuda:K")
     if not 0 < t.freeze_bn_at < 1:

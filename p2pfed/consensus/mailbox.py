@@ -49,6 +49,7 @@ class Mailbox:
         self._distrusted: set[int] = set()  # peers whose claims to be ahead proved false
         self.mask_keys: dict[int, str] = {}  # peer -> the mask key of its latest ready (secure aggregation)
         self.protocols: dict[int, int] = {}  # peer -> the protocol number of its latest ready (absent = 1)
+        self.on_report: Callable[[wire.Message], None] | None = None   # told of each report filed (status board)
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_s: float) -> int:
@@ -117,6 +118,8 @@ class Mailbox:
                             f"{self.round}")
             return
         self._box[_key(msg)][msg.sender] = msg
+        if msg.kind == "report":
+            self._tell(msg)
 
     def _note_protocol(self, peer: int, number: int) -> None:
         """Another protocol number is no reason to refuse a peer: every feature added since
@@ -172,6 +175,16 @@ class Mailbox:
     def put(self, msg: wire.Message) -> None:
         """File one of my own messages (e.g. my report), without validation."""
         self._box[_key(msg)][msg.sender] = msg
+        if msg.kind == "report":
+            self._tell(msg)
+
+    def _tell(self, msg: wire.Message) -> None:
+        if self.on_report is not None:
+            try:
+                self.on_report(msg)
+            except Exception as e:      # an observer's bug must not lose the message or end the run
+                self._log.log(("observer",), logging.WARNING, "the report observer failed: %s: %s",
+                              type(e).__name__, e)
 
     def discard(self, msg: wire.Message) -> None:
         self._box.get(_key(msg), {}).pop(msg.sender, None)

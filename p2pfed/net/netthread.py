@@ -51,6 +51,7 @@ class NetworkThread(threading.Thread):
         self.error: BaseException | None = None         # why the loop ended, if it crashed
         self.setup_error: BaseException | None = None   # why it could not start (bind, keys)
         self.bytes_sent = 0
+        self.bytes_received = 0     # every inbound frame, valid or not
         self.rejected = 0
         self._reject_log = RateLimitedLog(log, protocol.REJECT_LOG_EVERY_S, max_keys=1000)
         self._flush_s = 0.0
@@ -218,6 +219,7 @@ class NetworkThread(threading.Thread):
         """Handle one inbound message. Any exception counts as a rejected frame: one frame
         must never end the network thread."""
         try:
+            self.bytes_received += sum(len(f.buffer) if isinstance(f, zmq.Frame) else len(f) for f in frames)
             self._handle(frames)
         except Exception as e:
             self._reject(_claimed_sender(frames), f"internal error handling a frame: {type(e).__name__}: "

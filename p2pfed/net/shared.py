@@ -29,6 +29,7 @@ class SharedState:
         self._lock = threading.Lock()
         self._last_seen: dict[int, float] = {}
         self._heartbeats: dict[int, dict] = {}
+        self._bye: set[int] = set()       # peers whose last message was a bye
         self._status = {"round": 0, "phase": "start", "committed": 0}
         self._served: Served | None = None
         self._announced: tuple[int, list, float] | None = None   # (round, ready frames, first sent)
@@ -38,6 +39,10 @@ class SharedState:
     def last_seen(self, peer: int) -> float | None:
         with self._lock:
             return self._last_seen.get(peer)
+
+    def said_bye(self, peer: int) -> bool:
+        with self._lock:
+            return peer in self._bye
 
     def heartbeat(self, peer: int) -> dict:
         with self._lock:
@@ -69,6 +74,10 @@ class SharedState:
         now = time.monotonic()
         with self._lock:
             self._last_seen[msg.sender] = now
+            if msg.kind == "bye":
+                self._bye.add(msg.sender)
+            else:
+                self._bye.discard(msg.sender)
             served, announced = self._served, self._announced
             if msg.kind == "hb":
                 self._heartbeats[msg.sender] = msg.header

@@ -137,12 +137,20 @@ class Transport:
         return self._thread.bytes_sent
 
     @property
+    def bytes_received(self) -> int:
+        return self._thread.bytes_received
+
+    @property
     def rejected(self) -> int:
         return self._thread.rejected
 
     def last_seen(self, peer: int) -> float | None:
         """When (monotonic) a valid message last came from this peer; None if never."""
         return self.shared.last_seen(peer)
+
+    def said_bye(self, peer: int) -> bool:
+        """Whether this peer's last message was a `bye` (it stopped on purpose)."""
+        return self.shared.said_bye(peer)
 
     def heartbeat(self, peer: int) -> dict:
         """A copy of this peer's last heartbeat header ({} if none yet)."""

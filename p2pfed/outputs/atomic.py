@@ -58,6 +58,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
+def replace_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomic for readers (a rename), but not durable (no fsync): for views rewritten every
+    second, such as a peer's status file, where a lost write costs nothing and fsync would."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp(path, "tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def save_torch(path: str | os.PathLike, obj) -> Path:
     import torch
     return write_atomic(path, lambda f: torch.save(obj, f))

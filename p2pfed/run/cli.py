@@ -190,5 +190,37 @@ def status(run_dir) -> None:
     click.echo(rep.status_text(Path(run_dir)))
 
 
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--peer", "peer_address", default=None, metavar="HOST:PORT",
+              help="watch through one peer's metrics port (output.metrics_port) instead of a local run dir")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="port of the page (0: any free port)")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="address of the page; 0.0.0.0 shows it to the network (read-only; docs/security.md)")
+def watch(run_dir, peer_address, port, bind) -> None:
+    """A live page of a federation: its peers, rounds, accuracy and faults."""
+    import time
+
+    from . import watch as watch_mod
+    if (run_dir is None) == (peer_address is None):
+        _fail("give a RUN_DIR or --peer HOST:PORT (one of them)")
+    try:
+        source = watch_mod.PeerSource(peer_address) if peer_address else watch_mod.RunDirSource(run_dir)
+        server = watch_mod.serve(source, port, bind)
+    except watch_mod.WatchError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"--port {port}: cannot serve on {bind}:{port} ({e.strerror or e}); choose another port, or 0 for any")
+    click.echo(f"p2pfed watch: {server.url}/  (Ctrl-C stops)", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 if __name__ == "__main__":
     main()

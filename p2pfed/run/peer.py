@@ -44,6 +44,7 @@ from . import state as state_mod
 from .evaluation import Evaluator
 from .faults import FaultInjector, FaultPoint
 from .keys import exposure_warning, load_keys
+from .observe import Observers
 from .stages import RoundStage, StageMachine
 from .trainer import Trainer
 
@@ -65,6 +66,7 @@ class Peer:
         # injected faults fire in a peer's first life only, so a restarted peer does not crash again
         self.faults = FaultInjector(() if resume else cfg.faults, peer_id, on_fire=self._fault_fired)
         self.stages = StageMachine(self._stage_entered)
+        self.observers: Observers | None = None     # status file, TensorBoard, metrics port (setup)
         self.round = 1
         self.committed: Committed | None = None    # the last committed round state
         self.evaluated: Committed | None = None    # the last evaluated model (BatchNorm pooled if it could be)
@@ -95,6 +97,8 @@ class Peer:
         for d in (self.run_dir, self.run_dir / "checkpoints"):
             for f in atomic.sweep_stale(d):
                 log.info("removed %s, left by a writer killed mid-write", f)
+        # first, so that a metrics port in use fails the peer before it loads anything
+        self.observers = Observers(cfg, self.id, self.run_dir, self.metrics)
         local = [p.id for p in cfg.peers if p.host == cfg.peer(self.id).host]
         torch.set_num_threads(cfg.train.threads or train.default_threads(len(local)))
         dev = devices.resolve(self.device_spec, local.index(self.id))
@@ -123,11 +127,13 @@ class Peer:
                                    max_message_bytes=protocol.max_message_bytes(roundstate.nbytes(template)),
                                    heartbeat_interval_s=a.heartbeat_interval_s, curve=load_keys(cfg, self.id))
         self.transport.start()
+        self.observers.board.attach(self.transport)
         n_floats = sum(v.size for v in roundstate.exchanged(template).values() if np.issubdtype(v.dtype, np.floating))
         peer_ids = set(self.ids)
         self.mailbox = Mailbox(self.transport, a.dead_after_s, recipe_text=self.recipe,
                                validate=lambda msg: wire.check_schema(msg, template, n_floats, peer_ids))
         self.mailbox.last_round = self.plan.rounds
+        self.mailbox.on_report = self.observers.board.report
         # secure aggregation: a mask key for this process (sent in every ready), and the fault points of its barrier
         self.secure = Secure(hook=self.faults.at) if cfg.security.secure_aggregation else None
         self.evaluator = Evaluator(cfg, self.id, self.train_split, datasets.load_split(cfg.data, "test"),
@@ -145,6 +151,16 @@ class Peer:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
+        ended = "failed"
+        try:
+            code = self._run()
+            ended = "finished" if code == 0 else "failed"
+            return code
+        finally:
+            if self.observers:
+                self.observers.close(ended)
+
+    def _run(self) -> int:
         self.setup()
         try:
             presence.wait_for_peers(self.mailbox, self.cfg, self.id)

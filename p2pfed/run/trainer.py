@@ -116,10 +116,15 @@ class Trainer:
         ends = time.monotonic() + deadline_s if deadline_s > 0 else None
         stop = (lambda: time.monotonic() >= ends) if ends is not None else None
 
+        last = [time.monotonic()]
+
         def on_step(i: int, loss: float) -> None:
+            now = time.monotonic()
             self.metrics.write("step", round=rnd, step=i, steps=steps, loss=round(loss, 5),
                                global_step=self.global_step + i,
-                               epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4))
+                               epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4),
+                               lr=float(self.opt.param_groups[0]["lr"]), step_s=round(now - last[0], 5))
+            last[0] = now
 
         slow = self.faults.slowdown(rnd)
         if slow > 1.0:
