@@ -77,10 +77,16 @@ def timeline(reports: dict[int, dict[int, dict]], ids: list[int]) -> tuple[list[
     return rows[-KEEP_ROUNDS:], acc
 
 
-def dropped_faults(rounds: list[dict]) -> list[dict]:
-    """A fault row for each peer dropped from a round, with the round's first event as the why."""
+_NOW = {"dead": "; not heard from since", "left": "; it has left the run", "starting": "; never heard from"}
+
+
+def dropped_faults(rounds: list[dict], states: dict[int, str] | None = None) -> list[dict]:
+    """A fault row for each peer dropped from a round: the round's first event says why, else
+    what the viewer knows of the peer now (states: peer -> state)."""
+    states = states or {}
     return [{"round": r["round"], "peer": p,
-             "what": f"left out of round {r['round']}" + (f": {r['events'][0]}" if r["events"] else "")}
+             "what": f"left out of round {r['round']}" + (f": {r['events'][0]}" if r["events"]
+                                                           else _NOW.get(states.get(p, ""), ""))}
             for r in rounds for p in r["dropped"]]
 
 

@@ -35,8 +35,9 @@ def _interrupt(signum, frame):
 
 class Launcher:
     def __init__(self, cfg: config_mod.Config, run_dir: Path, restarts: dict[int, int], timeout_s: float = 0,
-                 gpus: list[int] | None = None):
+                 gpus: list[int] | None = None, watch_port: int | None = None):
         self.cfg = cfg
+        self.watch_port = watch_port          # --watch: serve the live page while the run lasts
         self.gpus = gpus or []                # --gpus: peer k on GPU gpus[k mod len]; else train.device
         self.run_dir = run_dir
         self.restarts = restarts              # peer id -> round at which to restart it
@@ -63,6 +64,7 @@ class Launcher:
         size = f"{list(t.local_steps)} local steps" if t.local_steps else f"{t.local_epochs:g} local epochs"
         print(f"p2pfed: {len(self.cfg.peers)} peers, {length} in rounds of {size}, data {self.cfg.data.dataset}, "
               f"run dir {self.run_dir}", flush=True)
+        self._say_how_to_watch()
         started = time.monotonic()
         interrupted = False
         # explicit handlers: a process started from a background job inherits SIGINT as ignored,
@@ -89,9 +91,27 @@ class Launcher:
             self.stop_all()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+            if self.watcher:
+                self.watcher.close()
         self._poll()
         self.live.render()
         return self._verdict(interrupted)
+
+    watcher = None
+
+    def _say_how_to_watch(self) -> None:
+        """--watch starts the live page; either way, one line says how to watch the run."""
+        o = self.cfg.output
+        if self.watch_port is not None:
+            from . import watch
+            self.watcher = watch.serve(watch.RunDirSource(self.run_dir), self.watch_port)
+            page = f"live page {self.watcher.url}/"
+        else:
+            page = f"live page: p2pfed watch {self.run_dir}"
+        tb = f"; TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}" if o.tensorboard else ""
+        metrics = (f"; Prometheus: http://{o.metrics_bind}:{o.metrics_port}..{o.metrics_port + len(self.cfg.peers) - 1}"
+                   f"/metrics" if o.metrics_port else "")
+        print(f"p2pfed: {page}{tb}{metrics}", flush=True)
 
     def _pending_restart(self) -> bool:
         return any(pid in self.restarts and self.views[pid].restarts == 0 and self.views[pid].exit_code not in (None, 0)
@@ -209,7 +229,8 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
               "seed": o["seed"], "train_limit": o["train_limit"], "test_limit": o["test_limit"]},
         model={"width_mult": o["width_mult"]},
         security={"secure_aggregation": o["secure_aggregation"]},
-        output={"run_dir": str(run_dir), "quantize": o["quantize"]})
+        output={"run_dir": str(run_dir), "quantize": o["quantize"], "metrics_port": o["metrics_port"],
+                "tensorboard": o["tensorboard"]})
     cfg = config_mod.replace_peers(cfg, config_mod.local_peers(o["peers"], preflight.free_ports(o["peers"])))
     if cfg.averaging.min_peers == 0:
         # all peers share one host, so a partition is impossible: any survivors may finish a round
@@ -236,7 +257,9 @@ def launch(**o) -> int:
     """Run N p2pfed peers on this machine."""
     cfg, run_dir, restarts = resolve_config(o)
     preflight.check_all(cfg, run_dir)
-    code = Launcher(cfg, run_dir, restarts, o["timeout_s"], _int_list("--gpus", o["gpus"])).run()
+    preflight.check_watch_port(o["watch_port"])
+    code = Launcher(cfg, run_dir, restarts, o["timeout_s"], _int_list("--gpus", o["gpus"]),
+                    watch_port=o["watch_port"]).run()
     if o["report"] and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
         try:
             from ..outputs import report

@@ -63,6 +63,8 @@ class Observers:
         if self.tensorboard:
             metrics.add_sink(self.tensorboard)
         self.status = StatusFile(self.board, self.run_dir).start()
+        # an injected crash exits at once: its fault reaches the status file first
+        metrics.add_sink(lambda rec: rec["type"] == "fault" and self.status.write())
 
     def close(self, state: str) -> None:
         """state: finished | failed. The last status, the last Prometheus values, the event files."""

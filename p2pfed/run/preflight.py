@@ -44,6 +44,35 @@ def check_ports(cfg) -> None:
             s.close()
 
 
+def _bindable(host: str, port: int) -> OSError | None:
+    s = socket.socket()
+    try:
+        s.bind((host, port))
+        return None
+    except OSError as e:
+        return e
+    finally:
+        s.close()
+
+
+def check_metrics_ports(cfg) -> None:
+    """output.metrics_port: every local peer's metrics port (the base + its index) can be bound now."""
+    base = cfg.output.metrics_port
+    for k, p in enumerate(sorted(cfg.peers, key=lambda p: p.id)):
+        e = base and _bindable(cfg.output.metrics_bind, base + k)
+        if e:
+            raise PreflightError(f"output.metrics_port = {base}: peer {p.id} cannot serve metrics on "
+                                 f"{cfg.output.metrics_bind}:{base + k} ({e.strerror}); another program uses it: "
+                                 f"choose another --metrics-port")
+
+
+def check_watch_port(port: int | None) -> None:
+    e = port and _bindable("127.0.0.1", port)
+    if e:
+        raise PreflightError(f"--watch {port}: cannot serve the live page on 127.0.0.1:{port} ({e.strerror}); "
+                             f"choose another port, or 0 for any free one")
+
+
 def check_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise PreflightError(f"--run-dir {run_dir} is a file, not a directory; pass a new directory name")
@@ -72,3 +101,4 @@ def check_all(cfg, run_dir: Path) -> None:
     check_run_dir(run_dir)
     check_data(cfg.data)
     check_ports(cfg)
+    check_metrics_ports(cfg)

@@ -111,7 +111,7 @@ class StatusBoard:
                                                      epochs.get(pid)))
         return {"t": round(time.time(), 3), "source": f"peer {self.me}", "from": self.me, "state": state,
                 "run": run, "peers": rows, "accuracy": accuracy, "rounds": rounds,
-                "faults": faults + federation.dropped_faults(rounds)}
+                "faults": faults + federation.dropped_faults(rounds, {r["id"]: r["state"] for r in rows})}
 
     def live_counts(self) -> dict:
         """For Prometheus at scrape time: live peers (me included) and bytes on the wire."""
