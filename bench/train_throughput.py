@@ -2,8 +2,9 @@
 5 peers on this machine, all side by side in one run.
 
     python bench/train_throughput.py [--batch 32] [--steps 20] [--trials 2] [--width-mult 1.0]
-                                     [--variants plain,project,bf16,compile,batch64]
-                                     [--layouts peers5x1,procs2x1,central1x2] [--peers 5]
+                                     [--variants plain,project,bf16,compile,batch64,observed]
+                                     [--layouts peers5x1,procs2x1,central1x2,observed5x1] [--peers 5]
+                                     [--layout-trials 1]
                                      [--data ../shared/data/cifar10-dev.tar.xz]
 
 One process, one thread, the same MobileNetV2 (CIFAR stem, channels_last), SGD with Nesterov
@@ -14,12 +15,18 @@ crop and flip on the fly:
     bf16      the project's loop under bf16 autocast (fp32 master weights, as train.precision = bf16)
     compile   the project's loop on torch.compile(net); its start-up (first step) is given apart
     batch64   the project's loop at 64 images a step
+    observed  the project's loop with everything that watches a peer on (issue 27): each step's
+              metrics record to the JSON-lines file, the status board and its file rewritten every
+              second, TensorBoard event files, Prometheus metrics, and the metrics port scraped for
+              /metrics and /status every 0.5 s by a thread of this process (observed_vs_project)
 Trials alternate over the variants, so that the machine's noise hits all of them.
 
 Layouts: the whole machine at once, each process running the project's loop, together:
     peers5x1    --peers processes of 1 thread (the default run: train.threads = 0 on 2 cores)
     procs2x1    one process of 1 thread per core
     central1x2  one process with a thread per core (the centralized reference)
+    observed5x1 peers5x1 with the observed loop in every process: what watching costs when the
+                peers fill the machine (observed5x1_vs_peers5x1)
 Their img/s is all images of all processes over the wall time from a common start.
 
 The machine's peak is an fp32 matrix product on all cores; a training image costs the forward and
@@ -45,8 +52,8 @@ from torch import nn  # noqa: E402
 from p2pfed import config  # noqa: E402
 from p2pfed.learning import augment, datasets, model, train  # noqa: E402
 
-VARIANTS = ("plain", "project", "bf16", "compile", "batch64")
-LAYOUTS = ("peers5x1", "procs2x1", "central1x2")
+VARIANTS = ("plain", "project", "bf16", "compile", "batch64", "observed")
+LAYOUTS = ("peers5x1", "procs2x1", "central1x2", "observed5x1")
 
 
 def load(data: str, n: int = 4000):
@@ -89,6 +96,9 @@ class Runner:
         self.opt = train.make_optimizer(self.net, self.tcfg)
         self.fwd = torch.compile(self.net) if variant == "compile" else self.net
         self.start_s = 0.0
+        self.on_step = lambda i, loss: None
+        if variant == "observed":
+            self.on_step = Observed(self.opt).on_step
         if variant == "compile":          # the first step compiles: timed apart
             t0 = time.perf_counter()
             self.run(1, 0)
@@ -102,14 +112,63 @@ class Runner:
         else:
             stream = augment.stream(self.split, self.batch, gen, True, 32)
             train.train_steps(self.fwd, self.opt, stream, self.tcfg, steps, 0, steps, self.batch,
-                              on_step=lambda i, loss: None)
+                              on_step=self.on_step)
         return steps * self.batch / (time.perf_counter() - t0)
 
 
-def _worker(threads: int, args, start, results) -> None:
+class Observed:
+    """A peer's observers without its network: metrics file, status board and file, TensorBoard,
+    Prometheus on a metrics port, and a scraper thread reading /metrics and /status."""
+
+    def __init__(self, opt):
+        import tempfile
+        import threading
+        import urllib.request
+
+        from p2pfed.net.httpserve import HttpServer
+        from p2pfed.outputs.metrics import MetricsWriter
+        from p2pfed.outputs.prometheus_sink import PrometheusSink
+        from p2pfed.outputs.tensorboard_sink import TensorBoardSink
+        from p2pfed.run.status import StatusBoard, StatusFile
+        run_dir = Path(tempfile.mkdtemp(prefix="p2pfed-observed-"))
+        self.opt, self.step, self.last = opt, 0, time.monotonic()
+        self.metrics = MetricsWriter(run_dir / "metrics-0.jsonl", 0)
+        board = StatusBoard(0, [0, 1, 2, 3, 4], 4.0, on_consensus=lambda c: None)
+        self.metrics.add_sink(board.sink)
+        self.metrics.add_sink(TensorBoardSink(run_dir / "tb" / "peer-0"))
+        prom = PrometheusSink(0, live=board.live_counts)
+        self.metrics.add_sink(prom)
+        StatusFile(board, run_dir).start()
+        server = HttpServer("127.0.0.1", 0, {"/metrics": lambda: ("text/plain", prom.text()),
+                                             "/status": lambda: ("application/json",
+                                                                 str(board.snapshot()).encode())}).start()
+
+        def scrape():
+            while True:
+                for path in ("/metrics", "/status"):
+                    urllib.request.urlopen(server.url + path, timeout=5).read()
+                time.sleep(0.5)
+        threading.Thread(target=scrape, daemon=True).start()
+        self.metrics.write("plan", round=0, rounds=1000, epochs=10.0, total_steps=100000)
+
+    def on_step(self, i: int, loss: float) -> None:
+        now = time.monotonic()
+        self.step += 1
+        self.metrics.write("step", round=1 + self.step // 4, step=i, steps=4, loss=round(loss, 5),
+                           global_step=self.step, epoch=self.step / 1000, lr=float(self.opt.param_groups[0]["lr"]),
+                           step_s=round(now - self.last, 5))
+        self.last = now
+        if self.step % 4 == 0:           # a round of k = 4: its stage changes and its record
+            for phase in ("wait", "exchange", "train"):
+                self.metrics.write("phase", round=1 + self.step // 4, phase=phase)
+            self.metrics.write("round", round=self.step // 4, members=[0, 1, 2, 3, 4], attempt=0, averaging_s=0.1,
+                               wait_s=0.05, train_s=0.4, bytes_sent=1000, epoch=self.step / 1000)
+
+
+def _worker(threads: int, args, start, results, variant: str = "project") -> None:
     torch.set_num_threads(threads)
     split, _ = load(args.data, 1000)
-    r = Runner("project", split, args.batch, args.width_mult)
+    r = Runner(variant, split, args.batch, args.width_mult)
     r.run(2, 0)                              # warm-up
     start.wait()
     t0 = time.time()
@@ -119,10 +178,11 @@ def _worker(threads: int, args, start, results) -> None:
 
 def layout_img_s(name: str, args) -> float:
     procs, threads = {"peers5x1": (args.peers, 1), "procs2x1": (os.cpu_count() or 1, 1),
-                      "central1x2": (1, os.cpu_count() or 1)}[name]
+                      "central1x2": (1, os.cpu_count() or 1), "observed5x1": (args.peers, 1)}[name]
+    variant = "observed" if name == "observed5x1" else "project"
     ctx = mp.get_context("spawn")
     start, results = ctx.Barrier(procs), ctx.Queue()
-    ps = [ctx.Process(target=_worker, args=(threads, args, start, results)) for _ in range(procs)]
+    ps = [ctx.Process(target=_worker, args=(threads, args, start, results, variant)) for _ in range(procs)]
     for p in ps:
         p.start()
     try:
@@ -166,6 +226,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--width-mult", type=float, default=1.0)
     ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--layout-trials", type=int, default=1, help="runs of each layout, alternating (median)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
@@ -188,10 +249,12 @@ def main() -> None:
                 rates[v].append(rate)
             print(f"trial {trial} {v:8s} {rate:6.1f} img/s" + ("  (warm-up)" if not trial else ""), flush=True)
     med = {v: statistics.median(r) for v, r in rates.items()}
-    lay = {}
-    for name in layouts:
-        lay[name] = layout_img_s(name, args)
-        print(f"layout {name:10s} {lay[name]:6.1f} img/s (all processes together)", flush=True)
+    runs: dict[str, list[float]] = {name: [] for name in layouts}
+    for trial in range(args.layout_trials):      # alternating, so that the machine's noise hits every layout
+        for name in layouts:
+            runs[name].append(layout_img_s(name, args))
+            print(f"layout {name:11s} {runs[name][-1]:6.1f} img/s (all processes together)", flush=True)
+    lay = {name: statistics.median(r) for name, r in runs.items()}
     flop_img = train_flop_per_image(args.width_mult)
     peak = peak_flop_s(os.cpu_count() or 1)
     best = max(lay.values()) if lay else med["plain"]
@@ -204,6 +267,10 @@ def main() -> None:
     out = [f"ratio={med.get('project', float('nan')) / med['plain']:.3f}", f"plain_img_s={med['plain']:.1f}"]
     out += [f"{v}_img_s={med[v]:.1f}" for v in variants if v != "plain"]
     out += [f"{v}_vs_plain={med[v] / med['plain']:.3f}" for v in variants if v not in ("plain", "project")]
+    if "observed" in med and "project" in med:
+        out.append(f"observed_vs_project={med['observed'] / med['project']:.3f}")
+    if "observed5x1" in lay and "peers5x1" in lay:
+        out.append(f"observed5x1_vs_peers5x1={lay['observed5x1'] / lay['peers5x1']:.3f}")
     if "compile" in runners:
         out.append(f"compile_start_s={runners['compile'].start_s:.1f}")
     out += [f"{name}_img_s={r:.1f}" for name, r in lay.items()]

@@ -30,6 +30,7 @@ log = logging.getLogger("p2pfed.outputs.tensorboard")
 TAGS = ("train/loss", "train/lr", "train/step_s", "round/train_s", "round/wait_s", "round/exchange_s",
         "round/bytes_sent", "round/attempts", "round/members", "eval/consensus_accuracy", "eval/test_loss")
 FLUSH_S = 10       # the event writer flushes at least this often
+QUEUE = 1000       # events queued for its writer thread before add_scalar waits for the disk
 
 
 def available() -> bool:
@@ -46,7 +47,7 @@ class TensorBoardSink:
     def __init__(self, log_dir: str | Path):
         from torch.utils.tensorboard import SummaryWriter
         self.log_dir = Path(log_dir)
-        self._w = SummaryWriter(log_dir=str(self.log_dir), flush_secs=FLUSH_S)
+        self._w = SummaryWriter(log_dir=str(self.log_dir), flush_secs=FLUSH_S, max_queue=QUEUE)
         self._steps = 0                     # optimiser steps done, the x axis
         self._at_round: dict[int, int] = {}  # round -> steps done when it was committed
 
