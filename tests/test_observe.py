@@ -1,6 +1,7 @@
 """Watching a federation (docs/observability.md): TensorBoard event files, the Prometheus
 endpoint, the status files and `p2pfed watch`'s page, read back by the tools people use:
 tensorboard's event reader, prometheus_client's parser, and headless Chromium."""
+import http.client
 import json
 import os
 import shutil
@@ -69,6 +70,13 @@ def test_timeline_names_who_was_left_out_and_why():
     assert rounds[1]["attempts"] == 2 and [a["round"] for a in acc] == [1, 2]
     assert federation.dropped_faults(rounds) == [{"round": 2, "peer": 2,
                                                   "what": "left out of round 2: attempt 0 failed: peer 2 silent"}]
+
+
+def test_numbers_that_are_not_finite_never_reach_the_json():
+    by = {0: _stats([0, 1], train_s=float("nan"), epoch=float("inf")), 1: _stats([0, 1], wait_s=float("-inf"))}
+    rounds, acc = federation.timeline({1: by}, [0, 1])
+    json.dumps({"rounds": rounds, "accuracy": acc}, allow_nan=False)          # raises on NaN or infinity
+    assert rounds[0]["train_s"] == 1.0 and rounds[0]["epoch"] == 1.0 and rounds[0]["wait_s"] == 0.2
 
 
 def _snap(me, t, state="running", heard=None, rounds=(), peers=(0, 1, 2)):
@@ -152,6 +160,55 @@ def test_the_server_is_read_only_and_survives_a_broken_route():
         assert server.bind == "127.0.0.1"
     finally:
         server.close()
+
+
+def test_the_server_serves_a_bounded_number_of_connections_at_once():
+    from p2pfed.net import httpserve
+    server = HttpServer("127.0.0.1", 0, {"/ok": lambda: ("text/plain", b"yes")}).start()
+    idle = []
+    try:
+        for _ in range(httpserve.MAX_CONNECTIONS):          # connected, never sending a request
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        time.sleep(0.3)
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.RemoteDisconnected)):
+            _get(server.url + "/ok", timeout=3)                 # one too many: closed unanswered
+        for s in idle:
+            s.close()
+        deadline = time.monotonic() + 10
+        while True:                                             # the slots come back
+            try:
+                assert _get(server.url + "/ok") == b"yes"
+                break
+            except (urllib.error.URLError, ConnectionError, http.client.RemoteDisconnected):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def test_a_restarted_peer_counts_on_from_its_first_life(tmp_path):
+    from p2pfed import config
+    from p2pfed.run.observe import Observers
+    cfg = config.override(config.replace_peers(config.Config(), config.local_peers(2, free_ports(2))),
+                          output={"metrics_port": free_ports(1)[0], "tensorboard": False})
+    first = MetricsWriter(tmp_path / "metrics-0.jsonl", 0)
+    for r in (1, 2):
+        first.write("round", round=r, members=[0, 1], attempt=r - 1, bytes_sent=100, averaging_s=0.1, wait_s=0.1)
+    first.close()
+    second = MetricsWriter(tmp_path / "metrics-0.jsonl", 0)
+    obs = Observers(cfg, 0, tmp_path, second, resume=True)
+    try:
+        second.write("round", round=3, members=[0, 1], attempt=0, bytes_sent=100, averaging_s=0.1, wait_s=0.1)
+        s = _samples(_get(obs.server.url + "/metrics").decode())
+        assert s["p2pfed_rounds_committed_total"] == 3 and s["p2pfed_exchange_bytes_sent_total"] == 300
+        assert s["p2pfed_round_attempts_failed_total"] == 1
+    finally:
+        obs.close("finished")
+        second.close()
+    assert json.loads((tmp_path / "status" / "peer-0.json").read_text())["state"] == "finished"
+    assert _samples((tmp_path / "metrics" / "peer-0.prom").read_text())["p2pfed_rounds_committed_total"] == 3
 
 
 def test_watch_names_a_bad_source(tmp_path):

@@ -17,7 +17,8 @@ def _stats(**kw):
 def test_reports_with_absurd_or_ill_typed_stats_are_ignored():
     cfg = config.from_dict({"peers": [{"id": 0, "port": 5000}, {"id": 1, "port": 5001}]})
     bad = [_stats(members=["x"]), _stats(members=[-1]), _stats(correct=60), _stats(total=-5, correct=-6),
-           _stats(averaging_s=math.nan), _stats(n_samples=True), _stats(bytes_sent=2**60), "not a dict"]
+           _stats(averaging_s=math.nan), _stats(n_samples=True), _stats(bytes_sent=2**60), "not a dict",
+           {k: v for k, v in _stats().items() if k != "loss_sum"}]      # an evaluation's counts come together
     for b in bad:
         assert not writer.valid_report(b), b
         doc = summary.build(cfg, writer.valid_reports({1: {0: _stats(), 1: b}}), "ab" * 32, 1, 1000)

@@ -27,6 +27,8 @@ def valid_report(stats) -> bool:
     if not (isinstance(stats, dict) and all(isinstance(stats.get(k), t) for k, t in _REPORT_TYPES.items())
             and all(isinstance(stats.get(k), t) for k, t in _EVAL_TYPES.items() if k in stats)):
         return False
+    if len({k in stats for k in _EVAL_TYPES}) != 1:         # an evaluation's counts come all together or not at all
+        return False
     numbers = [stats[k] for k in ("averaging_s", "bytes_sent", "attempt", "n_samples", "train_loss")]
     numbers += [stats[k] for k in _EVAL_TYPES if k in stats]
     if any(isinstance(v, bool) or not 0 <= v < COUNT_LIMIT for v in numbers):     # also rejects NaN

@@ -40,8 +40,8 @@ class PrometheusSink:
         self.stage = Gauge("p2pfed_stage", "1 for the stage this peer is in, 0 for the others", p + ["stage"],
                            registry=r)
         self.loss = Gauge("p2pfed_train_loss", "Training loss of the last step", p, registry=r).labels(self.peer)
-        self.committed = Counter("p2pfed_rounds_committed", "Rounds this peer averaged and committed as a member", p,
-                                 registry=r).labels(self.peer)
+        self.committed = Counter("p2pfed_rounds_committed", "Rounds this peer committed as a member and reported "
+                                 "(its rounds in summary.json)", p, registry=r).labels(self.peer)
         self.failed = Counter("p2pfed_round_attempts_failed", "Attempts of its committed rounds that failed before "
                               "the one that committed", p, registry=r).labels(self.peer)
         self.exchange_bytes = Counter("p2pfed_exchange_bytes_sent", "Bytes this peer sent to average its committed "

@@ -90,4 +90,9 @@ def open_sink(run_dir: str | Path, peer: int, enabled: bool) -> TensorBoardSink 
         log.info("no TensorBoard event files: the tensorboard package is not installed (pip install tensorboard; "
                  "or set output.tensorboard = false to silence this)")
         return None
-    return TensorBoardSink(Path(run_dir) / "tb" / f"peer-{peer}")
+    try:
+        return TensorBoardSink(Path(run_dir) / "tb" / f"peer-{peer}")
+    except Exception as e:         # torch.utils.tensorboard's imports, or an unwritable dir: the run goes on
+        log.warning("no TensorBoard event files: %s: %s (set output.tensorboard = false to silence this)",
+                    type(e).__name__, e)
+        return None

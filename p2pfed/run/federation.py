@@ -18,6 +18,8 @@ A peer's status (run/status.py, served at /status and written to RUN_DIR/status/
 """
 from __future__ import annotations
 
+import math
+
 KEEP_ROUNDS = 300        # rounds a view keeps (the page shows the newest)
 EVENTS_PER_ROUND = 8     # event strings kept per round, each cut to EVENT_CHARS
 EVENT_CHARS = 200
@@ -26,7 +28,9 @@ ENDED = ("finished", "failed")
 
 
 def _num(v, default=0.0) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+    """A finite number from untrusted data, else default (no NaN or infinity reaches the JSON)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else default
 
 
 def round_row(rnd: int, by: dict[int, dict], ids: list[int], prev: list[int] | None) -> dict:
@@ -151,7 +155,10 @@ def merge(snapshots: list[dict], now: float, stale_s: float, source: str = "") -
     for s in snaps:
         for a in s.get("accuracy", []):
             accuracy.setdefault(a["round"], a)
-    faults = {(f["round"], f["peer"], f["what"]): f for s in snaps for f in s.get("faults", [])}
+    faults: dict[tuple, dict] = {}
+    for s in snaps:       # one row per fault: viewers word a drop by what they know of the peer now
+        for f in s.get("faults", []):
+            faults.setdefault((f["round"], f["peer"], f["what"].split(";")[0]), f)
     runs = [s.get("run", {}) for s in snaps]
     run = {"peers": ids, "rounds": int(max((_num(r.get("rounds")) for r in runs), default=0)),
            "epochs": max((_num(r.get("epochs")) for r in runs), default=0.0)}

@@ -109,7 +109,8 @@ class Launcher:
         else:
             page = f"live page: p2pfed watch {self.run_dir}"
         tb = f"; TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}" if o.tensorboard else ""
-        metrics = (f"; Prometheus: http://{o.metrics_bind}:{o.metrics_port}..{o.metrics_port + len(self.cfg.peers) - 1}"
+        host = "127.0.0.1" if o.metrics_bind in ("0.0.0.0", "::") else o.metrics_bind
+        metrics = (f"; Prometheus: http://{host}:{o.metrics_port}..{o.metrics_port + len(self.cfg.peers) - 1}"
                    f"/metrics" if o.metrics_port else "")
         print(f"p2pfed: {page}{tb}{metrics}", flush=True)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import config
 from ..net.httpserve import HttpServer
 from ..outputs import tensorboard_sink
-from ..outputs.metrics import MetricsWriter
+from ..outputs.metrics import MetricsWriter, read
 from .status import StatusBoard, StatusFile
 
 log = logging.getLogger("p2pfed.run.observe")
@@ -36,17 +36,30 @@ def metrics_port(cfg, peer_id: int) -> int:
 
 
 class Observers:
-    def __init__(self, cfg, peer_id: int, run_dir: str | Path, metrics: MetricsWriter):
+    def __init__(self, cfg, peer_id: int, run_dir: str | Path, metrics: MetricsWriter, resume: bool = False):
         self.run_dir = Path(run_dir)
         self.id = peer_id
+        self.server = self.prometheus = self.tensorboard = None
+        try:
+            self._start(cfg, metrics, resume)
+        except BaseException:
+            if self.server:
+                self.server.close()
+            raise
+
+    def _start(self, cfg, metrics: MetricsWriter, resume: bool) -> None:
+        peer_id = self.id
         self.board = StatusBoard(peer_id, cfg.peer_ids, cfg.averaging.dead_after_s,
                                  on_consensus=lambda c: metrics.write("consensus", **c))
         metrics.add_sink(self.board.sink)
-        self.server = self.prometheus = None
         if cfg.output.metrics_port:
             from ..outputs.prometheus_sink import CONTENT_TYPE, PrometheusSink
             port = metrics_port(cfg, peer_id)
             self.prometheus = PrometheusSink(peer_id, live=self.board.live_counts)
+            if resume:      # a restarted peer counts on from its first life, as summary.json does
+                for rec in read(metrics.path):
+                    if rec.get("type") in ("round", "fault", "consensus"):
+                        self.prometheus(rec)
             try:
                 self.server = HttpServer(cfg.output.metrics_bind, port, {
                     "/metrics": lambda: (CONTENT_TYPE, self.prometheus.text()),

@@ -98,7 +98,7 @@ class Peer:
             for f in atomic.sweep_stale(d):
                 log.info("removed %s, left by a writer killed mid-write", f)
         # first, so that a metrics port in use fails the peer before it loads anything
-        self.observers = Observers(cfg, self.id, self.run_dir, self.metrics)
+        self.observers = Observers(cfg, self.id, self.run_dir, self.metrics, resume=self.resume)
         local = [p.id for p in cfg.peers if p.host == cfg.peer(self.id).host]
         torch.set_num_threads(cfg.train.threads or train.default_threads(len(local)))
         dev = devices.resolve(self.device_spec, local.index(self.id))

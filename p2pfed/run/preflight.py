@@ -45,7 +45,10 @@ def check_ports(cfg) -> None:
 
 
 def _bindable(host: str, port: int) -> OSError | None:
-    s = socket.socket()
+    """None if an HTTP server could bind host:port now (as it does: SO_REUSEADDR, so a port whose
+    last connections linger in TIME_WAIT counts as free)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind((host, port))
         return None

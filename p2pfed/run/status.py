@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..consensus.writer import valid_report
+from ..net.ratelimit import RateLimitedLog
 from ..outputs import atomic
 from . import federation
 
@@ -78,6 +79,8 @@ class StatusBoard:
         if type(rnd) is not int or not valid_report(stats):
             return
         with self._lock:
+            if rnd < 1 or (self._run["rounds"] and rnd > self._run["rounds"]):
+                return                # a round the run does not have must not push real ones out
             self._reports.setdefault(rnd, {})[msg.sender] = stats
             for old in sorted(self._reports)[:-federation.KEEP_ROUNDS]:
                 del self._reports[old]
@@ -134,6 +137,7 @@ class StatusFile:
         self.every_s = every_s
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
+        self._log = RateLimitedLog(log, 60.0)
         self._thread = threading.Thread(target=self._loop, name=f"status-{board.me}", daemon=True)
 
     def start(self) -> "StatusFile":
@@ -143,11 +147,10 @@ class StatusFile:
 
     def write(self) -> None:
         try:
-            text = json.dumps(self.board.snapshot(), separators=(",", ":"))
-            with self._write_lock:
-                atomic.replace_text(self.path, text)
+            with self._write_lock:   # snapshot and write together: an older snapshot never replaces a newer one
+                atomic.replace_text(self.path, json.dumps(self.board.snapshot(), separators=(",", ":")))
         except Exception as e:       # a view that cannot be written is logged; the run goes on
-            log.warning("could not write %s: %s: %s", self.path, type(e).__name__, e)
+            self._log.log(("write",), logging.WARNING, "could not write %s: %s: %s", self.path, type(e).__name__, e)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):

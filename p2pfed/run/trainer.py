@@ -124,7 +124,7 @@ class Trainer:
                                global_step=self.global_step + i,
                                epoch=round(epoch0 + i / self.plan.steps_per_epoch, 4),
                                lr=float(self.opt.param_groups[0]["lr"]), step_s=round(now - last[0], 5))
-            last[0] = now
+            last[0] = time.monotonic()      # the next step's time starts after this record
 
         slow = self.faults.slowdown(rnd)
         if slow > 1.0:

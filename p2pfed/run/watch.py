@@ -29,6 +29,14 @@ JSON = "application/json"
 HTML = "text/html; charset=utf-8"
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None          # a peer's status port never redirects: the 3xx is reported as an error
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+
 class WatchError(ValueError):
     """A watch source is wrong: the message names it."""
 
@@ -65,15 +73,22 @@ class PeerSource:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise WatchError(f"--peer {address!r} is not HOST:PORT; give a peer's host and its metrics port "
                              f"(output.metrics_port + its index on that host)")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"                       # an IPv6 address
         self.url = f"http://{host}:{int(port)}/status"
         self.address, self.timeout_s = address, timeout_s
 
     def view(self) -> dict:
+        deadline = time.monotonic() + self.timeout_s
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as r:
-                body = r.read(MAX_STATUS_BYTES + 1)
-            if len(body) > MAX_STATUS_BYTES:
-                raise ValueError(f"more than {MAX_STATUS_BYTES} bytes")
+            body = b""
+            with _OPENER.open(self.url, timeout=self.timeout_s) as r:
+                while chunk := r.read(1 << 16):
+                    body += chunk
+                    if len(body) > MAX_STATUS_BYTES:
+                        raise ValueError(f"more than {MAX_STATUS_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no complete answer within {self.timeout_s} s")
             view = json.loads(body)
             if not isinstance(view, dict) or not isinstance(view.get("peers"), list):
                 raise ValueError("not a p2pfed status")
