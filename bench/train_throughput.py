@@ -107,13 +107,15 @@ class Runner:
     def run(self, steps: int, seed: int) -> float:
         gen = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
+        self.spent0 = Observed.spent
         if self.variant == "plain":
             plain_loop(self.net, self.split.images, torch.from_numpy(self.split.labels), self.batch, steps, gen)
         else:
             stream = augment.stream(self.split, self.batch, gen, True, 32)
             train.train_steps(self.fwd, self.opt, stream, self.tcfg, steps, 0, steps, self.batch,
                               on_step=self.on_step)
-        return steps * self.batch / (time.perf_counter() - t0)
+        self.wall = time.perf_counter() - t0
+        return steps * self.batch / self.wall
 
 
 class Observed:
@@ -151,9 +153,17 @@ class Observed:
         threading.Thread(target=scrape, daemon=True).start()
         self.metrics.write("plan", round=0, rounds=1000, epochs=10.0, total_steps=100000)
 
+    spent = 0.0      # seconds inside on_step (the training thread's cost of the observers), over all instances
+
     def on_step(self, i: int, loss: float) -> None:
         now = time.monotonic()
         self.step += 1
+        try:
+            self._record(i, loss, now)
+        finally:
+            Observed.spent += time.monotonic() - now
+
+    def _record(self, i: int, loss: float, now: float) -> None:
         self.metrics.write("step", round=1 + self.step // 4, step=i, steps=4, loss=round(loss, 5),
                            global_step=self.step, epoch=self.step / 1000, lr=float(self.opt.param_groups[0]["lr"]),
                            step_s=round(now - self.last, 5))
@@ -242,11 +252,14 @@ def main() -> None:
     torch.set_num_threads(1)
     runners = {v: Runner(v, split, args.batch, args.width_mult) for v in variants}
     rates: dict[str, list[float]] = {v: [] for v in variants}
+    in_sinks: list[float] = []          # the observed loop's fraction of wall time spent writing records
     for trial in range(args.trials + 1):          # trial 0 warms every variant up and is not counted
         for v in variants:
             rate = runners[v].run(args.steps, trial)
             if trial:
                 rates[v].append(rate)
+                if v == "observed":
+                    in_sinks.append((Observed.spent - runners[v].spent0) / runners[v].wall)
             print(f"trial {trial} {v:8s} {rate:6.1f} img/s" + ("  (warm-up)" if not trial else ""), flush=True)
     med = {v: statistics.median(r) for v, r in rates.items()}
     runs: dict[str, list[float]] = {name: [] for name in layouts}
@@ -269,6 +282,7 @@ def main() -> None:
     out += [f"{v}_vs_plain={med[v] / med['plain']:.3f}" for v in variants if v not in ("plain", "project")]
     if "observed" in med and "project" in med:
         out.append(f"observed_vs_project={med['observed'] / med['project']:.3f}")
+        out.append(f"observed_record_fraction={statistics.median(in_sinks):.4f}")
     if "observed5x1" in lay and "peers5x1" in lay:
         out.append(f"observed5x1_vs_peers5x1={lay['observed5x1'] / lay['peers5x1']:.3f}")
     if "compile" in runners:
