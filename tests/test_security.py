@@ -98,9 +98,8 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     # debug: routine drops (a stale group) and closed links are logged too, so every reason shows
     cfg, path = make_config(tmp_path, 4, **FUZZ_RUN, output={"dump_round_models": True, "log_level": "debug"})
     run = tmp_path / "run"
-    ps = [start_peer(procs, path, i) for i in range(3)]
-    _wait_for_round(run, 0, 2)
     target = cfg.peer(0)
+    # the frames are made before the run starts: the peer must still be in round 2 when they come
     rng = np.random.default_rng(0)
     from p2pfed.consensus import averaging
     from p2pfed.learning import model
@@ -109,6 +108,8 @@ def test_fuzz_live_peer_keeps_running_and_consensus_is_exact(tmp_path, procs):
     max_bytes = int(sum(a.nbytes for a in state.values()) * 1.25) + (1 << 20) + 1000   # over the peer's limit
     frames = malformed_frames(rng, n_floats, max_bytes)
     assert len(frames) >= 3000
+    ps = [start_peer(procs, path, i) for i in range(3)]
+    _wait_for_round(run, 0, 2)
     # a 10 s linger: a loaded peer may not have read the last frames when the sockets close, and
     # the log must show every reason, the oversized frame's last of all
     with _dealers([(ident, target) for ident in (b"3", b"99", b"\xff\x00")], linger_ms=10_000) as socks:
