@@ -21,7 +21,9 @@ FAST = dict(
            "lr_scaling": "none", "schedule": "constant", "bn_pool_images": 128},
     averaging={"heartbeat_interval_s": 0.2, "dead_after_s": 1.5, "exchange_timeout_s": 20.0,
                "ready_timeout_s": 60.0, "startup_timeout_s": 30.0, "fetch_timeout_s": 20.0},
-    output={"dump_round_models": True},
+    # TensorBoard off: importing its writer costs each peer process about 0.7 s of CPU, and the
+    # suite starts hundreds; tests/test_observe.py turns it on where it checks the event files
+    output={"dump_round_models": True, "tensorboard": False},
 )
 
 
