@@ -128,8 +128,9 @@ def test_a_healed_partition_rejoins_within_the_bound_and_loses_no_attempt(tmp_pa
     from p2pfed.outputs import metrics
     # rounds take 0.4 to 1.5 s on 2 cores (measured; the machine's load decides): 90 outlast the 15 s
     # cut and leave dozens for the rejoin, and every round after the rejoin is minutes of suite time
+    n_rounds = 90
     cfg, path = _config(tmp_path, hosts5, train={"local_steps": 2, "local_epochs": 0.0, "max_steps": 0,
-                                                  "rounds": 90})
+                                                  "rounds": n_rounds})
     run = tmp_path / "run"
     ps = [_start(procs, hosts5, path, i) for i in range(5)]
     watch = min(p for p in range(5) if p not in minority)      # a peer of the majority
@@ -149,7 +150,7 @@ def test_a_healed_partition_rejoins_within_the_bound_and_loses_no_attempt(tmp_pa
     assert codes == [0] * 5, (codes, story(run, 5))
     recs = rounds(watch)
     assert during > 10, during                               # the majority went on during the cut
-    assert during < 90 - 2 * REJOIN_ROUNDS, f"the run ended during the cut (round {during}): raise rounds"
+    assert during < n_rounds - 2 * REJOIN_ROUNDS, f"the run ended during the cut (round {during}): raise rounds"
     seconds, between, back = rejoin_after(recs, healed, list(range(5)))
     per_round = (recs[-1]["t"] - back["t"]) / max(1, len(recs) - recs.index(back) - 1)
     print(f"rejoin ({'leader in minority' if 0 in minority else 'leader in majority'}): {seconds:.2f} s, "

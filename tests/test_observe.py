@@ -243,8 +243,7 @@ def test_a_run_serves_metrics_and_status_and_writes_tensorboard_events(tmp_path,
     the final values match summary.json, and the event files hold every documented tag."""
     base = free_ports(1)[0]
     cfg, path = make_config(tmp_path, 3, train={"rounds": 6, "eval_every": 2, "max_steps": 8},
-                            output={"metrics_port": base, "dump_round_models": False,
-                                                                               "tensorboard": True})
+                            output={"metrics_port": base, "dump_round_models": False, "tensorboard": True})
     run = tmp_path / "run"
     ps = [start_peer(procs, path, i) for i in range(3)]
     scraped, viewed = [], []
