@@ -2,16 +2,20 @@
 the default recipe, one after another in this one process.
 
     python bench/time_to_accuracy.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
+                                     [--partition iid|dirichlet] [--alpha 0.5]
                                      [--runs default,previous,central] [--train-limit N] [--epochs-scale F]
                                      [--budget-s 1200] [--plot docs/time-to-accuracy.png] [--keep DIR]
 
-Runs (each a real launch.py run on the dev data, IID partitions, or `p2pfed centralized`):
-    default    the built-in defaults (the `cpu` preset), INT8 export included
+Runs (each a real launch.py run on the dev data, IID partitions unless --partition says otherwise,
+or `p2pfed centralized`):
+    default    the built-in defaults (the `cpu` preset)
     previous   width 1.0, 8 epochs (today the same as default)
     w1e6       width 1.0, 6 epochs (the old model in the same time budget)
     w05e11     width 0.5, 11 epochs, peak lr 0.1, the first half at 24 px (fits 20 minutes here)
     w05e15     width 0.5, 15 epochs, peak lr 0.1, the first half at 24 px
                (both measured at full size: docs/benchmarks.md, "Towards 80% in 20 minutes")
+    w05e11k1   w05e11 averaging after every step (k = 1 throughout)
+    w1e8r24    the previous default (width 1.0, 8 epochs, lr 0.05) with the first half at 24 px
     central    one process, 2 threads, all training images at the federation's global batch, the
                default recipe and epochs: the reference
 Training time is measured from the first training step of any peer to the round record of the
@@ -23,7 +27,7 @@ run alike for a quick look.
 central_acc is the centralized run's accuracy at the default run's training time (its last
 evaluation within that time), and fed_vs_central_s the default run's training time over the
 centralized run's for the same epochs. Last line:
-RESULT default_acc=.. default_train_s=.. central_acc=.. fed_vs_central_s=.. default_int8_acc=.. <run>_acc=.. <run>_train_s=..
+RESULT default_acc=.. default_train_s=.. central_acc=.. fed_vs_central_s=.. default_int8_acc=.. <run>_acc=.. <run>_train_s=.. <run>_int8_acc=..
 """
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ CANDIDATES = {
     "w1e6": {"model": {"width_mult": 1.0}, "train": {"epochs": 6.0, "lr": 0.05, "small_input": 0}},
     "w05e11": {"model": {"width_mult": 0.5}, "train": {"epochs": 11.0, "lr": 0.1, "small_input": 24}},
     "w05e15": {"model": {"width_mult": 0.5}, "train": {"epochs": 15.0, "lr": 0.1, "small_input": 24}},
+    "w05e11k1": {"model": {"width_mult": 0.5}, "train": {"epochs": 11.0, "lr": 0.1, "small_input": 24,
+                                                         "local_steps": [1]}},
+    "w1e8r24": {"model": {"width_mult": 1.0}, "train": {"epochs": 8.0, "lr": 0.05, "small_input": 24}},
 }
 
 
@@ -55,7 +62,7 @@ def _config(args, overrides: dict, run: Path) -> Path:
     for section, values in overrides.items():
         cfg = config.override(cfg, **{section: values})
     train = {"epochs": cfg.train.epochs * args.epochs_scale}
-    data = {"dataset": "folder", "data_dir": args.data}
+    data = {"dataset": "folder", "data_dir": args.data, "partition": args.partition, "alpha": args.alpha}
     if args.train_limit:
         data["train_limit"] = args.train_limit
     cfg = config.override(cfg, train=train, data=data)
@@ -68,7 +75,7 @@ def _config(args, overrides: dict, run: Path) -> Path:
 def federated(args, name: str, run: Path) -> dict:
     path = _config(args, CANDIDATES[name], run)
     cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
-           "--run-dir", str(run / "run"), "--no-report"] + (["--quantize"] if name == "default" else ["--no-quantize"])
+           "--run-dir", str(run / "run"), "--no-report", "--quantize"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"run {name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}")
@@ -123,6 +130,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
     ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--partition", choices=["iid", "dirichlet"], default="iid",
+                    help="the federated runs' partitions (the centralized run reads all images alike)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (--partition dirichlet)")
     ap.add_argument("--runs", default="default,central")
     ap.add_argument("--train-limit", type=int, default=0)
     ap.add_argument("--epochs-scale", type=float, default=1.0)
@@ -164,7 +174,11 @@ def main() -> None:
     for n, r in results.items():
         if n not in ("default", "central"):
             out += [f"{n}_acc={100 * r['acc']:.2f}", f"{n}_train_s={r['train_s']:.0f}"]
-    print(f"dev test split, {args.peers} peers" + (f", {args.train_limit} training images" if args.train_limit else "")
+            if "int8_acc" in r:
+                out.append(f"{n}_int8_acc={100 * r['int8_acc']:.2f}")
+    print(f"dev test split, {args.peers} peers, {args.partition}"
+          + (f"({args.alpha:g})" if args.partition == "dirichlet" else "")
+          + (f", {args.train_limit} training images" if args.train_limit else "")
           + (f", epochs x {args.epochs_scale:g}" if args.epochs_scale != 1 else ""))
     print("RESULT " + " ".join(out))
 
