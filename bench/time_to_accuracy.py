@@ -104,7 +104,7 @@ def central(args, run: Path) -> dict:
     return {"curve": curve, "train_s": curve[-1][0], "acc": curve[-1][2]}
 
 
-def plot(results: dict, budget_s: float, path: Path) -> None:
+def plot(results: dict, budget_s: float, path: Path, peers: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,7 +117,7 @@ def plot(results: dict, budget_s: float, path: Path) -> None:
     ax.text(budget_s / 60, 12, f" {budget_s / 60:.0f} min", color="grey")
     ax.set_xlabel("minutes since the first training step (2 cores)")
     ax.set_ylabel("accuracy on the dev test split (%)")
-    ax.set_title("5 IID peers on one 2-core machine, and the centralized reference")
+    ax.set_title(f"{peers} on one 2-core machine, and the centralized reference")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -156,7 +156,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     if args.plot:
-        plot(results, args.budget_s, Path(args.plot))
+        skew = "IID" if args.partition == "iid" else f"Dirichlet({args.alpha:g})"
+        plot(results, args.budget_s, Path(args.plot), f"{args.peers} {skew} peers")
     out = []
     d = results.get("default")
     if d:

@@ -9,15 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ForkedProc
 from helpers import make_config
 
 PROBE = Path(__file__).resolve().with_name("probe.py")
+pytestmark = pytest.mark.skipif(os.environ.get("P2PFED_TEST_FORKSERVER", "1") == "0",
+                                reason="P2PFED_TEST_FORKSERVER=0: the tests start every process fresh")
 
 
 def test_a_forked_command_prints_and_exits_as_a_fresh_interpreter_does(tmp_path, procs):
-    out = open(tmp_path / "out.txt", "ab")
-    p = procs.start([sys.executable, "-m", "p2pfed", "--help"], stdout=out, stderr=out)
+    with open(tmp_path / "out.txt", "ab") as out:
+        p = procs.start([sys.executable, "-m", "p2pfed", "--help"], stdout=out, stderr=out)
     assert isinstance(p, ForkedProc), "python -m p2pfed with file streams should go through the fork server"
     assert p.wait(timeout=60) == 0
     fresh = subprocess.run([sys.executable, "-m", "p2pfed", "--help"], capture_output=True, text=True, timeout=120)
@@ -33,9 +37,10 @@ def test_a_forked_command_prints_and_exits_as_a_fresh_interpreter_does(tmp_path,
 def test_a_forked_script_gets_its_argv_directory_environment_session_and_its_own_random_state(tmp_path, procs):
     runs = []
     for i in range(2):
-        out = open(tmp_path / f"out-{i}.txt", "ab")
         env = dict(os.environ, P2PFED_FORKSERVER_CHECK=f"child-{i}")
-        p = procs.start([sys.executable, str(PROBE), str(3 + i), "x"], stdout=out, stderr=out, cwd=tmp_path, env=env)
+        with open(tmp_path / f"out-{i}.txt", "ab") as out:
+            p = procs.start([sys.executable, str(PROBE), str(3 + i), "x"], stdout=out, stderr=out, cwd=tmp_path,
+                            env=env)
         assert isinstance(p, ForkedProc), "a script in tests/ with file streams should go through the fork server"
         assert p.wait(timeout=60) == 3 + i
         runs.append((p.pid, json.loads((tmp_path / f"out-{i}.txt").read_text())))
