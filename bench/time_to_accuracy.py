@@ -16,6 +16,9 @@ or `p2pfed centralized`):
                (both measured at full size: docs/benchmarks.md, "Towards 80% in 20 minutes")
     w05e11k1   w05e11 averaging after every step (k = 1 throughout)
     w1e8r24    the previous default (width 1.0, 8 epochs, lr 0.05) with the first half at 24 px
+    w05e11lr05 width 0.5, 11 epochs, peak lr 0.05, 32 px throughout (small screens: lr 0.1 costs
+               5-7 points on Dirichlet(0.5) partitions at either width, the 24 px start 1-2 on both)
+    w05e15lr05 the same with 15 epochs (about the default's time: 11 took 0.70x of it the same day)
     central    one process, 2 threads, all training images at the federation's global batch, the
                default recipe and epochs: the reference
 Training time is measured from the first training step of any peer to the round record of the
@@ -54,6 +57,8 @@ CANDIDATES = {
     "w05e11k1": {"model": {"width_mult": 0.5}, "train": {"epochs": 11.0, "lr": 0.1, "small_input": 24,
                                                          "local_steps": [1]}},
     "w1e8r24": {"model": {"width_mult": 1.0}, "train": {"epochs": 8.0, "lr": 0.05, "small_input": 24}},
+    "w05e11lr05": {"model": {"width_mult": 0.5}, "train": {"epochs": 11.0, "lr": 0.05, "small_input": 0}},
+    "w05e15lr05": {"model": {"width_mult": 0.5}, "train": {"epochs": 15.0, "lr": 0.05, "small_input": 0}},
 }
 
 
