@@ -9,7 +9,7 @@ the default recipe, one after another in this one process.
 Runs (each a real launch.py run on the dev data, IID partitions unless --partition says otherwise,
 or `p2pfed centralized`):
     default    the built-in defaults (the `cpu` preset)
-    previous   width 1.0, 8 epochs (today the same as default)
+    previous   width 1.0, 8 epochs, lr 0.05 (the default until issue 26)
     w1e6       width 1.0, 6 epochs (the old model in the same time budget)
     w05e11     width 0.5, 11 epochs, peak lr 0.1, the first half at 24 px (fits 20 minutes here)
     w05e15     width 0.5, 15 epochs, peak lr 0.1, the first half at 24 px
