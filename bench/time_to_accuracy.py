@@ -4,7 +4,7 @@ the default recipe, one after another in this one process.
     python bench/time_to_accuracy.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
                                      [--partition iid|dirichlet] [--alpha 0.5]
                                      [--runs default,previous,central] [--train-limit N] [--epochs-scale F]
-                                     [--budget-s 1200] [--plot docs/time-to-accuracy.png] [--keep DIR]
+                                     [--budget-s 1200] [--plot docs/time-to-accuracy.png] [--keep DIR [--reuse]]
 
 Runs (each a real launch.py run on the dev data, IID partitions unless --partition says otherwise,
 or `p2pfed centralized`):
@@ -78,12 +78,20 @@ def _config(args, overrides: dict, run: Path) -> Path:
 
 
 def federated(args, name: str, run: Path) -> dict:
+    if args.reuse and (run / "run" / "summary.json").exists():
+        print(f"{name}: reading the finished run in {run / 'run'} (--reuse)", flush=True)
+        return read_federated(args, run)
     path = _config(args, CANDIDATES[name], run)
     cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
            "--run-dir", str(run / "run"), "--no-report", "--quantize"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"run {name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}")
+    return read_federated(args, run)
+
+
+def read_federated(args, run: Path) -> dict:
+    """A finished federated run's curve, time, accuracy, agreement and INT8 accuracy, from its files."""
     recs = [r for p in range(args.peers) for r in metrics.read(run / "run" / f"metrics-{p}.jsonl")]
     start = min(r["t"] for r in recs if r["type"] == "step")
     rounds = {r["round"]: r["t"] for r in recs if r["type"] == "round"}
@@ -122,9 +130,9 @@ def plot(results: dict, budget_s: float, path: Path, peers: str) -> None:
     ax.text(budget_s / 60, 12, f" {budget_s / 60:.0f} min", color="grey")
     ax.set_xlabel("minutes since the first training step (2 cores)")
     ax.set_ylabel("accuracy on the dev test split (%)")
-    ax.set_title(f"{peers} on one 2-core machine, and the centralized reference")
+    ax.set_title(f"{peers} on one 2-core machine" + (", and the centralized reference" if "central" in results else ""))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -144,6 +152,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1200.0)
     ap.add_argument("--plot", default="")
     ap.add_argument("--keep", default="", help="keep the run directories here")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: read a run that already finished there instead of running it again "
+                         "(to re-plot; --partition must match the kept runs)")
     args = ap.parse_args()
     names = [n for n in args.runs.split(",") if n]
     for n in names:
