@@ -156,6 +156,8 @@ def main() -> None:
                     help="with --keep: read a run that already finished there instead of running it again "
                          "(to re-plot; --partition must match the kept runs)")
     args = ap.parse_args()
+    if args.reuse and not args.keep:
+        ap.error("--reuse reads the runs kept under --keep DIR: give --keep too")
     names = [n for n in args.runs.split(",") if n]
     for n in names:
         if n != "central" and n not in CANDIDATES:

@@ -8,9 +8,9 @@
            BatchNorm statistics pooled over all peers before evaluation and export (5 peers on
            2 cores, dev data: 77.2% in 1,190 s; docs/benchmarks.md)
     noniid for label-skewed data, at width 1.0 and 8 epochs: BatchNorm synchronized across the
-           peers every step and averaging after every step (measured at full size on Dirichlet(0.5): 74.1%
-           against 66.8% for the cpu recipe of that time and 67.8% for today's, in 2.2x the wall
-           time; docs/benchmarks.md)
+           peers every step and averaging after every step (measured at full size on
+           Dirichlet(0.5): 74.1% against 66.8% for the cpu recipe of that time and 67.8% for
+           today's, in 2.2x the wall time; docs/benchmarks.md)
     gpu    peers on GPUs: 256 images per peer per step, bf16, averaging every 4 steps, 30 epochs
            (bench/gpu_check.sh on one H200, 5 peers on the one GPU, dev data: 80.19% in 314 s)
     seed   the notebook's setup: ImageNet weights, 224 px input, one round of one local epoch
