@@ -10,7 +10,7 @@ from dataclasses import fields
 from p2pfed.consensus import group, recipe
 from p2pfed.net import wire
 
-PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
+PER_HOST = {"data.data_dir", "data.cache_dir", "data.workers", "model.weights_file", "train.threads", "train.eval_batch_size",
             "train.device", "train.precision"}
 
 

@@ -42,7 +42,7 @@ def test_a_protocol_1_peer_takes_part_and_agrees_every_round(tmp_path, procs):
     rounds = summary(run)["rounds"]
     assert [r["members"] for r in rounds] == [[0, 1, 2]] * 4, story(run, 3)
     assert all(r["digests_agree"] for r in rounds)
-    assert "peer 2 speaks protocol 1, I speak 2" in peer_log(run, 0)
+    assert f"peer 2 speaks protocol 1, I speak {recipe.PROTOCOL}" in peer_log(run, 0)
 
 
 def test_an_added_option_set_away_from_its_default_refuses_the_protocol_1_peer_by_name(tmp_path, procs):

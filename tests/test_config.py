@@ -37,7 +37,7 @@ def test_unknown_key_is_named_with_the_allowed_keys():
 
 
 def test_bad_choice_names_key_and_allowed_values():
-    with pytest.raises(ConfigError, match=r"data.partition = 'random' is not allowed; use one of \['iid', 'dirichlet', 'shards'\]"):
+    with pytest.raises(ConfigError, match=r"data.partition = 'random' is not allowed; use one of \['iid', 'dirichlet', 'shards', 'own'\]"):
         config.from_dict({"data": {"partition": "random"}})
 
 

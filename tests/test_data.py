@@ -128,7 +128,7 @@ def test_spread_sample_of_a_class_sorted_split_covers_every_class():
     assert datasets.spread_sample(split, 5000, seed=3) is split
     lazy = datasets.Split(labels[:3], ["a"], files=["x", "y", "z"])
     import unittest.mock
-    with unittest.mock.patch.object(datasets, "decode_images", lambda files: torch.zeros((len(files), 3, 2, 2))):
+    with unittest.mock.patch.object(datasets, "decode_images", lambda files, size: (torch.zeros((len(files), 3, 2, 2)), list(range(len(files))), {})):
         assert datasets.spread_sample(lazy, 10, seed=0).images is not None        # all of a lazy split: decoded
 
 

@@ -32,6 +32,14 @@ def _coerce(where: str, typ: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} = {value!r} must be a number")
         return float(value)
+    if origin is tuple and typing.get_args(typ)[0] is str:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(not isinstance(v, str) or not v for v in items):
+            raise ConfigError(f"{where} = {value!r} must be a list of non-empty strings")
+        if len(set(items)) != len(items):
+            dup = sorted({v for v in items if items.count(v) > 1})
+            raise ConfigError(f"{where} names {dup} more than once; each name once")
+        return tuple(items)
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
         if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):

@@ -18,6 +18,7 @@ class PeerSpec:
     port: int = 0                # TCP port this peer listens on
     bind: str = ""               # address to bind; "" means the same as host (use 0.0.0.0 on multi-host)
     public_key: str = ""         # Z85 CURVE public key (from `p2pfed keygen`); required when security.curve
+    data_dir: str = ""           # this peer's own data (data.partition = "own"): its image folder or a .tar of one; "" = data.data_dir
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class DataConfig:
     dataset: Literal["cifar10", "folder", "synthetic"] = "synthetic"  # which data set
     data_dir: str = "data"       # cifar10: download/cache dir; folder: root with train/ test/, or a .tar.xz
     cache_dir: str = ""          # where a .tar.xz is unpacked; "" = ~/.cache/p2pfed
-    partition: Literal["iid", "dirichlet", "shards"] = "iid"  # how the training set is split across peers
+    partition: Literal["iid", "dirichlet", "shards", "own"] = "iid"  # how the training set is split across peers; own: no shared data set, every peer trains on all of its own data_dir (docs/own-data.md)
     alpha: float = 0.5           # dirichlet concentration; smaller = more skewed label mix
     shards_per_peer: int = 2     # shards: label-sorted shards per peer (McMahan et al. 2017); 2 = two classes each
     seed: int = 0                # seed for partitions, synthetic data, init and shuffling
@@ -33,6 +34,10 @@ class DataConfig:
     synthetic_test: int = 500    # synthetic: number of test images
     train_limit: int = 0         # use a fixed random subset of N training images (0 = all), e.g. quick demos
     test_limit: int = 0          # evaluate on a fixed random subset of N test images (0 = all)
+    classes: tuple[str, ...] = ()  # the class names in output order, the same on every peer; class folders are mapped to outputs by these names (required with partition = "own"; launch.py fills it in); () = the sorted class folders of the shared data set
+    site_images: int = 0         # partition = "own": the mean number of training images per site, which sizes an epoch (the same on every peer; launch.py counts it); required there unless train.rounds or train.local_epochs sets the run length
+    loader: Literal["auto", "memory", "stream"] = "auto"  # memory: decode every image once and keep it (small images of one size, e.g. CIFAR); stream: decode photos of any size while training, resized at model.input_size; auto: stream unless the images are input_size squares
+    workers: int = 2             # stream: threads that decode images while the peer trains
 
 
 @dataclass(frozen=True)

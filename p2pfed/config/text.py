@@ -47,7 +47,7 @@ def markdown_table(cls: type, section: str) -> str:
         if typing.get_origin(typ) is Literal:
             name = "one of " + ", ".join(f'"{a}"' for a in typing.get_args(typ))
         elif typing.get_origin(typ) is tuple:
-            name = "int or list of int"
+            name = "list of str" if typing.get_args(typ)[0] is str else "int or list of int"
         default = "(required)" if f.default is dataclasses.MISSING else f.default
         if isinstance(default, tuple):
             default = list(default)

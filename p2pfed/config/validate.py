@@ -12,6 +12,23 @@ def validate(cfg: Config) -> None:
     _train(cfg)
     _ranges(cfg)
     _faults(cfg)
+    _data(cfg)
+
+
+def _data(cfg: Config) -> None:
+    d, m = cfg.data, cfg.model
+    if d.classes and len(d.classes) != m.num_classes:
+        raise ConfigError(f"data.classes names {len(d.classes)} classes but model.num_classes = {m.num_classes}; "
+                          f"set model.num_classes = {len(d.classes)}")
+    own = [p.id for p in cfg.peers if p.data_dir]
+    if own and d.partition != "own":
+        raise ConfigError(f"peers {own} set their own data_dir, but data.partition = {d.partition!r} cuts one shared "
+                          f"data set; set data.partition = \"own\" (every peer trains on all of its own folder)")
+    if d.partition == "own" and d.dataset != "folder":
+        raise ConfigError(f"data.partition = \"own\" needs data.dataset = \"folder\" (each peer's image folder), "
+                          f"got {d.dataset!r}")
+    if d.site_images < 0 or d.workers < 1:
+        raise ConfigError(f"data.site_images = {d.site_images} must be >= 0 and data.workers = {d.workers} >= 1")
 
 
 def _peers(cfg: Config) -> None:

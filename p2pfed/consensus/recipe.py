@@ -25,17 +25,19 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+START_DIGEST = "model.start_digest"    # not a config key: the digest of the starting weights (with_start)
 # This peer's protocol number, sent in `ready` (absent there = 1). Protocol 2 added the options
 # below (the keys of protocol 1 are the other keys of the sections that `of` reads).
-PROTOCOL = 2
+PROTOCOL = 3
 # options added since protocol 1 -> the protocol that added them: in the text only away from
 # their default, so that a peer that predates them agrees while they are at their default
 ADDED = {
     "data.shards_per_peer": 2, "model.norm": 2, "train.agc_clip": 2, "train.auto_steps": 2, "train.batchnorm": 2,
     "train.compression": 2, "train.freeze_bn_at": 2, "train.round_deadline_s": 2, "train.round_target": 2,
     "security.secure_aggregation": 2, "train.small_input": 2, "train.small_until": 2,
+    "data.classes": 3, "data.site_images": 3, "data.loader": 3,
 }
-_PER_HOST = {"data.data_dir", "data.cache_dir", "model.weights_file", "train.threads", "train.eval_batch_size",
+_PER_HOST = {"data.data_dir", "data.cache_dir", "data.workers", "model.weights_file", "train.threads", "train.eval_batch_size",
              "train.device", "train.precision"}
 
 
@@ -62,6 +64,14 @@ def of(cfg) -> str:
     return ";".join(sorted(pairs))
 
 
+def with_start(recipe: str, start_digest: str) -> str:
+    """The recipe of a peer that starts from weights (model.weights_file or model.pretrained): its
+    starting model's digest (the first 16 hex digits) joins the options every partner must share,
+    so a peer whose file differs is named like any other differing option."""
+    pairs = [p for p in recipe.split(";") if p] + [f"{START_DIGEST}={start_digest[:16]}"]
+    return ";".join(sorted(pairs))
+
+
 def parse(recipe: str) -> dict[str, str]:
     """key -> value text; malformed pairs are kept under their whole text (for messages only)."""
     out: dict[str, str] = {}
@@ -80,4 +90,6 @@ def differences(mine: str, theirs: str, limit: int = 6) -> str:
 
 
 def _absent(key: str) -> str:
+    if key == START_DIGEST:
+        return "(absent: the seed's random weights)"
     return "(absent: at its default)" if key in ADDED else "(absent)"

@@ -1,19 +1,27 @@
 """Data sets: CIFAR-10 (downloaded where online), image folders (or a .tar.xz of one, unpacked
-once per machine), and generated data; a peer's partition of the training split.
+once per machine), and generated data; a peer's partition of the training split, or its own
+folder (data.partition = "own").
 
-Images are held as uint8 tensors (N, 3, H, W) with int64 labels; a peer decodes only the images
-of its own partition. Knows nothing about the network.
+Small images of one size (CIFAR) are held in memory as uint8 tensors (N, 3, H, W) with int64
+labels; a peer decodes only the images of its own partition. Photos of any size are listed and
+streamed instead (photos.py): decoded while training, resized at model.input_size. Labels index
+the agreed class names (data.classes), never a local sort order. An unreadable image is skipped
+and named (Split.bad). Knows nothing about the network.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import logging
 
 import numpy as np
 import torch
 
-from . import folders
+from . import folders, photos
 from . import partition as partitions
 from .folders import IMAGE_EXTENSIONS, DataError, unpack_archive  # noqa: F401  (the data API in one place)
+
+log = logging.getLogger("p2pfed.learning.datasets")
 
 
 @dataclass
@@ -23,17 +31,33 @@ class Split:
     classes: list[str]
     images: torch.Tensor | None = None   # uint8 (N, 3, H, W), when in memory
     files: list[str] | None = None       # image paths, when not yet decoded
+    size: int = 0                        # model.input_size: photos of mixed sizes are decoded at it
+    stream: bool = False                 # photos: decoded while training (photos.PhotoStream), never all at once
+    bad: dict[str, str] = field(default_factory=dict)   # unreadable files that were skipped -> why
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> "Split":
-        """The images at indices; files are decoded here, only for these indices."""
+        """The images at indices; files are decoded here, only for these indices (photos by the
+        evaluation rule at `size`). Unreadable files are left out and named in `bad`."""
         indices = np.asarray(indices, dtype=np.int64)
         if self.images is not None:
-            return Split(self.labels[indices], self.classes, images=self.images[torch.from_numpy(indices)])
+            return Split(self.labels[indices], self.classes, images=self.images[torch.from_numpy(indices)],
+                         size=self.size, bad=dict(self.bad))
         assert self.files is not None
-        return Split(self.labels[indices], self.classes, images=decode_images([self.files[i] for i in indices]))
+        files = [self.files[i] for i in indices]
+        if self.stream:
+            decoder = photos.Decoder(2)
+            try:
+                images, kept = decoder.decode(files, self.size)
+            finally:
+                decoder.close()
+            bad = decoder.bad
+        else:
+            images, kept, bad = decode_images(files, self.size)
+        return Split(self.labels[indices][kept], self.classes, images=images, size=self.size,
+                     bad={**self.bad, **bad})
 
     def loaded(self) -> "Split":
         return self if self.images is not None else self.subset(np.arange(len(self)))
@@ -44,6 +68,12 @@ def spread_sample(split: Split, n: int, seed: int) -> Split:
     if n >= len(split):
         return split.loaded()
     return split.subset(partitions.sample_indices(len(split), n, seed))
+
+
+def spread_sample_files(split: Split, n: int, seed: int) -> list[str]:
+    """The files of spread_sample's images, undecoded (a streamed split)."""
+    idx = np.arange(len(split)) if n >= len(split) else partitions.sample_indices(len(split), n, seed)
+    return [split.files[i] for i in idx]
 
 
 def synthetic(n: int, seed: int, num_classes: int = 10, size: int = 32, noise: float = 0.35,
@@ -63,26 +93,67 @@ def synthetic(n: int, seed: int, num_classes: int = 10, size: int = 32, noise: f
     return Split(labels.numpy().astype(np.int64), [f"class{c}" for c in range(num_classes)], images=images)
 
 
-def decode_images(files: list[str]) -> torch.Tensor:
-    from PIL import Image
-    out = []
-    for f in files:
+def decode_images(files: list[str], size: int = 0) -> tuple[torch.Tensor, list[int], dict[str, str]]:
+    """Decode every file in full: (uint8 images, positions of the readable files, unreadable file ->
+    why). Images of one size stay as they are; mixed sizes are brought to `size` by the evaluation
+    rule (photos.RESIZE_RULE)."""
+    out, kept, bad = [], [], {}
+    for i, f in enumerate(files):
         try:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except OSError as e:
-            raise DataError(f"cannot read image {f}: {e}; remove or replace the file") from None
+            arr = np.asarray(photos.open_rgb(f), dtype=np.uint8)
+        except photos.BadImage as e:
+            bad[f] = str(e).partition(": ")[2]
+            log.warning("skipped an unreadable image: %s; remove or replace the file", e)
+            continue
         out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
-    sizes = {tuple(t.shape) for t in out}
-    if len(sizes) > 1:
-        raise DataError(f"images have different sizes {sorted(sizes)[:3]}...; resize them to one size first")
-    return torch.stack(out) if out else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+        kept.append(i)
+    if len({tuple(t.shape) for t in out}) > 1:
+        if not size:
+            raise DataError(f"images have different sizes ({files[0]} ...) and no size to bring them to")
+        out = [photos.eval_image(files[i], size) for i in kept]
+    images = torch.stack(out) if out else torch.zeros(0, 3, size or 32, size or 32, dtype=torch.uint8)
+    return images, kept, bad
 
 
-def image_folder(data_dir: str, split: str, cache_dir: str = "") -> Split:
-    """List `<root>/<split>/<class>/*` (labels = sorted class folder index). Decoding is lazy."""
-    files, labels, classes = folders.list_split(data_dir, split, cache_dir)
-    return Split(np.asarray(labels, dtype=np.int64), classes, files=files)
+def _all_squares(files: list[str], size: int, probe: int = 16) -> bool:
+    """Whether a spread sample of the files are size x size images (then they fit in memory as
+    they are: CIFAR-like data); photos of other sizes are streamed."""
+    from PIL import Image
+    for i in sorted({int(j) for j in np.linspace(0, len(files) - 1, min(probe, len(files)))}):
+        try:
+            with Image.open(files[i]) as im:
+                if im.size != (size, size):
+                    return False
+        except (OSError, SyntaxError, ValueError):
+            continue
+    return True
+
+
+def readable(files: list[str], workers: int = 2) -> dict[str, str]:
+    """Files whose header cannot be read as an image -> why (a cheap check of a whole folder
+    before training, so that a site's image count, its weight, is right from the start)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        whys = list(pool.map(photos.header_ok, files, chunksize=64))
+    return {f: why for f, why in zip(files, whys) if why}
+
+
+def image_folder(data_dir: str, split: str, cache_dir: str = "", classes: tuple[str, ...] = (),
+                 size: int = 0, loader: str = "auto", workers: int = 2) -> Split:
+    """List `<root>/<split>/<class>/*`, labels by class name (folders.list_split). Decoding is
+    lazy; photos (loader "stream", or "auto" with images that are not size x size squares) are
+    header-checked now, the unreadable ones left out and named in `bad`."""
+    files, labels, names = folders.list_split(data_dir, split, cache_dir, classes)
+    stream = bool(files) and (loader == "stream" or (loader == "auto" and size and not _all_squares(files, size)))
+    bad: dict[str, str] = {}
+    if stream:
+        bad = readable(files, workers)
+        for f, why in bad.items():
+            log.warning("skipped an unreadable image: %s (%s); remove or replace the file", f, why)
+        if bad:
+            keep = [i for i, f in enumerate(files) if f not in bad]
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    return Split(np.asarray(labels, dtype=np.int64), names, files=files, size=size, stream=stream, bad=bad)
 
 
 def cifar10(data_dir: str, split: str) -> Split:
@@ -98,13 +169,15 @@ def cifar10(data_dir: str, split: str) -> Split:
     return Split(np.asarray(ds.targets, dtype=np.int64), list(ds.classes), images=images)
 
 
-def load_split(cfg, split: str) -> Split:
-    """The train or test split named by a DataConfig (lazy for image folders)."""
+def load_split(cfg, split: str, size: int = 0, data_dir: str = "") -> Split:
+    """The train or test split named by a DataConfig (lazy for image folders); size: the model's
+    input size; data_dir: this peer's own folder (data.partition = "own"), else data.data_dir."""
     if cfg.dataset == "synthetic":
         n = cfg.synthetic_train if split == "train" else cfg.synthetic_test
         s = synthetic(n, cfg.seed, split_seed=0 if split == "train" else 1)
     elif cfg.dataset == "folder":
-        s = image_folder(cfg.data_dir, split, cfg.cache_dir)
+        s = image_folder(data_dir or cfg.data_dir, split, cfg.cache_dir, tuple(cfg.classes), size, cfg.loader,
+                         cfg.workers)
     elif cfg.dataset == "cifar10":
         s = cifar10(cfg.data_dir, split)
     else:
@@ -114,14 +187,34 @@ def load_split(cfg, split: str) -> Split:
         # a deterministic, class-balanced-in-expectation subset; files stay undecoded
         keep = partitions.sample_indices(len(s), limit, cfg.seed + 7)
         s = Split(s.labels[keep], s.classes, images=None if s.images is None else s.images[torch.from_numpy(keep)],
-                  files=None if s.files is None else [s.files[i] for i in keep])
+                  files=None if s.files is None else [s.files[i] for i in keep], size=s.size, stream=s.stream,
+                  bad=s.bad)
+    if cfg.classes and s.classes != list(cfg.classes):
+        raise DataError(f"data.classes {list(cfg.classes)} does not match the classes of data.dataset = "
+                        f"{cfg.dataset!r} ({s.classes}); leave data.classes empty for it")
     return s
 
 
-def peer_partition(cfg, peer_index: int, n_peers: int) -> tuple[Split, np.ndarray, int]:
-    """This peer's training images (decoded), their indices in the full training split, and
-    the size of the full training split."""
-    full = load_split(cfg, "train")
+def peer_partition(cfg, peer_index: int, n_peers: int, size: int = 0,
+                   data_dir: str = "") -> tuple[Split, np.ndarray, int]:
+    """This peer's training images (decoded, or listed to stream), their indices in the full
+    training split, and the size of the full training split. With data.partition = "own" the
+    split is all of this peer's own folder (data_dir), and the full size is data.site_images x
+    n_peers (the agreed mean per site, which sizes an epoch)."""
+    full = load_split(cfg, "train", size, data_dir)
+    if cfg.partition == "own":
+        idx = np.arange(len(full))
+        mine = full if full.stream else full.subset(idx)
+        if not len(mine):
+            raise DataError(f"{data_dir or cfg.data_dir} holds no readable training image; a site needs "
+                            f"train/<class>/<image>")
+        return mine, idx, (cfg.site_images or len(mine)) * n_peers
     parts = partitions.partition(full.labels, n_peers, cfg.partition, cfg.alpha, cfg.seed, cfg.shards_per_peer)
     idx = parts[peer_index]
-    return full.subset(idx), idx, len(full)
+    return (_picked(full, idx) if full.stream else full.subset(idx)), idx, len(full)
+
+
+def _picked(split: Split, idx: np.ndarray) -> Split:
+    """The listed (undecoded) files at idx of a streamed split."""
+    return Split(split.labels[idx], split.classes, files=[split.files[i] for i in idx], size=split.size,
+                 stream=True, bad=split.bad)

@@ -13,11 +13,15 @@ from pathlib import Path
 
 log = logging.getLogger("p2pfed.learning.folders")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class DataError(RuntimeError):
     """The data cannot be found or read; the message says what to pass instead."""
+
+
+class MissingSplit(DataError):
+    """The folder has no <split>/ (e.g. a site without a test folder)."""
 
 
 def _cache_root(cache_dir: str) -> Path:
@@ -56,13 +60,12 @@ def _find_split_root(root: Path, split: str) -> Path:
     subdirs = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
     if len(subdirs) == 1 and (subdirs[0] / split).is_dir():
         return subdirs[0] / split
-    raise DataError(f"no {split}/ folder under {root}; an image folder needs {root}/{split}/<class>/<image> "
+    raise MissingSplit(f"no {split}/ folder under {root}; an image folder needs {root}/{split}/<class>/<image> "
                     f"(or pass a .tar.xz of that layout)")
 
 
-def list_split(data_dir: str, split: str, cache_dir: str = "") -> tuple[list[str], list[int], list[str]]:
-    """(files, labels, classes) of `<root>/<split>/<class>/*`, labels the sorted class folder
-    index; an archive is unpacked first (once per machine)."""
+def class_folders(data_dir: str, split: str, cache_dir: str = "") -> tuple[Path, list[str]]:
+    """The split's root and its class folder names, sorted (an archive is unpacked first)."""
     path = Path(data_dir)
     if not path.exists():
         raise DataError(f"data.data_dir {path} does not exist; pass --data-dir with an image folder "
@@ -70,12 +73,43 @@ def list_split(data_dir: str, split: str, cache_dir: str = "") -> tuple[list[str
     if path.is_file():
         path = unpack_archive(path, cache_dir)
     root = _find_split_root(path, split)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
         raise DataError(f"{root} has no class folders; expected {root}/<class>/<image>")
+    return root, names
+
+
+def class_index(folders: list[str], classes: tuple[str, ...] | list[str], where: str) -> dict[str, int]:
+    """folder name -> output index, by name. classes: the federation's agreed list (data.classes);
+    empty = the folders' own sorted order (a shared data set, the same on every peer). A folder
+    that is not one of the classes is an error naming it, with the nearest name if it looks misspelt."""
+    if not classes:
+        return {name: i for i, name in enumerate(folders)}
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        import difflib
+        hints = []
+        for f in unknown:
+            near = difflib.get_close_matches(f, list(classes), n=1, cutoff=0.6)
+            hints.append(f"{f!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise DataError(f"{where} has class folders {', '.join(hints)} that are not in data.classes {list(classes)}; "
+                        f"rename the folder to one of those names, or add the class to data.classes on every peer "
+                        f"(a class only one site knows would shift no label, but every peer must list it)")
+    return index
+
+
+def list_split(data_dir: str, split: str, cache_dir: str = "",
+               classes: tuple[str, ...] | list[str] = ()) -> tuple[list[str], list[int], list[str]]:
+    """(files, labels, classes) of `<root>/<split>/<class>/*`. Labels are the index of the folder's
+    name in `classes` (data.classes, agreed by every peer), or of the sorted folder names when
+    `classes` is empty; the returned class list is the one the labels index."""
+    root, names = class_folders(data_dir, split, cache_dir)
+    index = class_index(names, classes, str(root))
     files, labels = [], []
-    for c, name in enumerate(classes):
-        names = sorted(f for f in os.listdir(root / name) if f.lower().endswith(IMAGE_EXTENSIONS))
-        files += [str(root / name / f) for f in names]
-        labels += [c] * len(names)
-    return files, labels, classes
+    for name in names:
+        found = sorted(f for f in os.listdir(root / name)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        files += [str(root / name / f) for f in found]
+        labels += [index[name]] * len(found)
+    return files, labels, list(classes) if classes else names

@@ -9,10 +9,10 @@ from . import atomic
 
 def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_round: int, model_bytes: int,
           run_dir: Path | None = None, round_digest: str = "", bn_pooled: bool = False,
-          exchanged_bytes: int = 0) -> dict:
+          exchanged_bytes: int = 0, classes: list[str] | None = None) -> dict:
     """reports: round -> peer -> stats. Returns the summary.json document. exchanged_bytes: the
     part of the round state that is averaged (the model, plus optimizer buffers and control
-    variates when configured); 0 = the model alone."""
+    variates when configured); 0 = the model alone. classes: the class names in output order."""
     rounds, prev = [], list(cfg.peer_ids)
     for r in sorted(reports):
         if reports[r]:
@@ -25,8 +25,17 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
     evaluations = [{"epoch": r["epoch"], "round": r["round"], "accuracy": r["accuracy"], "test_loss": r["test_loss"]}
                    for r in rounds if r["accuracy"] is not None]
     sync = [r["sync_s"] for r in rounds]
+    classes = list(classes or cfg.data.classes)
+    last_eval = next((r for r in sorted(reports, reverse=True)
+                      if reports[r] and all("total" in st for st in reports[r].values())), None)
+    ever = {m for r in rounds for m in r["members"]}
     return {
         "peers": list(cfg.peer_ids),
+        "never_joined": [p for p in cfg.peer_ids if p not in ever],
+        "classes": classes,
+        "per_class": per_class(reports[last_eval], classes) if last_eval is not None else {},
+        "sites": sites(reports[last_eval], classes) if last_eval is not None and cfg.data.partition == "own" else {},
+        "unreadable": unreadable(reports),
         "evaluations": evaluations,
         "sync": {"rounds": len(rounds), "median_s": quantile(sync, 0.5) if sync else None,
                  "p90_s": quantile(sync, 0.9) if sync else None,
@@ -38,6 +47,55 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
                   "exchanged_bytes": exchanged_bytes or model_bytes,
                   "members": rounds[-1]["members"] if rounds else []},
     }
+
+
+def _counts(stats: dict, key: str, k: int) -> list[int] | None:
+    """A report's per-class counts (a list of k non-negative ints), or None (a report came from the network)."""
+    v = stats.get(key)
+    if isinstance(v, list) and len(v) == k and all(type(x) is int and 0 <= x < 2 ** 53 for x in v):
+        return v
+    return None
+
+
+def per_class(by: dict[int, dict], classes: list[str]) -> dict:
+    """class -> {correct, total, accuracy} over every member's evaluation of one round."""
+    k = len(classes)
+    correct, total = [0] * k, [0] * k
+    for stats in by.values():
+        c, t = _counts(stats, "class_correct", k), _counts(stats, "class_total", k)
+        if c is None or t is None:
+            continue
+        correct = [a + b for a, b in zip(correct, c)]
+        total = [a + b for a, b in zip(total, t)]
+    return {name: {"correct": c, "total": t, "accuracy": round(c / t, 4) if t else None}
+            for name, c, t in zip(classes, correct, total)}
+
+
+def sites(by: dict[int, dict], classes: list[str]) -> dict:
+    """peer -> how the final model serves that site (own data): its accuracy on its own test
+    folder, per class, and the images it trained on per class; plus "pooled": all sites' test
+    images together."""
+    out: dict = {}
+    for p, stats in sorted(by.items()):
+        t = stats.get("total", 0)
+        out[str(p)] = {"accuracy": round(stats["correct"] / t, 4) if t else None, "correct": stats.get("correct", 0),
+                       "total": t, "train_images": stats.get("n_samples"),
+                       "per_class": per_class({p: stats}, classes),
+                       "unreadable": stats.get("unreadable", 0) if type(stats.get("unreadable", 0)) is int else 0}
+    correct, total = sum(s["correct"] for s in out.values()), sum(s["total"] for s in out.values())
+    out["pooled"] = {"accuracy": round(correct / total, 4) if total else None, "correct": correct, "total": total}
+    return out
+
+
+def unreadable(reports: dict[int, dict[int, dict]]) -> dict:
+    """peer -> {count, files}: the unreadable images each peer skipped, from its latest report."""
+    out = {}
+    for r in sorted(reports):
+        for p, stats in reports[r].items():
+            n, files = stats.get("unreadable"), stats.get("unreadable_files")
+            if type(n) is int and n > 0 and isinstance(files, list):
+                out[str(p)] = {"count": n, "files": [f[:300] for f in files[:50] if isinstance(f, str)]}
+    return dict(sorted(out.items()))
 
 
 def _round(r: int, by: dict[int, dict], prev: list[int]) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import config
-from ..learning import augment, datasets, evaluate, model, schedule
+from ..learning import augment, datasets, evaluate, model, photos, schedule
 from ..learning import train as training
 from ..outputs import checkpoint
 from ..outputs.metrics import MetricsWriter
@@ -28,15 +28,22 @@ def run(cfg: config.Config, run_dir: Path, batch_size: int = 0) -> dict:
     torch.set_num_threads(cfg.train.threads or training.default_threads(1))
     batch = batch_size or cfg.train.batch_size * max(1, len(cfg.peers))
     tcfg = config.override(cfg, train={"batch_size": batch}).train
-    train = datasets.load_split(cfg.data, "train").loaded()
-    test = datasets.load_split(cfg.data, "test").loaded()
-    net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed))
+    size = cfg.model.input_size
+    train = datasets.load_split(cfg.data, "train", size)
+    test = datasets.load_split(cfg.data, "test", size)
+    train = train if train.stream else train.loaded()
+    test = test if test.stream else test.loaded()
+    decoder = photos.Decoder(cfg.data.workers) if train.stream or test.stream else None
+    net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed, classes=train.classes))
     opt = training.make_optimizer(net, tcfg)
     per_epoch = schedule.steps_per_epoch(len(train), batch)
     epochs = math.ceil(tcfg.epochs)
     total = math.ceil(tcfg.epochs * per_epoch)
-    batches = augment.stream(train, batch, torch.Generator().manual_seed(cfg.data.seed), tcfg.augment,
-                          cfg.model.input_size)
+    if train.stream:    # photos, decoded while training as the peers do it
+        batches = photos.PhotoStream(train.files, train.labels, batch, torch.Generator().manual_seed(cfg.data.seed),
+                                     tcfg.augment, size, size, decoder)
+    else:
+        batches = augment.stream(train, batch, torch.Generator().manual_seed(cfg.data.seed), tcfg.augment, size)
     metrics = MetricsWriter(run_dir / "metrics-central.jsonl", -1)
     step0, last = 0, {}
     log.info("centralized: %d training images, batch %d, %d epochs x %d steps, peak lr %.2e", len(train), batch,
@@ -61,7 +68,8 @@ def run(cfg: config.Config, run_dir: Path, batch_size: int = 0) -> dict:
                                                lambda i, loss, f=first: on_step(f + i, loss))
         step0 += len(losses)
         train_s = time.monotonic() - started
-        ev = evaluate.evaluate(net, test, cfg.train.eval_batch_size, cfg.model.input_size)
+        ev = evaluate.evaluate(net, test, cfg.train.eval_batch_size, cfg.model.input_size, cfg.model.num_classes,
+                               decoder)
         last = {"accuracy": ev["correct"] / ev["total"], **ev}
         metrics.write("round", round=epoch, epoch=round(step0 / per_epoch, 4), train_s=round(train_s, 2),
                       train_loss=sum(losses) / len(losses), **ev)
@@ -70,5 +78,5 @@ def run(cfg: config.Config, run_dir: Path, batch_size: int = 0) -> dict:
     metrics.close()
     checkpoint.save_consensus(run_dir / "central.pt", state_dict=net.state_dict(),
                               model_args=model.model_args(cfg.model), config=config.to_dict(cfg), rnd=epochs,
-                              peers=[], digest="", written_by=-1)
+                              peers=[], digest="", written_by=-1, classes=list(train.classes))
     return last

@@ -1,7 +1,9 @@
 """Evaluating a round's consensus, at the eval cadence.
 
 Each member evaluates the model on its own slice of the test set (the test set is cut into one
-part per member, so the members' counts add up to one pass over it). The model evaluated, and
+part per member, so the members' counts add up to one pass over it), or, with its own data
+(data.partition = "own"), on its own site's whole test folder: the summary then shows how the
+one model serves each site and all of them pooled. The model evaluated, and
 later exported, is the round's model part with BatchNorm statistics pooled over all members'
 data (consensus/pooling.py gathers and agrees; learning/bnstats.py computes the local sums and
 the pooled statistics), or the plain model part if pooling is off or fails. The pooling pass sees
@@ -23,8 +25,8 @@ log = logging.getLogger("p2pfed.run.evaluation")
 
 
 class Evaluator:
-    def __init__(self, cfg, me: int, train_split: datasets.Split, test_split: datasets.Split, transport, mailbox,
-                 secure=None):
+    def __init__(self, cfg, me: int, train_split: datasets.Split, test_split: datasets.Split | None, transport,
+                 mailbox, secure=None, decoder=None):
         self.cfg = cfg
         self.secure = secure          # secure aggregation: the BatchNorm sums travel masked
         self._pooled: tuple[str, Committed] | None = None   # (round digest, its pooled model), the last one
@@ -34,9 +36,14 @@ class Evaluator:
         self.transport = transport
         self.mailbox = mailbox
         self._slice: tuple[tuple, datasets.Split] | None = None
+        self.decoder = decoder        # photos: the decoding threads (photos.Decoder)
 
     def split(self, members: tuple[int, ...]) -> datasets.Split:
-        """My slice of the test set for this member list."""
+        """My slice of the test set for this member list (my own test folder, whole, with own data)."""
+        if self.cfg.data.partition == "own":
+            if self.test_split is not None and not self.test_split.stream and self.test_split.images is None:
+                self.test_split = self.test_split.loaded()      # small squares: decoded once, kept
+            return self.test_split
         if self._slice is None or self._slice[0] != tuple(members):
             parts = partition.partition_iid(len(self.test_split), len(members), self.cfg.data.seed + 1)
             self._slice = (tuple(members), self.test_split.subset(parts[list(members).index(self.me)]))
@@ -59,10 +66,21 @@ class Evaluator:
         # training: the weights were fitted to the statistics of augmented images, and clean-image
         # statistics cost 3.6 points on the dev test split (docs/benchmarks.md)
         seed = augment.peer_seed(self.cfg.data.seed, self.me)
-        sample = datasets.spread_sample(self.train_split, n, seed)
         aug = self.cfg.train.augment
-        batches = augment.batches(sample, self.cfg.train.batch_size, torch.Generator().manual_seed(seed) if aug else None,
-                                  train=aug, do_augment=aug, size=self.cfg.model.input_size)
+        if self.train_split.stream:     # photos: decoded with the training crops, seeded
+            files = datasets.spread_sample_files(self.train_split, n, seed)
+            rng = torch.Generator().manual_seed(seed)
+            seeds = torch.randint(0, 2 ** 62, (len(files),), generator=rng).tolist() if aug else None
+            images, _ = self.decoder.decode(files, self.cfg.model.input_size, seeds)
+            sample = datasets.Split(torch.zeros(len(images), dtype=torch.int64).numpy(), self.train_split.classes,
+                                    images=images)
+            batches = augment.batches(sample, self.cfg.train.batch_size, None, train=False, do_augment=False,
+                                      size=self.cfg.model.input_size)
+        else:
+            sample = datasets.spread_sample(self.train_split, n, seed)
+            batches = augment.batches(sample, self.cfg.train.batch_size,
+                                      torch.Generator().manual_seed(seed) if aug else None,
+                                      train=aug, do_augment=aug, size=self.cfg.model.input_size)
         layers = list(bnstats.bn_layers(net))
         got = pooling.pool(self.transport, self.mailbox, committed.round, committed.members,
                            bnstats.collect(net, batches), lambda total: bnstats.apply(plain.state, total, layers),
@@ -81,8 +99,13 @@ class Evaluator:
         evaluated = self.model_to_evaluate(net, committed, pool)
         if evaluated.bn_pooled:
             net.load_state_dict(capture.to_torch(evaluated.state))
-        stats = evaluate.evaluate(net, self.split(committed.members), self.cfg.train.eval_batch_size,
-                                  self.cfg.model.input_size)
+        test = self.split(committed.members)
+        if test is None:        # a site without a test folder adds nothing to the counts
+            k = self.cfg.model.num_classes
+            stats = {"correct": 0, "total": 0, "loss_sum": 0.0, "class_correct": [0] * k, "class_total": [0] * k}
+        else:
+            stats = evaluate.evaluate(net, test, self.cfg.train.eval_batch_size, self.cfg.model.input_size,
+                                      self.cfg.model.num_classes, self.decoder)
         if evaluated.bn_pooled:                    # training goes on from the round's result
             net.load_state_dict(capture.to_torch(committed.model().state))
             stats["bn_digest"] = evaluated.digest

@@ -39,10 +39,11 @@ def write_outputs(peer) -> None:
     checkpoint.save_consensus(path, state_dict={k: v.clone() for k, v in capture.to_torch(ev.state).items()},
                               model_args=model.model_args(peer.cfg.model), config=config.to_dict(peer.cfg),
                               rnd=c.round, peers=list(c.members), digest=ev.digest, written_by=peer.id,
-                              round_digest=c.digest, bn_pooled=ev.bn_pooled)
+                              round_digest=c.digest, bn_pooled=ev.bn_pooled, classes=list(peer.train_split.classes))
     summ = summary.build(peer.cfg, reports, final_digest=ev.digest, final_round=c.round,
                          model_bytes=roundstate.nbytes(c.model().state), run_dir=peer.run_dir, round_digest=c.digest,
-                         bn_pooled=ev.bn_pooled, exchanged_bytes=roundstate.nbytes(roundstate.exchanged(c.state)))
+                         bn_pooled=ev.bn_pooled, exchanged_bytes=roundstate.nbytes(roundstate.exchanged(c.state)),
+                         classes=list(peer.train_split.classes))
     summary.write(peer.run_dir, summ)
     acc = summ["final"]["accuracy"]
     log.info("wrote %s and summary.json: %d rounds, final accuracy %s, digest %s%s", path, c.round,

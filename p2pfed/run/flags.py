@@ -19,8 +19,11 @@ def options(f):
         click.option("--local-epochs", type=float, help="or: local epochs per round"),
         click.option("--eval-every", type=int, help="evaluate every N rounds (default: once per epoch)"),
         click.option("--dataset", type=click.Choice(["cifar10", "folder", "synthetic"])),
-        click.option("--data-dir", help="cifar10: download dir; folder: an image folder or a .tar.xz of one"),
-        click.option("--partition", type=click.Choice(["iid", "dirichlet", "shards"])),
+        click.option("--data-dir", multiple=True, help="cifar10: download dir; folder: an image folder or a .tar.xz of "
+                                                      "one; once per peer (--data-dir site0 --data-dir site1 ...): "
+                                                      "each peer trains on all of its own folder"),
+        click.option("--partition", type=click.Choice(["iid", "dirichlet", "shards", "own"]),
+                     help="how peers share one data set; own: each trains on all of its --data-dir"),
         click.option("--alpha", type=float, help="Dirichlet concentration (smaller: more skewed)"),
         click.option("--width-mult", type=float, help="MobileNetV2 width multiplier"),
         click.option("--seed", type=int),

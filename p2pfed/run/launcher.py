@@ -20,7 +20,7 @@ import click
 from .. import config as config_mod
 from ..config import ConfigError
 from ..outputs import atomic
-from . import preflight
+from . import preflight, sites
 from .exitcodes import ExitCode, describe
 from .flags import options
 from .liveview import LiveView, PeerView
@@ -226,13 +226,16 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
                "local_steps": _int_list("--local-steps", o["local_steps"]), "eval_every": o["eval_every"],
                "batch_size": o["batch_size"], "max_steps": o["max_steps"], "threads": o["threads"],
                "round_target": o["round_target"], "round_deadline_s": o["round_deadline_s"]},
-        data={"dataset": o["dataset"], "data_dir": o["data_dir"], "partition": o["partition"], "alpha": o["alpha"],
+        data={"dataset": o["dataset"], "data_dir": o["data_dir"][0] if len(o["data_dir"]) == 1 else None,
+              "partition": o["partition"], "alpha": o["alpha"],
               "seed": o["seed"], "train_limit": o["train_limit"], "test_limit": o["test_limit"]},
         model={"width_mult": o["width_mult"]},
         security={"secure_aggregation": o["secure_aggregation"]},
         output={"run_dir": str(run_dir), "quantize": o["quantize"], "metrics_port": o["metrics_port"],
                 "tensorboard": o["tensorboard"]})
     cfg = config_mod.replace_peers(cfg, config_mod.local_peers(o["peers"], preflight.free_ports(o["peers"])))
+    if len(o["data_dir"]) > 1 or cfg.data.partition == "own":
+        cfg = sites.own_folders(cfg, list(o["data_dir"]), o["partition"])
     if cfg.averaging.min_peers == 0:
         # all peers share one host, so a partition is impossible: any survivors may finish a round
         cfg = config_mod.override(cfg, averaging={"min_peers": 1})

@@ -26,19 +26,20 @@ import torch
 
 from .. import config
 from ..consensus import compress, recipe, roundstate
+from ..consensus.digest import digest as state_digest
 from ..consensus.allreduce import AllReduce, Progress
 from ..consensus.download import download
 from ..consensus.mailbox import Mailbox
 from ..consensus.masked import Secure
 from ..consensus.outcome import Averaged, Committed, Download, Failed, RoundError
 from ..consensus.stepsync import StepSync
-from ..learning import datasets, schedule, train
+from ..learning import datasets, photos, schedule, train
 from ..learning import device as devices
 from ..net import protocol, wire
 from ..net.transport import Served, Transport
 from ..outputs import atomic
 from ..outputs.metrics import MetricsWriter
-from . import checkpoints, finish, presence, reports
+from . import checkpoints, finish, own_data, presence, reports
 from . import pacing as pacing_mod
 from . import state as state_mod
 from .evaluation import Evaluator
@@ -102,15 +103,22 @@ class Peer:
         local = [p.id for p in cfg.peers if p.host == cfg.peer(self.id).host]
         torch.set_num_threads(cfg.train.threads or train.default_threads(len(local)))
         dev = devices.resolve(self.device_spec, local.index(self.id))
-        self.train_split, _, n_total = datasets.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids))
+        self.data_dir = own_data.check(cfg, self.id)
+        self.train_split, _, n_total = datasets.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids),
+                                                               cfg.model.input_size, self.data_dir)
         self.n_samples = len(self.train_split)
         self.weight = self.n_samples    # my weight in the round's mean
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
         self.trainer = Trainer(cfg, self.id, len(self.ids), self.train_split, self.plan, self.metrics, self.faults, dev)
         self.pacing = pacing_mod.Pacing(cfg.train, self.plan)
         template = self.trainer.template
-        log.info("starting on %s: %d training images (%s partition); %d rounds of %s local steps (%.2f epochs); "
-                 "model %.2f MB", dev, self.n_samples, cfg.data.partition, self.plan.rounds,
+        if cfg.model.weights_file or cfg.model.pretrained:     # every partner must start from the same weights
+            start = state_digest(roundstate.model_part(template))
+            self.recipe = recipe.with_start(self.recipe, start)
+            log.info("starting from the weights of %s (digest %s)", cfg.model.weights_file or "ImageNet", start[:16])
+        log.info("starting on %s: %d training images (%s partition%s); %d rounds of %s local steps (%.2f epochs); "
+                 "model %.2f MB", dev, self.n_samples, cfg.data.partition,
+                 ", decoded while training" if self.train_split.stream else "", self.plan.rounds,
                  sorted(set(self.plan.steps)), self.plan.total_steps / self.plan.steps_per_epoch,
                  roundstate.nbytes(roundstate.model_part(template)) / 1e6)
         self.metrics.write("plan", round=0, rounds=self.plan.rounds, epochs=round(self.plan.total_steps /
@@ -136,8 +144,9 @@ class Peer:
         self.mailbox.on_report = self.observers.board.report
         # secure aggregation: a mask key for this process (sent in every ready), and the fault points of its barrier
         self.secure = Secure(hook=self.faults.at) if cfg.security.secure_aggregation else None
-        self.evaluator = Evaluator(cfg, self.id, self.train_split, datasets.load_split(cfg.data, "test"),
-                                   self.transport, self.mailbox, self.secure)
+        self.evaluator = Evaluator(cfg, self.id, self.train_split, own_data.test_split(cfg, self.data_dir),
+                                   self.transport, self.mailbox, self.secure,
+                                   decoder=self.trainer.decoder or photos.Decoder(cfg.data.workers))
         self.allreduce = AllReduce(self.transport, self.mailbox, a, self.ids, faults=self.faults,
                                    on_progress=self._progress,
                                    codec=compress.CONFIG_CODECS[self.cfg.train.compression], secure=self.secure)
@@ -212,6 +221,7 @@ class Peer:
                          100 * stats["correct"] / max(1, stats["total"]))
             if isinstance(outcome, Averaged):
                 checkpoints.save_if_due(self, rnd, evaluates)
+            stats.update(own_data.unreadable_stats(self))
             reports.publish(self, rnd, stats)
         self.faults.at(rnd, FaultPoint.BETWEEN_ROUNDS)
         self._advance(committed.round + 1)

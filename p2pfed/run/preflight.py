@@ -89,6 +89,8 @@ def check_data(dcfg) -> None:
     unpacked now (once per machine; the peers then reuse it)."""
     if dcfg.dataset != "folder":
         return          # synthetic needs nothing; cifar10 downloads into data_dir (and says so if offline)
+    if dcfg.partition == "own":
+        return          # sites.own_folders has listed every peer's folder by its class names
     path = Path(dcfg.data_dir)
     if not path.exists():
         raise PreflightError(f"--data-dir {path} does not exist (data.data_dir); pass an image folder "

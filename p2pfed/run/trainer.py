@@ -10,7 +10,7 @@ import time
 import torch
 
 from ..consensus import roundstate
-from ..learning import augment, capture, model, scaffold, schedule, syncbn, train
+from ..learning import augment, capture, model, photos, scaffold, schedule, syncbn, train
 from ..outputs.metrics import MetricsWriter
 from .faults import FaultInjector, FaultPoint
 from .state import capture_state, restore_state
@@ -29,7 +29,7 @@ class Trainer:
         self.global_batch = cfg.train.batch_size * n_peers
         self.device = dev
         self._host = capture.HostBuffers() if dev.type == "cuda" else None   # pinned, for the round state
-        self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed)).to(dev)
+        self.net = model.channels_last(model.build(cfg.model, seed=cfg.data.seed, classes=train_split.classes)).to(dev)
         if cfg.train.batchnorm == "sync":
             syncbn.convert(self.net)
         self.freeze_step = round(cfg.train.freeze_bn_at * plan.total_steps) if cfg.train.batchnorm == "frozen" \
@@ -40,10 +40,17 @@ class Trainer:
         self.carried: dict = {}          # scaffold.* (c), outer.* and auto.* entries of the last committed round
         self.global_step = 0
         self.last_images = 0             # images processed by the last round's steps
-        # on a GPU the partition lives there as uint8 and is cropped and flipped there
-        self.batches = augment.stream(augment.on_device(train_split, dev), cfg.train.batch_size,
-                                      torch.Generator(device=dev).manual_seed(augment.peer_seed(cfg.data.seed, peer_id)),
-                                      cfg.train.augment, cfg.model.input_size)
+        seed = augment.peer_seed(cfg.data.seed, peer_id)
+        # photos are decoded while training, in threads (photos.py); the unreadable ones are named in decoder.bad
+        self.decoder = photos.Decoder(cfg.data.workers) if train_split.stream else None
+        if self.decoder:
+            self.batches = photos.PhotoStream(train_split.files, train_split.labels, cfg.train.batch_size,
+                                              torch.Generator().manual_seed(seed), cfg.train.augment,
+                                              cfg.model.input_size, cfg.model.input_size, self.decoder, device=dev)
+        else:   # on a GPU the partition lives there as uint8 and is cropped and flipped there
+            self.batches = augment.stream(augment.on_device(train_split, dev), cfg.train.batch_size,
+                                          torch.Generator(device=dev).manual_seed(seed), cfg.train.augment,
+                                          cfg.model.input_size)
         # a copy: round 1's anchor for the outer step, and the schema received states must match
         self.template = capture_state(self.net, self.opt, cfg.train, copy=True)
 
