@@ -6,8 +6,8 @@ CMYK, EXIF-rotated), decoded while the peer trains and resized at model.input_si
 
 Both with torchvision's functional transforms on PIL images; the random parameters come from a
 per-image seed drawn in order from the peer's own generator, so a run is reproducible whatever
-thread decodes which image. JPEGs are decoded in draft mode (DCT scaling) at the smallest scale
-that still covers what the crop needs. A file that cannot be read is skipped and reported by
+thread decodes which image. Training JPEGs are decoded in draft mode (DCT scaling) at the
+smallest scale that still covers what the crop needs; evaluation decodes at full scale. A file that cannot be read is skipped and reported by
 name (BadImage), never fatal and never a shifted label.
 
 Decoding runs in a few threads (Pillow releases the GIL while it decodes and resizes); at most a
@@ -107,10 +107,12 @@ def train_image(path: str, size: int, seed: int) -> torch.Tensor:
 
 
 def eval_image(path: str, size: int) -> torch.Tensor:
-    """uint8 (3, size, size): the shorter side resized to size, then the centre square."""
+    """uint8 (3, size, size): the shorter side resized to size, then the centre square. Decoded
+    at full scale (no JPEG draft), so that `p2pfed predict` and any other runtime that follows
+    the rule in the ONNX metadata see exactly these pixels."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
-    im = open_rgb(path, need=size)
+    im = open_rgb(path)
     if im.size != (size, size):
         im = F.resize(im, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
         im = F.center_crop(im, [size, size])

@@ -86,8 +86,9 @@ def compare(model_file: Path, out_dir: Path, calibration: torch.Tensor, test_ima
     torch.set_num_threads(threads)
     net, meta = export.load_consensus(model_file)
     stem = Path(model_file).stem
-    fp32_onnx = export.export_onnx(net, out_dir / f"{stem}.onnx", meta["model_args"]["input_size"])
-    int8_onnx = quantize_onnx_static(fp32_onnx, out_dir / f"{stem}.int8.onnx", calibration)
+    props = export.metadata(meta)
+    fp32_onnx = export.export_onnx(net, out_dir / f"{stem}.onnx", meta["model_args"]["input_size"], props)
+    int8_onnx = quantize_onnx_static(fp32_onnx, out_dir / f"{stem}.int8.onnx", calibration, props)
     fx = quantize_torch_fx(net, calibration)
     dyn = quantize_dynamic(net)
     qdir = out_dir / "quantized"
@@ -120,12 +121,15 @@ def calibration_batch(split: datasets.Split, n: int, input_size: int, seed: int 
 
 
 def run(run_dir: Path, calibration: datasets.Split, cfg, n_test: int = 10000, model_file: Path | None = None,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, writer: int = -1) -> dict:
     """At the end of a run (any peer): calibrate on my partition, compare, write quantization.json
-    (STEM.quantization.json for a model file other than consensus.pt). threads: cfg.train.threads or 1."""
+    (STEM.quantization.json for a model file other than consensus.pt). threads: cfg.train.threads or 1.
+    writer: the peer whose own test folder measures the models (data.partition = "own")."""
     model_file = model_file or run_dir / "consensus.pt"
     cal = calibration_batch(calibration, cfg.output.calibration_images, cfg.model.input_size, cfg.data.seed)
-    sub = datasets.spread_sample(datasets.load_split(cfg.data, "test"), n_test, cfg.data.seed + 11)
+    own = export.writer_dir(cfg, writer) if cfg.data.partition == "own" else ""
+    sub = datasets.spread_sample(datasets.load_split(cfg.data, "test", cfg.model.input_size, own), n_test,
+                                 cfg.data.seed + 11)
     result = compare(model_file, run_dir, cal, augment.normalize(sub.images, cfg.model.input_size),
                      sub.labels, threads=threads or max(1, cfg.train.threads or 1))
     name = "quantization.json" if model_file.stem == "consensus" else f"{model_file.stem}.quantization.json"
@@ -144,7 +148,8 @@ def writer_partition(meta: dict, cfg) -> datasets.Split:
     """The training partition of the peer that wrote the model (the first peer's if unknown)."""
     writer = meta.get("written_by", -1)
     ids = sorted(p["id"] for p in meta["config"]["peers"]) or [0]
-    split, _, _ = datasets.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, len(ids))
+    split, _, _ = datasets.peer_partition(cfg.data, ids.index(writer) if writer in ids else 0, len(ids),
+                                          cfg.model.input_size, export.writer_dir(cfg, writer))
     return split
 
 
@@ -156,7 +161,8 @@ def run_target(target: str | Path, calibration_images: int | None = None, n_test
     cfg = export.config_of(meta)
     if calibration_images:
         cfg = config_mod.override(cfg, output={"calibration_images": calibration_images})
-    return run(path.parent, writer_partition(meta, cfg), cfg, n_test=n_test, model_file=path, threads=threads)
+    return run(path.parent, writer_partition(meta, cfg), cfg, n_test=n_test, model_file=path, threads=threads,
+               writer=meta.get("written_by", -1))
 
 
 def format_table(result: dict) -> str:

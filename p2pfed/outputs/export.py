@@ -1,6 +1,7 @@
 """consensus.pt -> fp32 ONNX (opset 17, dynamic batch), checked with onnx.checker and against PyTorch."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import config
-from ..learning import augment, datasets, model, normfree
+from ..learning import augment, datasets, model, normfree, photos
 from . import atomic, checkpoint
 
 log = logging.getLogger("p2pfed.outputs.export")
@@ -45,14 +46,55 @@ def config_of(meta: dict) -> config.Config:
 
 
 def sample_images(cfg: config.Config, n: int, split: str = "test", data_dir: str | None = None) -> torch.Tensor:
-    """n normalised images of a split, for checks and calibration."""
-    dcfg = cfg.data if data_dir is None else config.override(cfg, data={"data_dir": data_dir}).data
-    sample = datasets.spread_sample(datasets.load_split(dcfg, split), n, cfg.data.seed + 11)
+    """n normalised images of a split, for checks and calibration (with own data: the writer's folder)."""
+    if data_dir is None and cfg.data.partition == "own":
+        data_dir = writer_dir(cfg, -1)
+    sample = datasets.spread_sample(datasets.load_split(cfg.data, split, cfg.model.input_size, data_dir or ""), n,
+                                    cfg.data.seed + 11)
     return augment.normalize(sample.images, cfg.model.input_size)
 
 
-def export_onnx(net: torch.nn.Module, out: str | os.PathLike, input_size: int) -> Path:
-    """Write an fp32 ONNX model atomically; dynamic batch; onnx.checker must accept it."""
+def classes_of(meta: dict) -> list[str]:
+    """The class names of a consensus.pt in output order: its own list, else its config's
+    data.classes, else (a file written before classes were recorded) class0, class1, ..."""
+    names = meta.get("classes") or meta.get("config", {}).get("data", {}).get("classes") or []
+    k = int(meta["model_args"]["num_classes"])
+    return [str(c) for c in names] if len(names) == k else [f"class{i}" for i in range(k)]
+
+
+def metadata(meta: dict) -> dict[str, str]:
+    """What the ONNX files say of their use (metadata_props), so that ONNX Runtime alone can
+    classify a photo: the class names in output order, the input size, the pixel normalisation
+    and the resize rule (predict.py reads them back)."""
+    size = int(meta["model_args"]["input_size"])
+    return {"p2pfed.classes": json.dumps(classes_of(meta)), "p2pfed.input_size": str(size),
+            "p2pfed.mean": json.dumps(list(augment.CIFAR_MEAN)), "p2pfed.std": json.dumps(list(augment.CIFAR_STD)),
+            "p2pfed.resize": photos.RESIZE_RULE,
+            "p2pfed.input": f"float32 NCHW (batch, 3, {size}, {size}), RGB, (pixel / 255 - mean) / std per channel",
+            "p2pfed.output": "logits in the order of p2pfed.classes; softmax gives probabilities",
+            "p2pfed.digest": str(meta.get("digest", ""))}
+
+
+def set_metadata(model, props: dict[str, str]) -> None:
+    """Replace an onnx ModelProto's p2pfed.* metadata_props with props."""
+    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("p2pfed.")]
+    del model.metadata_props[:]
+    for key, value in keep + sorted(props.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def writer_dir(cfg: config.Config, writer: int) -> str:
+    """The data folder of the peer that wrote a model (data.partition = "own"; the first peer's if unknown)."""
+    ids = cfg.peer_ids
+    pid = writer if writer in ids else (ids[0] if ids else -1)
+    return (cfg.peer(pid).data_dir if pid >= 0 else "") or cfg.data.data_dir
+
+
+def export_onnx(net: torch.nn.Module, out: str | os.PathLike, input_size: int,
+                props: dict[str, str] | None = None) -> Path:
+    """Write an fp32 ONNX model atomically; dynamic batch; onnx.checker must accept it. props:
+    metadata_props to record (metadata())."""
     import onnx
     out = Path(out)
     x = torch.zeros(1, 3, input_size, input_size)
@@ -62,7 +104,11 @@ def export_onnx(net: torch.nn.Module, out: str | os.PathLike, input_size: int) -
         torch.onnx.export(net.eval(), (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     try:
-        onnx.checker.check_model(onnx.load(str(tmp)))
+        model_proto = onnx.load(str(tmp))
+        if props:
+            set_metadata(model_proto, props)
+            onnx.save(model_proto, str(tmp))
+        onnx.checker.check_model(model_proto)
         return atomic.publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -93,7 +139,7 @@ def export_file(model_file: str, onnx_path: str | None = None, data_dir: str | N
     net, meta = load_consensus(model_file)
     src = Path(model_file)
     out = Path(onnx_path) if onnx_path else (src if src.is_dir() else src.parent) / "consensus.onnx"
-    export_onnx(net, out, meta["model_args"]["input_size"])
+    export_onnx(net, out, meta["model_args"]["input_size"], metadata(meta))
     images = sample_images(config_of(meta), check_images, data_dir=data_dir)
     diff = max_abs_diff(net, out, images)
     if diff >= TOLERANCE:

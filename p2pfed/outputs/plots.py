@@ -139,6 +139,34 @@ def plot_averaging(summ: dict, out: Path) -> dict:
             "sync_s_median": quantile(sync, 0.5) if sync else None}
 
 
+def plot_sites(summ: dict, out: Path) -> dict:
+    """How the one model serves each site (own data): left, the accuracy on each site's own test
+    folder and on all of them pooled; right, the accuracy per class at each site (blank where a
+    site has no test image of the class)."""
+    sites = {k: v for k, v in summ["sites"].items() if k != "pooled"}
+    pooled = summ["sites"].get("pooled", {})
+    classes = summ.get("classes") or []
+    names = [f"peer {k}" for k in sites] + ["pooled"]
+    accs = [100 * (v["accuracy"] or 0) for v in sites.values()] + [100 * (pooled.get("accuracy") or 0)]
+    grid = [[(100 * v["per_class"][c]["accuracy"]) if v["per_class"].get(c, {}).get("accuracy") is not None
+             else float("nan") for c in classes] for v in sites.values()]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 1.6 + 0.45 * len(names)), gridspec_kw={"width_ratios": [1, 2]})
+    bars = a.barh(range(len(names)), accs, color=["#4c72b0"] * len(sites) + ["#55a868"])
+    for bar, v in zip(bars, accs):
+        a.text(v, bar.get_y() + bar.get_height() / 2, f" {v:.1f}%", va="center", fontsize=8)
+    a.set_yticks(range(len(names)), names)
+    a.invert_yaxis()
+    a.set(xlim=(0, 105), xlabel="accuracy on the site's own test folder (%)", title="The consensus at each site")
+    if classes and grid:
+        im = b.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        b.set_xticks(range(len(classes)), classes, rotation=35, ha="right", fontsize=8)
+        b.set_yticks(range(len(sites)), names[:-1])
+        b.set_title("accuracy per class and site (%); blank: no test image")
+        fig.colorbar(im, ax=b, fraction=0.03)
+    _save(fig, out)
+    return {"names": names, "accuracy": accs, "per_class": grid, "classes": classes}
+
+
 def plot_sizes(q: dict, out: Path) -> dict:
     names = [n for n in q["order"] if n in q["rows"]]
     mb = [q["rows"][n]["bytes"] / 1e6 for n in names]

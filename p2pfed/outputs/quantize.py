@@ -35,8 +35,10 @@ class _Calibration:
         self.i = 0
 
 
-def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor) -> Path:
-    """fp32 ONNX -> pre-processed -> static QDQ INT8 -> compacted, written atomically to out."""
+def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor,
+                         props: dict[str, str] | None = None) -> Path:
+    """fp32 ONNX -> pre-processed -> static QDQ INT8 -> compacted, written atomically to out, with
+    the fp32 model's metadata_props (props: export.metadata) carried over."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
     prep = atomic.temp_path(out.with_name(out.stem + ".prep.onnx"))
@@ -51,6 +53,9 @@ def quantize_onnx_static(fp32_path: Path, out: Path, calibration: torch.Tensor) 
         model = onnx.load(str(tmp))
         before = model.ByteSize()
         compact_qdq(model)
+        if props:
+            from .export import set_metadata
+            set_metadata(model, props)
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
         atomic.publish(tmp, out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import atomic, metrics
 from .plots import (partition_counts, plot_accuracy, plot_averaging, plot_loss, plot_partition, plot_quant_accuracy,
-                    plot_sizes, plot_timeline)
+                    plot_sites, plot_sizes, plot_timeline)
 from .summary import quantile
 
 def _read_json(path: Path) -> dict | None:
@@ -34,6 +34,8 @@ def render(run_dir: Path, reference: Path | None = None) -> Path:
     if summ:
         drawn["accuracy"] = plot_accuracy(summ, ref, plots / "accuracy.png", recs)
         drawn["averaging"] = plot_averaging(summ, plots / "averaging.png")
+        if summ.get("sites"):
+            drawn["sites"] = plot_sites(summ, plots / "sites.png")
     if q:
         drawn["sizes"] = plot_sizes(q, plots / "sizes.png")
         drawn["quant_accuracy"] = plot_quant_accuracy(q, plots / "quant_accuracy.png")
@@ -74,6 +76,7 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
                "Every round succeeded at its first attempt.") if rounds else "No round completed.",
             "", "Every round's members, digests and times are in summary.json (one line per round)."]
     out += _partition_md(run_dir)
+    out += _sites_md(summ)
     out += ["", "![accuracy](plots/accuracy.png)", "", "![training loss](plots/loss.png)", "",
             "![averaging](plots/averaging.png)", "", "## Faults", ""]
     events = [(r["round"], e) for r in summ["rounds"] for e in r["events"]]
@@ -95,6 +98,25 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
                 "![quantized accuracy](plots/quant_accuracy.png)", ""]
     out += ["## Config", "", "```toml", cfg_text.strip(), "```", ""]
     return "\n".join(out)
+
+
+def _sites_md(summ: dict) -> list[str]:
+    """Own data: the final model's accuracy at each site and pooled, and the unreadable images."""
+    out = []
+    if summ.get("sites"):
+        out += ["", "## Sites (the final model on each site's own test folder)", "",
+                "| site | training images | test images | accuracy |", "|---|---|---|---|"]
+        for k, v in summ["sites"].items():
+            acc = "n/a (no test folder)" if v["accuracy"] is None else f"{100 * v['accuracy']:.2f}%"
+            who = "all sites, pooled" if k == "pooled" else f"peer {k}"
+            out.append(f"| {who} | {v.get('train_images', '') or ''} | {v['total']} | {acc} |")
+        out += ["", "![sites](plots/sites.png)"]
+    if summ.get("unreadable"):
+        out += ["", "## Unreadable images (skipped)", ""]
+        for k, v in summ["unreadable"].items():
+            out.append(f"- peer {k}: {v['count']} skipped: {', '.join(v['files'][:10])}"
+                       + (" ..." if v["count"] > 10 else ""))
+    return out
 
 
 def _partition_md(run_dir: Path) -> list[str]:

@@ -156,6 +156,51 @@ def export(model_file, onnx_path, data_dir) -> None:
 
 
 @main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="classes shown per image")
+def predict(model, images, top) -> None:
+    """Classify photos with an exported ONNX model (MODEL: a .onnx file or a run dir), by ONNX
+    Runtime alone, from the class names, input size and resize rule in the model's metadata."""
+    from ..outputs import predict as pred
+    try:
+        results = pred.predict(model, list(images), top)
+    except pred.PredictError as e:
+        _fail(str(e), ExitCode.FAILED)
+    for r in results:
+        click.echo(f"{r['image']}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in r["top"]))
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(exists=True), help="one image folder (or archive) to cut")
+@click.option("--out", required=True, type=click.Path(), help="a new folder: OUT/site0, OUT/site1, ... are written")
+@click.option("--sites", "n_sites", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--partition", type=click.Choice(["iid", "dirichlet", "shards"]), default="dirichlet",
+              show_default=True, help="how the images are dealt to the sites")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="dirichlet: smaller = more skewed")
+@click.option("--shards", "shards_per_site", type=int, default=2, show_default=True,
+              help="shards: label-sorted shards per site")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sites(data_dir, out, n_sites, partition, alpha, shards_per_site, seed) -> None:
+    """Write N demo site folders from one data set (train/ by the partition, test/ following each
+    site's class mix), to rehearse a deployment: then `launch.py --data-dir OUT/site0 ...`."""
+    from ..learning.folders import DataError
+    from . import sites as site_mod
+    try:
+        manifest = site_mod.make_sites(data_dir, out, n_sites, partition, alpha, seed, shards_per_site)
+    except (ConfigError, DataError) as e:
+        _fail(str(e))
+    classes = manifest["classes"]
+    click.echo(f"wrote {n_sites} sites under {out} ({partition}{f', alpha {alpha:g}' if partition == 'dirichlet' else ''}"
+               f"); images per class ({', '.join(classes)}):")
+    for site in manifest["sites"]:
+        train = [site["train"].get(c, 0) for c in classes]
+        click.echo(f"  {site['folder']}: train {sum(train):>6} {train}  test {sum(site['test'].values()):>5}")
+    click.echo(f"run them: python launch.py --preset photos --peers {n_sites} "
+               + " ".join(f"--data-dir {Path(out) / s['folder']}" for s in manifest["sites"]))
+
+
+@main.command()
 @click.argument("target", type=click.Path())
 @click.option("--calibration-images", type=int, default=None, help="images used for calibration")
 def quantize(target, calibration_images) -> None:

@@ -54,4 +54,4 @@ def write_outputs(peer) -> None:
     if peer.cfg.output.quantize:
         from ..outputs import comparison
         peer.enter(RoundStage.QUANTIZE)
-        comparison.run(peer.run_dir, calibration=peer.train_split, cfg=peer.cfg)
+        comparison.run(peer.run_dir, calibration=peer.train_split, cfg=peer.cfg, writer=peer.id)

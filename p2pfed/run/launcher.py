@@ -43,7 +43,8 @@ class Launcher:
         self.restarts = restarts              # peer id -> round at which to restart it
         self.timeout_s = timeout_s
         self.views = {p.id: PeerView(p.id) for p in cfg.peers}
-        self.live = LiveView(self.views)
+        self.live = LiveView(self.views, tested_on="the sites' own test folders, pooled"
+                             if cfg.data.partition == "own" else "the test split")
         self.config_path = run_dir / "config.toml"
 
     def _start(self, peer_id: int, resume: bool = False) -> None:

@@ -89,8 +89,9 @@ def consensus_accuracy(views) -> tuple[int, float, float] | None:
 
 
 class LiveView:
-    def __init__(self, views: dict[int, PeerView], out=sys.stdout):
+    def __init__(self, views: dict[int, PeerView], out=sys.stdout, tested_on: str = "the test split"):
         self.views = views
+        self.tested_on = tested_on
         self.out = out
         self.tty = out.isatty()
         self._drawn = 0
@@ -100,7 +101,7 @@ class LiveView:
         lines = [v.line() for v in self.views.values()]
         acc = consensus_accuracy(self.views.values())
         if acc:
-            lines.append(f"consensus: {100 * acc[2]:.2f}% on the test split after round {acc[0]}")
+            lines.append(f"consensus: {100 * acc[2]:.2f}% on {self.tested_on} after round {acc[0]}")
         return lines
 
     def render(self) -> None:

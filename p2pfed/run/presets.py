@@ -13,6 +13,8 @@
            today's, in 2.2x the wall time; docs/benchmarks.md)
     gpu    peers on GPUs: 256 images per peer per step, bf16, averaging every 4 steps, 30 epochs
            (bench/gpu_check.sh on one H200, 5 peers on the one GPU, dev data: 80.19% in 314 s)
+    photos real photos of any size (a site's own folder, docs/own-data.md): 128 px, MobileNetV2's
+           own stride-2 stem, width 0.5, random resized crops, 30 epochs, the cpu recipe otherwise
     seed   the notebook's setup: ImageNet weights, 224 px input, one round of one local epoch
 """
 from __future__ import annotations
@@ -31,12 +33,16 @@ PRESETS = {
                       "optimizer": "sgd", "lr": 0.05, "lr_scaling": "sqrt", "lr_base_batch": 128,
                       "schedule": "onecycle", "label_smoothing": 0.1, "bn_pool_images": 2048,
                       "eval_batch_size": 1024}},
+    "photos": {"model": {"pretrained": False, "input_size": 128, "cifar_stem": False, "width_mult": 0.5},
+               "train": {"epochs": 30.0, "local_steps": [1, 2, 4], "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
+                         "lr_scaling": "linear", "lr_base_batch": 128, "schedule": "onecycle",
+                         "label_smoothing": 0.1, "bn_pool_images": 256}},
     "seed": {"model": {"pretrained": True, "input_size": 224, "cifar_stem": False, "width_mult": 1.0},
              "train": {"rounds": 1, "local_epochs": 1.0, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine",
                       "device": "auto"}},
 }
 
 HELP = ("cpu: the default CPU recipe; noniid: for label-skewed data (synchronized BatchNorm, averaging every "
-        "step); gpu: peers on GPUs (bf16, 256 images per step, 30 epochs; 80.2% in about 5 minutes with 5 peers on one H200); seed: the notebook's "
+        "step); photos: real photos of any size at 128 px (own folders); gpu: peers on GPUs (bf16, 256 images per step, 30 epochs; 80.2% in about 5 minutes with 5 peers on one H200); seed: the notebook's "
         "setup (ImageNet weights at 224 px, 1 round of 1 epoch): it needs the ImageNet weights, from the internet "
         "or model.weights_file, and a GPU to run in reasonable time")
