@@ -23,6 +23,8 @@ from ..learning import augment, bnstats, capture, datasets, evaluate, partition
 
 log = logging.getLogger("p2pfed.run.evaluation")
 
+KEEP_DECODED_BYTES = 64 << 20    # own test folders up to this decoded size are decoded once; larger ones stream
+
 
 class Evaluator:
     def __init__(self, cfg, me: int, train_split: datasets.Split, test_split: datasets.Split | None, transport,
@@ -41,8 +43,10 @@ class Evaluator:
     def split(self, members: tuple[int, ...]) -> datasets.Split:
         """My slice of the test set for this member list (my own test folder, whole, with own data)."""
         if self.cfg.data.partition == "own":
-            if self.test_split is not None and not self.test_split.stream and self.test_split.images is None:
-                self.test_split = self.test_split.loaded()      # small squares: decoded once, kept
+            t = self.test_split
+            size = self.cfg.model.input_size
+            if t is not None and t.images is None and (not t.stream or len(t) * 3 * size * size <= KEEP_DECODED_BYTES):
+                self.test_split = t.loaded()      # decoded once and kept (evaluation decodes deterministically)
             return self.test_split
         if self._slice is None or self._slice[0] != tuple(members):
             parts = partition.partition_iid(len(self.test_split), len(members), self.cfg.data.seed + 1)
