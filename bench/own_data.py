@@ -151,7 +151,7 @@ def loader(args, root: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "clothing-dev.tar"))
-    ap.add_argument("--epochs", type=float, default=30.0)
+    ap.add_argument("--epochs", type=float, default=40.0)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--width-mult", type=float, default=0.5)
     ap.add_argument("--sites", type=int, default=3)

@@ -27,6 +27,10 @@ def _data(cfg: Config) -> None:
     if d.partition == "own" and d.dataset != "folder":
         raise ConfigError(f"data.partition = \"own\" needs data.dataset = \"folder\" (each peer's image folder), "
                           f"got {d.dataset!r}")
+    if d.partition == "own" and cfg.train.batchnorm == "sync" and cfg.train.local_epochs:
+        raise ConfigError("train.batchnorm = \"sync\" trains the members in lockstep, step by step, but with "
+                          "data.partition = \"own\" and train.local_epochs each site takes as many steps as its own "
+                          "folder holds; set train.local_steps instead")
     if d.site_images < 0 or d.workers < 1:
         raise ConfigError(f"data.site_images = {d.site_images} must be >= 0 and data.workers = {d.workers} >= 1")
 

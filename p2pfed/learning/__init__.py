@@ -1,7 +1,8 @@
 """Learning: data, the model and local training. Torch; knows nothing of sockets or the protocol.
 
     folders.py     image folders on disk, archives unpacked once per machine (no torch)
-    datasets.py    CIFAR-10, image folders, synthetic data; a peer's decoded partition
+    datasets.py    CIFAR-10, image folders (labels by class name), synthetic data; a peer's partition or own folder
+    photos.py      real photos of any size: training crops, the evaluation resize, decoding threads, the stream
     partition.py   partitions of the training set over the peers (pure)
     augment.py     normalisation, augmentation, the endless batch stream, per-peer seeds
     mobilenet.py   MobileNetV2 (torchvision's tree and initialisation, without importing torchvision)

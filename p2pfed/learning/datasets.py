@@ -211,7 +211,12 @@ def peer_partition(cfg, peer_index: int, n_peers: int, size: int = 0,
         return mine, idx, (cfg.site_images or len(mine)) * n_peers
     parts = partitions.partition(full.labels, n_peers, cfg.partition, cfg.alpha, cfg.seed, cfg.shards_per_peer)
     idx = parts[peer_index]
-    return (_picked(full, idx) if full.stream else full.subset(idx)), idx, len(full)
+    return select(full, idx), idx, len(full)
+
+
+def select(split: Split, idx: np.ndarray) -> Split:
+    """The images at idx: listed (still to stream) for photos, decoded otherwise."""
+    return _picked(split, idx) if split.stream else split.subset(idx)
 
 
 def _picked(split: Split, idx: np.ndarray) -> Split:

@@ -7,7 +7,8 @@
     summary.py     summary.json from the peers' reports
     plots.py       the run's plots
     report.py      summary.md and `p2pfed status`
-    export.py      consensus.pt -> fp32 ONNX, checked against PyTorch
+    export.py      consensus.pt -> fp32 ONNX, checked against PyTorch, with its metadata (classes, size, resize)
+    predict.py     `p2pfed predict`: photos classified by ONNX Runtime alone, from the model's metadata
     quantize.py    static INT8 models (ONNX Runtime QDQ, torch FX, the dynamic baseline)
     comparison.py  the fp32-vs-INT8 comparison and `p2pfed quantize`
 """

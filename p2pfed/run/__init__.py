@@ -14,6 +14,8 @@
     liveview.py    the launcher's live view
     presets.py     named settings (--preset)
     centralized.py the single-process reference run
+    own_data.py    a peer's own folder: checks before loading, its test folder, its unreadable images
+    sites.py       launch.py's own folders (classes, epoch size); `p2pfed sites` (demo site folders)
     cli.py         the `p2pfed` click commands
     exitcodes.py   exit codes and their help texts
 """

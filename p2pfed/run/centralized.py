@@ -19,6 +19,7 @@ from ..learning import augment, datasets, evaluate, model, photos, schedule
 from ..learning import train as training
 from ..outputs import checkpoint
 from ..outputs.metrics import MetricsWriter
+from . import own_data
 
 log = logging.getLogger("p2pfed.run.centralized")
 
@@ -31,6 +32,7 @@ def run(cfg: config.Config, run_dir: Path, batch_size: int = 0) -> dict:
     size = cfg.model.input_size
     train = datasets.load_split(cfg.data, "train", size)
     test = datasets.load_split(cfg.data, "test", size)
+    own_data.check_classes(cfg, train.classes)
     train = train if train.stream else train.loaded()
     test = test if test.stream else test.loaded()
     decoder = photos.Decoder(cfg.data.workers) if train.stream or test.stream else None

@@ -135,7 +135,7 @@ def centralized(config_path, run_dir, epochs, batch_size, dataset, data_dir, wid
     from ..learning.model import ModelError
     try:
         result = central.run(cfg, Path(run_dir), batch_size)
-    except (DataError, ModelError) as e:
+    except (ConfigError, DataError, ModelError) as e:
         _fail(str(e), ExitCode.FAILED)
     click.echo(f"centralized: final accuracy {100 * result['accuracy']:.2f}%; metrics in {run_dir}")
 

@@ -40,18 +40,32 @@ class Evaluator:
         self._slice: tuple[tuple, datasets.Split] | None = None
         self.decoder = decoder        # photos: the decoding threads (photos.Decoder)
 
-    def split(self, members: tuple[int, ...]) -> datasets.Split:
-        """My slice of the test set for this member list (my own test folder, whole, with own data)."""
-        if self.cfg.data.partition == "own":
+    def split(self, members: tuple[int, ...]) -> datasets.Split | None:
+        """My slice of the test set for this member list (with own data: my own test folder,
+        whole; None without one). Photos are decoded once and kept while that stays under
+        KEEP_DECODED_BYTES, else streamed batch by batch at each evaluation."""
+        if self.test_split is None:
+            return None
+        key = () if self.cfg.data.partition == "own" else tuple(members)
+        if self._slice is None or self._slice[0] != key:
             t = self.test_split
+            if key:
+                parts = partition.partition_iid(len(t), len(members), self.cfg.data.seed + 1)
+                t = datasets.select(t, parts[list(members).index(self.me)])
             size = self.cfg.model.input_size
-            if t is not None and t.images is None and (not t.stream or len(t) * 3 * size * size <= KEEP_DECODED_BYTES):
-                self.test_split = t.loaded()      # decoded once and kept (evaluation decodes deterministically)
-            return self.test_split
-        if self._slice is None or self._slice[0] != tuple(members):
-            parts = partition.partition_iid(len(self.test_split), len(members), self.cfg.data.seed + 1)
-            self._slice = (tuple(members), self.test_split.subset(parts[list(members).index(self.me)]))
+            if t.images is None and (not t.stream or len(t) * 3 * size * size <= KEEP_DECODED_BYTES):
+                t = t.loaded()
+            self._slice = (key, t)
         return self._slice[1]
+
+    def unreadable(self) -> dict[str, str]:
+        """The test images skipped as unreadable so far: file -> why."""
+        out = dict(self.test_split.bad) if self.test_split is not None else {}
+        if self._slice is not None:
+            out.update(self._slice[1].bad)
+        if self.decoder is not None:
+            out.update(self.decoder.bad)
+        return out
 
     def model_to_evaluate(self, net, committed: Committed, pool: bool = True) -> Committed:
         """The round's model part, with pooled BatchNorm statistics when that is on and every

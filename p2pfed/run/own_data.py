@@ -40,6 +40,16 @@ def check(cfg, me: int) -> str:
     return path
 
 
+def check_classes(cfg, classes: list[str]) -> None:
+    """The model's outputs fit the data's classes (a folder of 8 classes with 10 outputs, or of 12
+    with 10, is a config mistake, never silently trained)."""
+    if len(classes) != cfg.model.num_classes:
+        raise config.ConfigError(
+            f"the data has {len(classes)} classes ({', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''}) "
+            f"but model.num_classes = {cfg.model.num_classes}; set model.num_classes = {len(classes)} on every peer"
+            + ("" if cfg.data.classes else ", or list the federation's classes in data.classes"))
+
+
 def test_split(cfg, path: str) -> datasets.Split | None:
     """The test set this peer evaluates: the shared one (sliced per member later), or with own data
     its own site's test folder (None when the site has none)."""
@@ -54,9 +64,7 @@ def test_split(cfg, path: str) -> datasets.Split | None:
 
 def unreadable(peer) -> dict[str, str]:
     """Every unreadable image this peer has skipped so far: file -> why."""
-    test = peer.evaluator.test_split
-    decoder = peer.evaluator.decoder
-    return {**peer.train_split.bad, **(test.bad if test is not None else {}), **(decoder.bad if decoder else {})}
+    return {**peer.train_split.bad, **peer.evaluator.unreadable()}
 
 
 def site_name(path: str) -> str:

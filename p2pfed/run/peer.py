@@ -106,6 +106,7 @@ class Peer:
         self.data_dir = own_data.check(cfg, self.id)
         self.train_split, _, n_total = datasets.peer_partition(cfg.data, self.ids.index(self.id), len(self.ids),
                                                                cfg.model.input_size, self.data_dir)
+        own_data.check_classes(cfg, self.train_split.classes)
         self.n_samples = len(self.train_split)
         self.weight = self.n_samples    # my weight in the round's mean
         self.plan = schedule.make_plan(cfg.train, self.n_samples, n_total / len(self.ids))
