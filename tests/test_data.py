@@ -80,7 +80,7 @@ def test_folder_loader_reads_the_dev_archive(dev_data, tmp_path):
 
 
 def test_missing_folder_gives_clear_error(tmp_path):
-    with pytest.raises(datasets.DataError, match="does not exist; pass --data-dir"):
+    with pytest.raises(datasets.DataError, match=r"does not exist \(data.data_dir, or a \[\[peers\]\] data_dir\); pass --data-dir"):
         datasets.load_split(config.DataConfig(dataset="folder", data_dir=str(tmp_path / "nope")), "train")
     (tmp_path / "empty").mkdir()
     with pytest.raises(datasets.DataError, match="no train/ folder"):

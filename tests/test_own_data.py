@@ -65,7 +65,9 @@ def test_unreadable_files_are_skipped_and_named_never_fatal(tmp_path):
     good = sorted((tmp_path / "s" / "train" / "b").glob("*.jpg"))[0].read_bytes()
     truncated = tmp_path / "s" / "train" / "b" / "truncated.jpg"
     truncated.write_bytes(good[: len(good) // 3])
-    split = datasets.image_folder(str(tmp_path / "s"), "train", classes=("a", "b"), size=32)
+    shared = datasets.image_folder(str(tmp_path / "s"), "train", classes=("a", "b"), size=32)
+    assert shared.stream and not shared.bad and len(shared) == 14   # a shared set keeps its listing (same partitions)
+    split = datasets.image_folder(str(tmp_path / "s"), "train", classes=("a", "b"), size=32, own=True)
     assert split.stream and str(garbage) in split.bad and len(split) == 12 + 1    # the header check caught one
     dec = photos.Decoder(2)
     try:
@@ -206,3 +208,45 @@ def test_the_summary_shows_every_site_every_class_and_the_pooled_accuracy():
     bad = dict(by)
     bad[1] = {**by[1], "class_correct": [0, "x", 1]}      # from the network: ignored, not trusted
     assert summary.per_class(bad, classes)["c"]["total"] == 0
+
+
+def test_small_images_of_one_size_stay_in_memory_even_when_the_model_upscales_them(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        (tmp_path / "s" / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(photo(rng, COLOURS[c], 32, 32)).save(tmp_path / "s" / "train" / c / f"{i}.png")
+    assert not datasets.image_folder(str(tmp_path / "s"), "train", size=224).stream      # CIFAR-like at 224 px
+    assert not datasets.image_folder(str(tmp_path / "s"), "train", size=32).stream
+    Image.fromarray(photo(rng, COLOURS["a"], 40, 30)).save(tmp_path / "s" / "train" / "a" / "odd.png")
+    assert datasets.image_folder(str(tmp_path / "s"), "train", size=32).stream           # mixed sizes stream
+
+
+def test_a_stream_with_more_broken_than_good_files_goes_on_with_the_good_ones(tmp_path):
+    make_site(tmp_path / "s", ["a"], 4, 0, seed=4)
+    good = sorted((tmp_path / "s" / "train" / "a").iterdir())
+    files = [str(f) for f in good]
+    head = good[0].read_bytes()
+    for k in range(6):                    # they pass the header check, then fail to decode
+        bad = tmp_path / f"t{k}.jpg"
+        bad.write_bytes(head[: len(head) // 4] if good[0].suffix == ".jpg" else b"")
+        files.append(str(bad))
+    dec = photos.Decoder(2)
+    try:
+        stream = photos.PhotoStream(files, np.zeros(len(files), dtype=np.int64), 4, torch.Generator().manual_seed(1),
+                                    True, 32, 32, dec)
+        got = sum(len(next(stream)[1]) for _ in range(12))
+    finally:
+        dec.close()
+    assert got >= 12 and len(dec.bad) == 6
+
+
+def test_launch_flags_for_own_data(tmp_path):
+    from p2pfed.run import launcher
+    make_site(tmp_path / "s0", ["a", "b"], 2, 1, seed=0)
+    # from the repo root, whose peers.toml says dataset = "cifar10", partition = "iid"
+    cfg, _, _ = launcher.resolve_config(launcher.parse_args(
+        ["--peers", "2", "--partition", "own", "--data-dir", str(tmp_path / "s0"), "--run-dir", str(tmp_path / "r")]))
+    assert cfg.data.partition == "own" and [p.data_dir for p in cfg.peers] == [str(tmp_path / "s0")] * 2
+    assert cfg.data.classes == ("a", "b") and cfg.data.dataset == "folder"

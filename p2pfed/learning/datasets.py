@@ -98,35 +98,43 @@ def decode_images(files: list[str], size: int = 0) -> tuple[torch.Tensor, list[i
     why). Images of one size stay as they are; mixed sizes are brought to `size` by the evaluation
     rule (photos.RESIZE_RULE)."""
     out, kept, bad = [], [], {}
+    mixed = False
     for i, f in enumerate(files):
         try:
-            arr = np.asarray(photos.open_rgb(f), dtype=np.uint8)
+            if mixed:
+                out.append(photos.eval_image(f, size))
+            else:
+                arr = np.asarray(photos.open_rgb(f), dtype=np.uint8)
+                out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
         except photos.BadImage as e:
-            bad[f] = str(e).partition(": ")[2]
+            bad[f] = e.why
             log.warning("skipped an unreadable image: %s; remove or replace the file", e)
             continue
-        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
         kept.append(i)
-    if len({tuple(t.shape) for t in out}) > 1:
-        if not size:
-            raise DataError(f"images have different sizes ({files[0]} ...) and no size to bring them to")
-        out = [photos.eval_image(files[i], size) for i in kept]
+        if not mixed and out[-1].shape != out[0].shape:       # a second size: all at `size`, from here on too
+            if not size:
+                raise DataError(f"images have different sizes ({files[kept[0]]}, {f}) and no size to bring them to")
+            mixed = True
+            out = [photos.eval_image(files[j], size) for j in kept]
     images = torch.stack(out) if out else torch.zeros(0, 3, size or 32, size or 32, dtype=torch.uint8)
     return images, kept, bad
 
 
-def _all_squares(files: list[str], size: int, probe: int = 16) -> bool:
-    """Whether a spread sample of the files are size x size images (then they fit in memory as
-    they are: CIFAR-like data); photos of other sizes are streamed."""
+def _small_uniform(files: list[str], size: int, probe: int = 16) -> bool:
+    """Whether a spread sample of the files are images of one size, no larger than size x size
+    (then they fit in memory as they are: CIFAR-like data, also when the model upscales them);
+    photos of mixed or larger sizes are streamed."""
     from PIL import Image
+    seen = set()
     for i in sorted({int(j) for j in np.linspace(0, len(files) - 1, min(probe, len(files)))}):
         try:
             with Image.open(files[i]) as im:
-                if im.size != (size, size):
-                    return False
-        except (OSError, SyntaxError, ValueError):
+                seen.add(im.size)
+        except MemoryError:
+            raise
+        except Exception:       # an unreadable file is skipped later, by name
             continue
-    return True
+    return len(seen) <= 1 and all(w <= size and h <= size for w, h in seen)
 
 
 def readable(files: list[str], workers: int = 2) -> dict[str, str]:
@@ -139,14 +147,16 @@ def readable(files: list[str], workers: int = 2) -> dict[str, str]:
 
 
 def image_folder(data_dir: str, split: str, cache_dir: str = "", classes: tuple[str, ...] = (),
-                 size: int = 0, loader: str = "auto", workers: int = 2) -> Split:
+                 size: int = 0, loader: str = "auto", workers: int = 2, own: bool = False) -> Split:
     """List `<root>/<split>/<class>/*`, labels by class name (folders.list_split). Decoding is
-    lazy; photos (loader "stream", or "auto" with images that are not size x size squares) are
-    header-checked now, the unreadable ones left out and named in `bad`."""
+    lazy. Photos (loader "stream", or "auto" with images of mixed sizes or larger than size) are
+    streamed; a site's own photos (own) are header-checked now, the unreadable ones left out and
+    named in `bad`, so that its image count, its weight, is right from the start. A shared data
+    set keeps every listed file until it is decoded: every host must cut the same partition."""
     files, labels, names = folders.list_split(data_dir, split, cache_dir, classes)
-    stream = bool(files) and (loader == "stream" or (loader == "auto" and size and not _all_squares(files, size)))
+    stream = bool(files) and (loader == "stream" or (loader == "auto" and size and not _small_uniform(files, size)))
     bad: dict[str, str] = {}
-    if stream:
+    if stream and own:
         bad = readable(files, workers)
         for f, why in bad.items():
             log.warning("skipped an unreadable image: %s (%s); remove or replace the file", f, why)
@@ -177,7 +187,7 @@ def load_split(cfg, split: str, size: int = 0, data_dir: str = "") -> Split:
         s = synthetic(n, cfg.seed, split_seed=0 if split == "train" else 1)
     elif cfg.dataset == "folder":
         s = image_folder(data_dir or cfg.data_dir, split, cfg.cache_dir, tuple(cfg.classes), size, cfg.loader,
-                         cfg.workers)
+                         cfg.workers, own=cfg.partition == "own")
     elif cfg.dataset == "cifar10":
         s = cifar10(cfg.data_dir, split)
     else:

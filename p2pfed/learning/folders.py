@@ -13,7 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger("p2pfed.learning.folders")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class DataError(RuntimeError):
@@ -68,8 +68,8 @@ def class_folders(data_dir: str, split: str, cache_dir: str = "") -> tuple[Path,
     """The split's root and its class folder names, sorted (an archive is unpacked first)."""
     path = Path(data_dir)
     if not path.exists():
-        raise DataError(f"data.data_dir {path} does not exist; pass --data-dir with an image folder "
-                        f"or a .tar.xz of one (e.g. ../shared/data/cifar10-dev.tar.xz)")
+        raise DataError(f"the data folder {path} does not exist (data.data_dir, or a [[peers]] data_dir); pass "
+                        f"--data-dir with an image folder or a .tar.xz of one (e.g. ../shared/data/cifar10-dev.tar.xz)")
     if path.is_file():
         path = unpack_archive(path, cache_dir)
     root = _find_split_root(path, split)

@@ -31,7 +31,11 @@ RESIZE_RULE = "shorter side to input_size (bilinear), then the centre input_size
 
 
 class BadImage(Exception):
-    """One image cannot be decoded; str() names the file and the reason."""
+    """One image cannot be decoded; str() names the file and the reason (also .path, .why)."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
 
 
 def _why(e: Exception) -> str:
@@ -54,8 +58,10 @@ def open_rgb(path: str, need: int = 0):
                 canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(canvas, rgba)
             return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
-        raise BadImage(f"{path}: {_why(e)}") from None
+    except MemoryError:
+        raise
+    except Exception as e:      # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, KeyError ...
+        raise BadImage(path, _why(e)) from None
 
 
 def header_ok(path: str) -> str:
@@ -67,7 +73,9 @@ def header_ok(path: str) -> str:
             if w < 1 or h < 1:
                 return "an image of no pixels"
             return ""
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:      # whatever a malformed header makes a Pillow plugin raise
         return _why(e)
 
 
@@ -138,10 +146,9 @@ class Decoder:
         return self._pool.submit(_decode_one, path, size, seed)
 
     def note_bad(self, e: BadImage) -> None:
-        path, _, why = str(e).partition(": ")
-        if path not in self.bad:
-            self.bad[path] = why
-            log.warning("skipped an unreadable image: %s (%s); remove or replace the file", path, why)
+        if e.path not in self.bad:
+            self.bad[e.path] = e.why
+            log.warning("skipped an unreadable image: %s (%s); remove or replace the file", e.path, e.why)
 
     def decode(self, files: list[str], size: int, seeds: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Decode files at size (eval rule, or training crops with per-image seeds): the uint8
@@ -204,7 +211,8 @@ class PhotoStream:
         self.decode_size, self.size, self.decoder = decode_size, size, decoder
         self.ahead_batches, self.device = ahead_batches, device
         self._seeds = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator).item()))
-        self._queue: deque = deque()        # (future, label, last of its epoch)
+        self._queue: deque = deque()        # (future, label, last of its epoch, index)
+        self._failed: set[int] = set()      # indices that could not be decoded
         self._order: list[int] = []
         self._pos = 0
 
@@ -221,18 +229,18 @@ class PhotoStream:
             self._pos += 1
             seed = int(self._seeds.integers(0, 2 ** 62)) if self.do_augment else None
             self._queue.append((self.decoder.submit(self.files[i], self.decode_size, seed), int(self.labels[i]),
-                                self._pos == len(self._order)))
+                                self._pos == len(self._order), i))
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, failed = [], [], 0
+        images, labels = [], []
         while len(images) < self.batch_size:
             self._fill()
-            fut, label, last = self._queue.popleft()
+            fut, label, last, i = self._queue.popleft()
             got = fut.result()
             if isinstance(got, BadImage):
                 self.decoder.note_bad(got)
-                failed += 1
-                if failed > len(self.files):
+                self._failed.add(i)
+                if len(self._failed) == len(self.files):
                     from .folders import DataError
                     raise DataError(f"none of the {len(self.files)} training images can be decoded (e.g. {got}); "
                                     f"check the folder")

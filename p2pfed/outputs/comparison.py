@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import config as config_mod
-from ..learning import augment, datasets
+from ..learning import augment, datasets, folders
 from . import atomic, export
 from .quantize import quantize_dynamic, quantize_onnx_static, quantize_torch_fx, runtime_ops
 
@@ -128,8 +128,13 @@ def run(run_dir: Path, calibration: datasets.Split, cfg, n_test: int = 10000, mo
     model_file = model_file or run_dir / "consensus.pt"
     cal = calibration_batch(calibration, cfg.output.calibration_images, cfg.model.input_size, cfg.data.seed)
     own = export.writer_dir(cfg, writer) if cfg.data.partition == "own" else ""
-    sub = datasets.spread_sample(datasets.load_split(cfg.data, "test", cfg.model.input_size, own), n_test,
-                                 cfg.data.seed + 11)
+    try:
+        test = datasets.load_split(cfg.data, "test", cfg.model.input_size, own)
+    except folders.MissingSplit:
+        log.warning("%s has no test/ folder: the fp32 and INT8 models are compared on training photos of this "
+                    "site instead (an agreement check, not a held-out accuracy)", own)
+        test = calibration
+    sub = datasets.spread_sample(test, n_test, cfg.data.seed + 11)
     result = compare(model_file, run_dir, cal, augment.normalize(sub.images, cfg.model.input_size),
                      sub.labels, threads=threads or max(1, cfg.train.threads or 1))
     name = "quantization.json" if model_file.stem == "consensus" else f"{model_file.stem}.quantization.json"

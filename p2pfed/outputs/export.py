@@ -45,12 +45,19 @@ def config_of(meta: dict) -> config.Config:
     return config.from_dict({k: v for k, v in meta["config"].items()})
 
 
-def sample_images(cfg: config.Config, n: int, split: str = "test", data_dir: str | None = None) -> torch.Tensor:
-    """n normalised images of a split, for checks and calibration (with own data: the writer's folder)."""
+def sample_images(cfg: config.Config, n: int, split: str = "test", data_dir: str | None = None,
+                  writer: int = -1) -> torch.Tensor:
+    """n normalised images of a split, for checks and calibration (with own data: the writer's
+    folder, its training photos if it has no test folder)."""
     if data_dir is None and cfg.data.partition == "own":
-        data_dir = writer_dir(cfg, -1)
-    sample = datasets.spread_sample(datasets.load_split(cfg.data, split, cfg.model.input_size, data_dir or ""), n,
-                                    cfg.data.seed + 11)
+        data_dir = writer_dir(cfg, writer)
+    try:
+        found = datasets.load_split(cfg.data, split, cfg.model.input_size, data_dir or "")
+    except datasets.folders.MissingSplit:
+        if split == "train":
+            raise
+        found = datasets.load_split(cfg.data, "train", cfg.model.input_size, data_dir or "")
+    sample = datasets.spread_sample(found, n, cfg.data.seed + 11)
     return augment.normalize(sample.images, cfg.model.input_size)
 
 
@@ -140,7 +147,11 @@ def export_file(model_file: str, onnx_path: str | None = None, data_dir: str | N
     src = Path(model_file)
     out = Path(onnx_path) if onnx_path else (src if src.is_dir() else src.parent) / "consensus.onnx"
     export_onnx(net, out, meta["model_args"]["input_size"], metadata(meta))
-    images = sample_images(config_of(meta), check_images, data_dir=data_dir)
+    try:
+        images = sample_images(config_of(meta), check_images, data_dir=data_dir, writer=meta.get("written_by", -1))
+    except datasets.DataError as e:
+        raise ExportError(f"{out} was written, but the images to check it against PyTorch could not be read: {e}; "
+                          f"pass --data-dir with an image folder") from None
     diff = max_abs_diff(net, out, images)
     if diff >= TOLERANCE:
         raise ExportError(f"ONNX Runtime and PyTorch disagree on {out}: max |logit difference| {diff:.2e} "

@@ -64,8 +64,10 @@ def preprocess(image_path: str | os.PathLike, size: int, mean: np.ndarray, std: 
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             im = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise PredictError(f"cannot read image {image_path}: {type(e).__name__}: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:      # whatever Pillow raises for a file that is not a readable image
+        raise PredictError(f"cannot read image {image_path}: {type(e).__name__}: {str(e)[:200]}") from None
     w, h = im.size
     if (w, h) != (size, size):
         # the shorter side to size, the longer in proportion (as torchvision's resize computes it)

@@ -114,7 +114,8 @@ def _sites_md(summ: dict) -> list[str]:
     if summ.get("unreadable"):
         out += ["", "## Unreadable images (skipped)", ""]
         for k, v in summ["unreadable"].items():
-            out.append(f"- peer {k}: {v['count']} skipped: {', '.join(v['files'][:10])}"
+            names = ", ".join("`" + "".join(ch for ch in f if ch.isprintable() and ch != "`") + "`" for f in v["files"][:10])
+            out.append(f"- peer {k}: {v['count']} skipped: {names}"
                        + (" ..." if v["count"] > 10 else ""))
     return out
 

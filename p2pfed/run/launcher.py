@@ -221,6 +221,9 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
     if o["preset"]:
         cfg = config_mod.override(cfg, **PRESETS[o["preset"]])
     run_dir = Path(o["run_dir"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    # own data (one --data-dir per peer, --partition own, or the config's): sites.own_folders sets it up below
+    own = len(o["data_dir"]) > 1 or o["partition"] == "own" or cfg.data.partition == "own"
+    configured = [p.data_dir for p in sorted(cfg.peers, key=lambda p: p.id)]
     cfg = config_mod.override(
         cfg,
         train={"epochs": o["epochs"], "rounds": o["rounds"], "local_epochs": o["local_epochs"],
@@ -228,15 +231,17 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
                "batch_size": o["batch_size"], "max_steps": o["max_steps"], "threads": o["threads"],
                "round_target": o["round_target"], "round_deadline_s": o["round_deadline_s"]},
         data={"dataset": o["dataset"], "data_dir": o["data_dir"][0] if len(o["data_dir"]) == 1 else None,
-              "partition": o["partition"], "alpha": o["alpha"],
+              "partition": None if own else o["partition"], "alpha": o["alpha"],
               "seed": o["seed"], "train_limit": o["train_limit"], "test_limit": o["test_limit"]},
         model={"width_mult": o["width_mult"]},
         security={"secure_aggregation": o["secure_aggregation"]},
         output={"run_dir": str(run_dir), "quantize": o["quantize"], "metrics_port": o["metrics_port"],
                 "tensorboard": o["tensorboard"]})
     cfg = config_mod.replace_peers(cfg, config_mod.local_peers(o["peers"], preflight.free_ports(o["peers"])))
-    if len(o["data_dir"]) > 1 or cfg.data.partition == "own":
-        cfg = sites.own_folders(cfg, list(o["data_dir"]), o["partition"])
+    if own:
+        dirs = list(o["data_dir"]) or ([d for d in configured] if len(configured) == o["peers"] and all(configured)
+                                       else [])
+        cfg = sites.own_folders(cfg, dirs, o["partition"])
     if cfg.averaging.min_peers == 0:
         # all peers share one host, so a partition is impossible: any survivors may finish a round
         cfg = config_mod.override(cfg, averaging={"min_peers": 1})

@@ -32,11 +32,12 @@ def check(cfg, me: int) -> str:
             f"to the same outputs, so the class list is agreed by name: set data.classes to the classes of all "
             f"sites, in the same order on every peer (this site, {path}, has {names}); launch.py fills it in from "
             f"its --data-dir folders")
-    if cfg.train.local_steps and not cfg.train.rounds and not d.site_images:
+    if cfg.train.local_steps and not d.site_images:
         raise config.ConfigError(
-            f"peer {me}: data.partition = \"own\" needs the length of an epoch agreed by every peer: set "
-            f"data.site_images to the mean number of training images per site (the same on every peer), or the "
-            f"run's length as train.rounds; launch.py counts it from its --data-dir folders")
+            f"peer {me}: data.partition = \"own\" with train.local_steps needs the length of an epoch agreed by every "
+            f"peer (the run's length and its evaluation rounds follow from it): set data.site_images to the mean "
+            f"number of training images per site, the same on every peer; launch.py counts it from its --data-dir "
+            f"folders (or use train.local_epochs, where every site counts epochs over its own folder)")
     return path
 
 

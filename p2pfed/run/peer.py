@@ -72,10 +72,14 @@ class Peer:
         self.committed: Committed | None = None    # the last committed round state
         self.evaluated: Committed | None = None    # the last evaluated model (BatchNorm pooled if it could be)
         self.recipe = recipe.of(cfg)                # sent in every ready: the options my partners must share
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
         if len(self.recipe) > protocol.RECIPE_MAX_CHARS:
+            longest = max(self.recipe.split(";"), key=len).partition("=")[0]
             raise config.ConfigError(f"the shared options of this config come to {len(self.recipe)} characters, "
-                                     f"more than the {protocol.RECIPE_MAX_CHARS} a ready message carries; shorten "
-                                     f"train.local_steps")
+                                     f"more than the {protocol.RECIPE_MAX_CHARS} a ready message carries; the "
+                                     f"longest is {longest}: shorten it (e.g. shorter class names in data.classes)")
 
     # ------------------------------------------------------------------ stages, faults, logs
     def enter(self, stage: RoundStage) -> None:
@@ -116,6 +120,7 @@ class Peer:
         if cfg.model.weights_file or cfg.model.pretrained:     # every partner must start from the same weights
             start = state_digest(roundstate.model_part(template))
             self.recipe = recipe.with_start(self.recipe, start)
+            self._check_recipe()
             log.info("starting from the weights of %s (digest %s)", cfg.model.weights_file or "ImageNet", start[:16])
         log.info("starting on %s: %d training images (%s partition%s); %d rounds of %s local steps (%.2f epochs); "
                  "model %.2f MB", dev, self.n_samples, cfg.data.partition,

@@ -21,17 +21,17 @@ from ..learning import partition as partitions
 
 def own_folders(cfg, dirs: list[str], partition: str | None):
     """The config of a one-machine run whose peers each train on their own folder: peer k gets
-    dirs[k] (or every peer data.data_dir's / [[peers]]'s when dirs is empty), data.classes is the
+    dirs[k] (one folder, or none: data.data_dir, for every peer), data.classes is the
     union of the sites' class folders (or the config's list, which every folder must fit), and
     data.site_images their mean number of training images."""
     if partition not in (None, "own"):
         raise ConfigError(f"--partition {partition} cuts one shared data set, but {len(dirs)} --data-dir folders "
                           f"were given, one per peer; drop --partition (each peer trains on all of its folder)")
     ids = cfg.peer_ids
-    if dirs and len(dirs) != len(ids):
+    if len(dirs) > 1 and len(dirs) != len(ids):
         raise ConfigError(f"{len(dirs)} --data-dir folders for {len(ids)} peers; pass one --data-dir per peer "
                           f"(--peers {len(dirs)}), or one for all")
-    paths = dirs or [cfg.data.data_dir] * len(ids)
+    paths = dirs if len(dirs) > 1 else [dirs[0] if dirs else cfg.data.data_dir] * len(ids)
     names: dict[str, list[str]] = {}
     counts = []
     for pid, path in zip(ids, paths):
@@ -99,10 +99,15 @@ def make_sites(data_dir: str, out: str, n_sites: int, partition: str = "dirichle
     shutil.rmtree(tmp, ignore_errors=True)
     manifest = {"source": str(data_dir), "partition": partition, "alpha": alpha, "seed": seed,
                 "classes": list(classes), "sites": []}
+    try:
+        for k in range(n_sites):
+            for split, fl, lb, idx in (("train", files, labels, parts[k]), ("test", tfiles, tlabels, test_parts[k])):
+                for i in idx:
+                    _place(fl[i], tmp / f"site{k}" / split / classes[lb[i]] / Path(fl[i]).name)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"cannot write the sites under {outdir}: {e}; check the free space and permissions") from None
     for k in range(n_sites):
-        for split, fl, lb, idx in (("train", files, labels, parts[k]), ("test", tfiles, tlabels, test_parts[k])):
-            for i in idx:
-                _place(fl[i], tmp / f"site{k}" / split / classes[lb[i]] / Path(fl[i]).name)
         manifest["sites"].append({
             "folder": f"site{k}",
             "train": {c: int(n) for c, n in zip(classes, train_counts[k]) if n},
