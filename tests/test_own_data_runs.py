@@ -120,3 +120,19 @@ def test_a_class_folder_nobody_declared_stops_that_peer_naming_it(tmp_path, proc
     assert code != 0
     text = peer_log(tmp_path / "run", 0)
     assert "'shoos' (did you mean 'shoes'?)" in text and "data.classes" in text
+
+
+def test_own_data_with_secure_aggregation(tmp_path, procs):
+    """Secure aggregation weighs a site by its image count as it weighed a partition by its size:
+    the masked sums agree every round on three own folders."""
+    dirs = [make_site(tmp_path / f"site{k}", ALL if k != 1 else ["c", "d", "e", "f"], 6, 2, seed=20 + k)
+            for k in range(3)]
+    cfg, path = _own_config(tmp_path, dirs, train={"rounds": 3, "local_steps": [2]},
+                            security={"secure_aggregation": True})
+    run = tmp_path / "run"
+    ps = [start_peer(procs, path, i) for i in range(3)]
+    assert wait_all(ps, 240, run) == [0, 0, 0], story(run, 3)
+    s = summary(run)
+    assert [r["members"] for r in s["rounds"]] == [[0, 1, 2]] * 3 and all(r["digests_agree"] for r in s["rounds"])
+    assert s["sites"]["pooled"]["total"] == 2 * 6 + 2 * 4 + 2 * 6
+    assert s["rounds"][0]["weights"] == {"0": 36, "1": 24, "2": 36}

@@ -154,6 +154,12 @@ class Decoder:
         """Decode files at size (eval rule, or training crops with per-image seeds): the uint8
         images of the readable ones and their positions in files."""
         futures = [self.submit(f, size, None if seeds is None else seeds[i]) for i, f in enumerate(files)]
+        images, kept = self._collect(futures)
+        return (torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)), kept
+
+    def _collect(self, futures: list[Future], first: int = 0) -> tuple[list[torch.Tensor], list[int]]:
+        """The decoded images of futures in order, and their positions (from `first`); the
+        unreadable ones noted and left out."""
         images, kept = [], []
         for i, fut in enumerate(futures):
             got = fut.result()
@@ -161,8 +167,8 @@ class Decoder:
                 self.note_bad(got)
             else:
                 images.append(got)
-                kept.append(i)
-        return (torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)), kept
+                kept.append(first + i)
+        return images, kept
 
     def chunks(self, files: list[str], labels: np.ndarray, size: int, batch_size: int):
         """Yield (uint8 images, labels) of the readable files in order, eval rule, batch by batch,
@@ -180,14 +186,7 @@ class Decoder:
         while pending:
             start, futures = pending.popleft()
             queue_next()
-            images, keep = [], []
-            for i, fut in enumerate(futures):
-                got = fut.result()
-                if isinstance(got, BadImage):
-                    self.note_bad(got)
-                else:
-                    images.append(got)
-                    keep.append(start + i)
+            images, keep = self._collect(futures, start)
             if images:
                 yield torch.stack(images), torch.from_numpy(labels[keep])
 
