@@ -10,9 +10,8 @@ and named (Split.bad). Knows nothing about the network.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,17 +62,21 @@ class Split:
         return self if self.images is not None else self.subset(np.arange(len(self)))
 
 
+def _spread(n_items: int, n: int, seed: int) -> np.ndarray:
+    """The indices of a spread sample: n of n_items at random (all of them if there are fewer)."""
+    return np.arange(n_items) if n >= n_items else partitions.sample_indices(n_items, n, seed)
+
+
 def spread_sample(split: Split, n: int, seed: int) -> Split:
     """A fixed random subset of n images (all of them if there are fewer), in index order, decoded."""
     if n >= len(split):
         return split.loaded()
-    return split.subset(partitions.sample_indices(len(split), n, seed))
+    return split.subset(_spread(len(split), n, seed))
 
 
 def spread_sample_files(split: Split, n: int, seed: int) -> list[str]:
     """The files of spread_sample's images, undecoded (a streamed split)."""
-    idx = np.arange(len(split)) if n >= len(split) else partitions.sample_indices(len(split), n, seed)
-    return [split.files[i] for i in idx]
+    return [split.files[i] for i in _spread(len(split), n, seed)]
 
 
 def synthetic(n: int, seed: int, num_classes: int = 10, size: int = 32, noise: float = 0.35,
@@ -214,7 +217,7 @@ def peer_partition(cfg, peer_index: int, n_peers: int, size: int = 0,
     full = load_split(cfg, "train", size, data_dir)
     if cfg.partition == "own":
         idx = np.arange(len(full))
-        mine = full if full.stream else full.subset(idx)
+        mine = select(full, idx)
         if not len(mine):
             raise DataError(f"{data_dir or cfg.data_dir} holds no readable training image; a site needs "
                             f"train/<class>/<image>")

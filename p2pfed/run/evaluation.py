@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
 from ..consensus import pooling
@@ -90,8 +91,7 @@ class Evaluator:
             rng = torch.Generator().manual_seed(seed)
             seeds = torch.randint(0, 2 ** 62, (len(files),), generator=rng).tolist() if aug else None
             images, _ = self.decoder.decode(files, self.cfg.model.input_size, seeds)
-            sample = datasets.Split(torch.zeros(len(images), dtype=torch.int64).numpy(), self.train_split.classes,
-                                    images=images)
+            sample = datasets.Split(np.zeros(len(images), dtype=np.int64), self.train_split.classes, images=images)
             batches = augment.batches(sample, self.cfg.train.batch_size, None, train=False, do_augment=False,
                                       size=self.cfg.model.input_size)
         else:
