@@ -126,7 +126,7 @@ class Fault:
     peer: int                    # which peer misbehaves
     round: int                   # in which round (1-based)
     phase: Literal["train", "exchange", "seed", "reveal", "between-rounds"] = "train"  # where (seed, reveal: secure aggregation, docs/faults.md)
-    action: Literal["crash", "stall", "dissent", "slow"] = "crash"  # crash = os._exit; stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only); slow = from this round on, every local step takes slow_factor x as long (phase train)
+    action: Literal["crash", "stall", "dissent", "slow", "kill", "abort"] = "crash"  # crash = exit 70 (not restarted); stall = sleep stall_s; dissent = corrupt my copy of the result (exchange only); slow = from this round on, every local step takes slow_factor x as long (phase train); kill, abort = die of SIGKILL (as by the OOM killer) or SIGABRT (as by an assertion in libzmq): a crash a supervisor restarts
     stall_s: float = 30.0        # how long a stall lasts
     slow_factor: float = 3.0     # action = slow: each local step takes this many times as long (3 = a third of the speed)
 

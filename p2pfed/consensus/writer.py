@@ -35,6 +35,8 @@ def valid_report(stats) -> bool:
         return False
     if "total" in stats and stats["correct"] > stats["total"]:
         return False
+    if "life" in stats and (type(stats["life"]) is not int or not 1 <= stats["life"] < COUNT_LIMIT):
+        return False
     return all(type(m) is int and 0 <= m < ID_LIMIT for m in stats["members"])
 
 

@@ -35,6 +35,7 @@ FETCH_RETRY_S = 2.0              # ask another live peer for the consensus if no
 BACKOFF_S = 0.1                  # after failed attempt t, read aborts for min(BACKOFF_MAX_S, t x this)
 BACKOFF_MAX_S = 1.0
 READY_RESEND_S = 1.0             # a ready still unanswered is sent again to a peer in the same round this often
+RESUME_LISTEN = 4                # a restarted peer listens this many heartbeat intervals before going on without a silent peer
 POLL_S = 0.2                     # waits for a change that no message announces (a peer appearing) check this often
 REPORT_WAIT_DEAD_AFTER = 2       # the writer waits this many dead_after_s for the last round's reports
 BYE_FLUSH_S = 1.0                # a clean exit gives queued messages this long to leave

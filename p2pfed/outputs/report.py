@@ -81,8 +81,13 @@ def summary_md(run_dir: Path, summ: dict | None, q: dict | None, drawn: dict) ->
             "![averaging](plots/averaging.png)", "", "## Faults", ""]
     events = [(r["round"], e) for r in summ["rounds"] for e in r["events"]]
     drops = [(r["round"], r["dropped"]) for r in summ["rounds"] if r["dropped"]]
-    if not summ["faults"] and not events and not drops:
+    restarted = summ.get("restarts") or {}
+    if not summ["faults"] and not events and not drops and not restarted:
         out.append("No faults: every peer took part in every round.")
+    for p, v in restarted.items():
+        out.append(f"- peer {p} died and was restarted by its supervisor {v['restarts']} time"
+                   f"{'s' if v['restarts'] != 1 else ''}; it reported again in round{'s' if len(v['back_in']) != 1 else ''} "
+                   f"{_ranges(v['back_in'])}")
     for f in summ["faults"]:
         out.append(f"- injected: peer {f['peer']} {f['action']} at {f['phase']} of round {f['round']}: {f['handled']}")
     for rnd, who in drops:

@@ -32,6 +32,7 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
     return {
         "peers": list(cfg.peer_ids),
         "never_joined": [p for p in cfg.peer_ids if p not in ever],
+        "restarts": restarts(reports),
         "classes": classes,
         "per_class": per_class(reports[last_eval], classes) if last_eval is not None else {},
         "sites": sites(reports[last_eval], classes) if last_eval is not None and cfg.data.partition == "own" else {},
@@ -47,6 +48,22 @@ def build(cfg, reports: dict[int, dict[int, dict]], final_digest: str, final_rou
                   "exchanged_bytes": exchanged_bytes or model_bytes,
                   "members": rounds[-1]["members"] if rounds else []},
     }
+
+
+def restarts(reports: dict[int, dict[int, dict]]) -> dict:
+    """peer -> {"restarts": how many times its supervisor restarted it, "back_in": the first round
+    it reported after each restart}, for the peers that were restarted (from the "life" of
+    their reports: 1 is the first start)."""
+    out: dict = {}
+    for r in sorted(reports):
+        for p, stats in reports[r].items():
+            life = stats.get("life", 1)
+            seen = out.setdefault(p, {"life": 1, "back_in": []})
+            if life > seen["life"]:
+                seen["life"] = life
+                seen["back_in"].append(r)
+    return {str(p): {"restarts": v["life"] - 1, "back_in": v["back_in"]} for p, v in sorted(out.items())
+            if v["life"] > 1}
 
 
 def _counts(stats: dict, key: str, k: int) -> list[int] | None:

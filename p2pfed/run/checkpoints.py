@@ -20,8 +20,10 @@ from .trainer import Trainer
 log = logging.getLogger("p2pfed.run.checkpoints")
 
 
-def path_of(run_dir: Path, peer_id: int) -> Path:
-    return run_dir / "checkpoints" / f"peer-{peer_id}.pt"
+def path_of(checkpoint_dir: Path, peer_id: int) -> Path:
+    """Peer peer_id's checkpoint in its checkpoint directory (RUN_DIR/checkpoints unless
+    `p2pfed peer --checkpoint-dir` names a node-local one)."""
+    return checkpoint_dir / f"peer-{peer_id}.pt"
 
 
 def save_if_due(peer, rnd: int, evaluated: bool) -> None:
@@ -29,7 +31,7 @@ def save_if_due(peer, rnd: int, evaluated: bool) -> None:
     after the last round."""
     every = peer.cfg.output.checkpoint_every
     if (every and rnd % every == 0) or (not every and evaluated) or rnd == peer.plan.rounds:
-        save(path_of(peer.run_dir, peer.id), peer.trainer, peer.committed, peer.cfg.model)
+        save(path_of(peer.checkpoint_dir, peer.id), peer.trainer, peer.committed, peer.cfg.model)
         peer.metrics.write("checkpoint", round=rnd)
 
 

@@ -18,9 +18,9 @@ def _fail(msg: str, code: int = ExitCode.USAGE) -> None:
     sys.exit(code)
 
 
-def _load(path: str | None) -> config_mod.Config:
+def _load(path: str | None, placed_later: bool = False) -> config_mod.Config:
     try:
-        return config_mod.load(path) if path else config_mod.Config()
+        return config_mod.load(path, placed_later) if path else config_mod.Config()
     except ConfigError as e:
         _fail(str(e))
 
@@ -32,21 +32,42 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(), help="peers.toml")
-@click.option("--id", "peer_id", required=True, type=int, help="this peer's id in [[peers]]")
+@click.option("--id", "peer_id", type=int, default=None, help="this peer's id in [[peers]] (--from-slurm: SLURM_PROCID)")
 @click.option("--run-dir", default=None, help="overrides output.run_dir")
 @click.option("--resume", is_flag=True, help="reload this peer's checkpoint and rejoin the run")
 @click.option("--crash-at", multiple=True, help="fault injection: ROUND:PHASE (train|exchange|between-rounds)")
 @click.option("--quiet", is_flag=True, help="log to the run dir only, not to stderr")
 @click.option("--device", default=None, help="overrides train.device for this peer: auto, cpu, cuda or cuda:K")
-def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device) -> None:
+@click.option("--checkpoint-dir", default=None,
+              help="where this peer keeps its checkpoint (default RUN_DIR/checkpoints), e.g. a node-local disk")
+@click.option("--supervise", is_flag=True,
+              help="run the peer as a child process and restart it with --resume when it crashes (killed by a "
+                   "signal, out of memory, an abort in libzmq), with a back-off (docs/deploy.md)")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=5, show_default=True,
+              help="--supervise: restarts before the peer is left dead")
+@click.option("--from-slurm", is_flag=True,
+              help="under srun: the id from SLURM_PROCID, the peers' hosts from the step's nodes, their ports from "
+                   "--base-port and the task's place on its node (docs/deploy.md)")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=None,
+              help="--from-slurm: the first port on every node (default 20000 + 40 x (job id mod 1000))")
+@click.option("--keys", "keys_dir", default=None,
+              help="--from-slurm with security.curve: the shared directory of peer-K.key files (p2pfed keygen --peers N)")
+@click.option("--life", type=click.IntRange(min=1), default=1, hidden=True, help="supervisors: which start this is")
+@click.option("--last-exit", type=int, default=None, hidden=True, help="supervisors: how the last life ended")
+def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device, checkpoint_dir, supervise, max_restarts,
+         from_slurm, base_port, keys_dir, life, last_exit) -> None:
     """Run one peer (one OS process)."""
-    from ..consensus.outcome import RoundError
-    from ..learning.datasets import DataError
-    from ..learning.model import ModelError
-    from ..net.transport import BindError, TransportDown
-    from ..outputs import logs
-    cfg = _load(config_path)
+    cfg = _load(config_path, placed_later=from_slurm)
     try:
+        if from_slurm:
+            import os
+            from . import slurm
+            cfg, peer_id = slurm.configure(cfg, dict(os.environ), base_port, keys_dir, peer_id)
+        elif peer_id is None:
+            raise ConfigError("--id is required: this peer's id in [[peers]] (or --from-slurm, under srun)")
+        elif base_port is not None or keys_dir is not None:
+            raise ConfigError("--base-port and --keys are for --from-slurm; without it, [[peers]] gives each peer's "
+                              "port and public_key")
         if crash_at:
             extra = tuple(config_mod.parse_fault(f"{peer_id}@{spec}") for spec in crash_at)
             cfg = config_mod.replace_faults(cfg, cfg.faults + extra)
@@ -55,17 +76,43 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device) -> None
         _fail(str(e))
     run_dir = Path(run_dir or cfg.output.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if supervise:
+        from .supervise import RestartPolicy, Supervisor
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format=f"%(asctime)s p2pfed supervisor of peer {peer_id}: %(message)s")
+        argv = ["--config", config_path, "--run-dir", str(run_dir)]
+        argv += ["--from-slurm"] + (["--base-port", str(base_port)] if base_port is not None else []) \
+            + (["--keys", keys_dir] if keys_dir else []) if from_slurm else ["--id", str(peer_id)]
+        for spec in crash_at:
+            argv += ["--crash-at", spec]
+        argv += (["--quiet"] if quiet else []) + (["--device", device] if device else []) \
+            + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []) + (["--resume"] if resume else [])
+        sys.exit(Supervisor([sys.executable, "-m", "p2pfed", "peer", *argv], peer_id, run_dir / f"metrics-{peer_id}.jsonl",
+                            RestartPolicy(max_restarts=max_restarts)).run())
+    _run_peer(cfg, peer_id, run_dir, resume, quiet, device, checkpoint_dir, life, last_exit)
+
+
+def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, device, checkpoint_dir, life: int,
+              last_exit) -> None:
+    from ..consensus.outcome import RoundError
+    from ..learning.datasets import DataError
+    from ..learning.model import ModelError
+    from ..net.transport import BindError, TransportDown
+    from ..outputs import logs
+    from .presence import NoPeers
     ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr,
                      level=logging.DEBUG if cfg.output.log_level == "debug" else logging.INFO)
     from .peer import Peer
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even where SIGINT was inherited as ignored
     try:
-        code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx, device=device).run()
+        code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx, device=device, checkpoint_dir=checkpoint_dir,
+                    life=life, last_exit=last_exit).run()
     except (ConfigError, DataError, ModelError, RoundError, BindError) as e:
         logging.getLogger("p2pfed.run.peer").error("%s", e)
         _fail(f"peer {peer_id}: {e}" if not str(e).startswith("peer ") else str(e),
-              ExitCode.USAGE if isinstance(e, ConfigError) else ExitCode.FAILED)
+              ExitCode.USAGE if isinstance(e, ConfigError) else ExitCode.NO_PEERS if isinstance(e, NoPeers)
+              else ExitCode.FAILED)
     except TransportDown as e:
         logging.getLogger("p2pfed.run.peer").error("%s", e)
         _fail(str(e), ExitCode.NETWORK_DOWN)
@@ -81,10 +128,19 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device) -> None
 @click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="make a key pair for every peer of this config and write the public keys, curve = true and "
                    "secret_key_file into it (comments are kept)")
-def keygen(out, name, config_path) -> None:
-    """Write a CURVE key pair and print its public key, or (--config) one per peer of a config."""
+@click.option("--peers", "n_peers", type=click.IntRange(min=1), default=None,
+              help="make key pairs peer-0 .. peer-(N-1) in --out, for `p2pfed peer --from-slurm --keys OUT`")
+def keygen(out, name, config_path, n_peers) -> None:
+    """Write a CURVE key pair and print its public key, or (--config) one per peer of a config,
+    or (--peers N) N pairs for a Slurm step."""
     from ..net.curve import keygen as _keygen, read_key_file
-    from .keys import keygen_for_config
+    from .keys import keygen_for_config, keygen_for_peers
+    if n_peers:
+        made = keygen_for_peers(n_peers, out)
+        click.echo(f"{out}: key pairs for peers 0..{n_peers - 1} ({made} new, {n_peers - made} kept). Put {out} on "
+                   f"storage every node reads and no other user can (it holds every peer's secret key), then run "
+                   f"`srun p2pfed peer --config CONFIG --from-slurm --keys {out}` with security.curve = true.")
+        return
     if config_path:
         try:
             keys = keygen_for_config(config_path, out)

@@ -9,6 +9,7 @@ class ExitCode(enum.IntEnum):
     FAILED = 1                  # the work failed: no consensus, a round could not complete, an output failed
     USAGE = 2                   # a bad option or config key; the message names it
     NETWORK_DOWN = 3            # the peer's network thread died; it could not heartbeat, so it stopped
+    NO_PEERS = 4                # no other peer could be reached (at start-up, or by a restarted peer)
     INJECTED_CRASH = 70         # a fault injected on purpose (faults / --kill) ended the peer
     INTERRUPTED = 130           # Ctrl-C (SIGINT)
     TERMINATED = 143            # SIGTERM
@@ -20,6 +21,8 @@ HELP: dict[ExitCode, str] = {
     ExitCode.USAGE: "bad command line or config: the message names the option or key and what is allowed",
     ExitCode.NETWORK_DOWN: "the peer's network thread died (a bug: please report the log); the peer exited "
                            "instead of hanging",
+    ExitCode.NO_PEERS: "no other peer could be reached within averaging.startup_timeout_s: the run is over, the "
+                       "others are not started, or this host is cut off (check host/port and the firewall)",
     ExitCode.INJECTED_CRASH: "a crash injected on purpose by a [[faults]] entry or --kill/--crash-at",
     ExitCode.INTERRUPTED: "interrupted by Ctrl-C; partial results stay in the run directory",
     ExitCode.TERMINATED: "ended by SIGTERM; partial results stay in the run directory",

@@ -4,9 +4,11 @@ Points (FaultPoint): `train` (halfway through a round's local steps), `exchange`
 its shard slices sent), `seed` and `reveal` (secure aggregation: after every member held every
 part, before releasing its self-mask seed; with half of its slice's sums sent), `between-rounds`
 (after committing and checkpointing a round). Actions:
-`crash` (exit with code 70 at once), `stall` (sleep faults.stall_s), and `dissent` (exchange
-only): the peer's own copy of the round's result differs by one ulp, as with bad memory, so its
-digest is outvoted. `slow` is not a point but a state: from its round on, every local step of
+`crash` (exit with code 70 at once: a supervisor leaves it dead), `kill` and `abort` (die of
+SIGKILL, as by the OOM killer, or of SIGABRT, as by a failed assertion in libzmq: real crashes,
+which a supervisor restarts), `stall` (sleep faults.stall_s), and `dissent` (exchange only): the
+peer's own copy of the round's result differs by one ulp, as with bad memory, so its digest is
+outvoted. `slow` is not a point but a state: from its round on, every local step of
 the peer is followed by a sleep of (slow_factor - 1) x the step's own time, as on a machine that
 many times slower (the trainer asks `slowdown(round)`). The peer calls one injector at these points; a restarted peer gets an empty
 one, so it does not crash again.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import resource
+import signal
 import time
 
 from .exitcodes import ExitCode
@@ -23,6 +27,7 @@ from .exitcodes import ExitCode
 log = logging.getLogger("p2pfed.run.faults")
 
 CRASH_EXIT_CODE = int(ExitCode.INJECTED_CRASH)   # so launch.py can tell an injected crash apart
+SIGNALS = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}
 
 
 class FaultPoint(str, enum.Enum):
@@ -55,6 +60,12 @@ class FaultInjector:
                 log.warning("fault injection: crashing at %s of round %d", point, rnd)
                 logging.shutdown()
                 os._exit(CRASH_EXIT_CODE)
+            if f.action in ("kill", "abort"):
+                log.warning("fault injection: dying of %s at %s of round %d", SIGNALS[f.action].name, point, rnd)
+                logging.shutdown()
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # an injected abort leaves no core file
+                os.kill(os.getpid(), SIGNALS[f.action])
+                time.sleep(60)                                         # the signal ends the process before this
             log.warning("fault injection: stalling %.1f s at %s of round %d", f.stall_s, point, rnd)
             time.sleep(f.stall_s)
         return dissent

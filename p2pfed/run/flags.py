@@ -43,13 +43,26 @@ def options(f):
                                    "train.device, which spreads the peers over every GPU there is)"),
         click.option("--run-dir", help="default runs/<timestamp>"),
         click.option("--kill", multiple=True, metavar="ID@ROUND:PHASE",
-                     help="crash a peer at train|exchange|seed|reveal|between-rounds of a round (repeatable)"),
+                     help="crash a peer (exit 70, not restarted) at train|exchange|seed|reveal|between-rounds of a "
+                          "round (repeatable)"),
+        click.option("--sigkill", multiple=True, metavar="ID@ROUND:PHASE",
+                     help="a peer dies of SIGKILL at a point of a round, as by the OOM killer; it is restarted "
+                          "(repeatable)"),
+        click.option("--sigabrt", multiple=True, metavar="ID@ROUND:PHASE",
+                     help="a peer dies of SIGABRT at a point of a round, as by an assertion in libzmq; it is "
+                          "restarted (repeatable)"),
         click.option("--stall", multiple=True, metavar="ID@ROUND:PHASE",
                      help="stall a peer (faults.stall_s) at a point of a round (repeatable)"),
         click.option("--slow", multiple=True, metavar="ID[@ROUND]xFACTOR",
                      help="make a peer FACTOR times slower from ROUND (default 1) on, e.g. 2x3 (repeatable)"),
         click.option("--restart", multiple=True, metavar="ID@ROUND",
-                     help="restart a dead peer with --resume once the others reach ROUND (repeatable)"),
+                     help="restart a peer that --kill crashed, with --resume, once the others reach ROUND "
+                          "(repeatable)"),
+        click.option("--no-restart", is_flag=True,
+                     help="leave a peer that dies dead (by default a peer that crashes, e.g. killed by a signal, is "
+                          "restarted with --resume, with a back-off)"),
+        click.option("--max-restarts", type=click.IntRange(min=0), default=5, show_default=True,
+                     help="restarts per peer before it is left dead"),
         click.option("--quantize/--no-quantize", default=None,
                      help="export + INT8-quantize the consensus at the end (default: output.quantize)"),
         click.option("--watch", "watch_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",

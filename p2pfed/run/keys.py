@@ -63,6 +63,20 @@ def keygen_for_config(config_path: str, out_dir: str) -> dict[int, str]:
     return keys
 
 
+def keygen_for_peers(n: int, out_dir: str) -> int:
+    """Key pairs peer-0 .. peer-(n-1) in out_dir (existing pairs are kept; the directory is made
+    private). Returns how many were made."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    os.chmod(out_dir, 0o700)
+    made = 0
+    for k in range(n):
+        public = Path(out_dir) / f"peer-{k}.key"
+        if not (public.exists() and Path(f"{public}_secret").exists()):
+            keygen(out_dir, f"peer-{k}")
+            made += 1
+    return made
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True

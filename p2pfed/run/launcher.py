@@ -2,8 +2,10 @@
 
 The launcher is not a server: it checks what it can before any peer starts (preflight.py),
 writes the resolved config, starts `p2pfed peer` subprocesses (no fork after torch or zmq are
-imported), reads their metrics files for the live view (liveview.py), can restart a peer that
-died (`--restart ID@ROUND`), forwards Ctrl-C, reaps every child, and renders the report.
+imported), reads their metrics files for the live view (liveview.py), restarts a peer that
+crashes (supervise.py's policy: back-off, a bound per peer; `--no-restart` turns it off) and one
+that --kill crashed if asked (`--restart ID@ROUND`), forwards Ctrl-C, reaps every child, and
+renders the report.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from . import preflight, sites
 from .exitcodes import ExitCode, describe
 from .flags import options
 from .liveview import LiveView, PeerView
+from .supervise import RestartPolicy, Stay, decide, got_going, size_of
 
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
 POLL_S = 0.25            # how often the launcher reads the metrics files and checks its children
@@ -35,8 +38,10 @@ def _interrupt(signum, frame):
 
 class Launcher:
     def __init__(self, cfg: config_mod.Config, run_dir: Path, restarts: dict[int, int], timeout_s: float = 0,
-                 gpus: list[int] | None = None, watch_port: int | None = None):
+                 gpus: list[int] | None = None, watch_port: int | None = None,
+                 policy: RestartPolicy | None = RestartPolicy()):
         self.cfg = cfg
+        self.policy = policy                  # restarts of crashed peers (None: --no-restart)
         self.watch_port = watch_port          # --watch: serve the live page while the run lasts
         self.gpus = gpus or []                # --gpus: peer k on GPU gpus[k mod len]; else train.device
         self.run_dir = run_dir
@@ -48,14 +53,21 @@ class Launcher:
         self.config_path = run_dir / "config.toml"
 
     def _start(self, peer_id: int, resume: bool = False) -> None:
+        v = self.views[peer_id]
         cmd = [sys.executable, "-m", "p2pfed", "peer", "--config", str(self.config_path), "--id", str(peer_id),
                "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
+        if v.restarts and v.exit_code is not None:
+            cmd += ["--life", str(v.restarts + 1), "--last-exit", str(v.exit_code)]
+        v.started_at, v.life_offset, v.restart_at = time.monotonic(), size_of(self._metrics(peer_id)), None
         if self.gpus:
             cmd += ["--device", f"cuda:{self.gpus[self.cfg.peer_ids.index(peer_id) % len(self.gpus)]}"]
         with open(self.run_dir / f"peer-{peer_id}.stderr", "ab") as err:
             self.views[peer_id].proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
                                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.views[peer_id].exit_code = None
+
+    def _metrics(self, peer_id: int) -> Path:
+        return self.run_dir / f"metrics-{peer_id}.jsonl"
 
     def run(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,14 +128,20 @@ class Launcher:
         print(f"p2pfed: {page}{tb}{metrics}", flush=True)
 
     def _pending_restart(self) -> bool:
-        return any(pid in self.restarts and self.views[pid].restarts == 0 and self.views[pid].exit_code not in (None, 0)
-                   for pid in self.views)
+        return any((pid in self.restarts and v.restarts == 0 and v.exit_code not in (None, 0))
+                   or v.restart_at is not None for pid, v in self.views.items())
 
     def _poll(self) -> None:
         for v in self.views.values():
             v.poll(self.run_dir)
             if v.proc is not None and v.exit_code is None and v.proc.poll() is not None:
                 v.exit_code = v.proc.returncode
+                self._died(v)
+        now = time.monotonic()
+        for v in self.views.values():
+            if v.restart_at is not None and now >= v.restart_at:
+                v.restarts += 1
+                self._start(v.id, resume=True)
         others = [v.round for v in self.views.values() if v.exit_code is None]
         for pid, at_round in self.restarts.items():
             v = self.views[pid]
@@ -132,6 +150,27 @@ class Launcher:
                 print(f"p2pfed: restarting peer {pid} with --resume (others at round {max(others, default='?')})",
                       flush=True)
                 self._start(pid, resume=True)
+
+    def _died(self, v: PeerView) -> None:
+        """A peer process ended: restart it by the policy if it crashed, with a line that says so."""
+        if self.policy is None or v.exit_code == 0:
+            return
+        lived = time.monotonic() - v.started_at
+        if len(self.views) > 1 and all(o.exit_code is not None and o.restart_at is None
+                                       for o in self.views.values() if o is not v):
+            verdict = Stay("every other peer has ended")
+        else:
+            verdict = decide(self.policy, v.exit_code, lived, got_going(self._metrics(v.id), v.life_offset),
+                             v.restarts, v.last_delay)
+        if isinstance(verdict, Stay):
+            if v.exit_code not in (0, ExitCode.INJECTED_CRASH, ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+                print(f"\np2pfed: peer {v.id} {describe(v.exit_code)} in round {v.round}; not restarting it: "
+                      f"{verdict.reason}", flush=True)
+            return
+        v.restart_at, v.last_delay = time.monotonic() + verdict.delay_s, verdict.delay_s
+        print(f"\np2pfed: peer {v.id} {describe(v.exit_code)} in round {v.round} after {lived:.1f} s; restarting it "
+              f"with --resume in {verdict.delay_s:.1f} s (restart {v.restarts + 1} of at most "
+              f"{self.policy.max_restarts}; --no-restart leaves it dead)", flush=True)
 
     def stop_all(self) -> None:
         """SIGINT every live peer, wait GRACE_S, then SIGKILL; always reap."""
@@ -178,6 +217,10 @@ class Launcher:
         died = [v for v in self.views.values() if v.exit_code not in (0, None)]
         result = (f"{len(s['rounds'])} rounds, final accuracy {'n/a' if acc is None else f'{100 * acc:.2f}%'}, "
                   f"digests agreed in every round: {agree}")
+        back = [v for v in self.views.values() if v.restarts]
+        if back:
+            result += ". Restarted after a crash: " + ", ".join(
+                f"peer {v.id} ({v.restarts} time{'s' if v.restarts > 1 else ''})" for v in back)
         if died:
             print(f"p2pfed: finished, but peers {[v.id for v in died]} died ("
                   + "; ".join(f"peer {v.id} {describe(v.exit_code)}" for v in died)
@@ -248,6 +291,8 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
     faults = [config_mod.parse_fault(s, "crash") for s in o["kill"]]
     faults += [config_mod.parse_fault(s, "stall") for s in o["stall"]]
     faults += [config_mod.parse_slow(s) for s in o["slow"]]
+    faults += [config_mod.parse_fault(s, "kill") for s in o["sigkill"]]
+    faults += [config_mod.parse_fault(s, "abort") for s in o["sigabrt"]]
     cfg = config_mod.replace_faults(cfg, cfg.faults + tuple(faults))
     restarts = {}
     for spec in o["restart"]:
@@ -268,8 +313,9 @@ def launch(**o) -> int:
     cfg, run_dir, restarts = resolve_config(o)
     preflight.check_all(cfg, run_dir)
     preflight.check_watch_port(o["watch_port"])
+    policy = None if o["no_restart"] else RestartPolicy(max_restarts=o["max_restarts"])
     code = Launcher(cfg, run_dir, restarts, o["timeout_s"], _int_list("--gpus", o["gpus"]),
-                    watch_port=o["watch_port"]).run()
+                    watch_port=o["watch_port"], policy=policy).run()
     if o["report"] and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
         try:
             from ..outputs import report

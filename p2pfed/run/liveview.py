@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..outputs.metrics import read_from
+from .exitcodes import describe
 from .faults import CRASH_EXIT_CODE
 
 PLAIN_EVERY_S = 30.0     # without a terminal, a peer that makes progress gets a line this often
@@ -37,21 +38,28 @@ class PeerView:
     loss: float | None = None
     restarts: int = 0
     exit_code: int | None = None
+    started_at: float = 0.0          # when this life of the process started (monotonic)
+    life_offset: int = 0             # the metrics file's size when it started
+    restart_at: float | None = None  # a crashed peer's restart is due at this time
+    last_delay: float = 0.0          # the back-off before its last restart
     events: list = field(default_factory=list)
     evals: dict = field(default_factory=dict)    # round -> (members, correct, total) of my evaluations
 
     def line(self) -> str:
         last = min(self.round, self.rounds) if self.rounds else self.round
+        again = f" (restarted {self.restarts}x)" if self.restarts else ""
         if self.exit_code is not None:
             state = "finished" if self.exit_code == 0 else (
-                "crashed (injected)" if self.exit_code == CRASH_EXIT_CODE else f"exited {self.exit_code}")
-            return f"peer {self.id}: {state} (round {last}, epoch {self.epoch:.2f})"
+                "crashed (injected)" if self.exit_code == CRASH_EXIT_CODE else describe(self.exit_code))
+            if self.restart_at is not None:
+                state += f", restarting in {max(0.0, self.restart_at - time.monotonic()):.1f} s"
+            return f"peer {self.id}: {state} (round {last}, epoch {self.epoch:.2f}){again}"
         if not self.rounds:                       # no plan record yet: loading data and the model
             return f"peer {self.id}: starting"
         done = min(20, int(20 * self.epoch / self.epochs)) if self.epochs else 0
         loss = f"  loss {self.loss:.3f}" if self.loss is not None else ""
         return (f"peer {self.id}: epoch {self.epoch:5.2f}/{self.epochs:g}  step {self.step}/{self.steps or '?'}  "
-                f"round {last}/{self.rounds} {self.phase:<8} [{'#' * done}{'.' * (20 - done)}]{loss}")
+                f"round {last}/{self.rounds} {self.phase:<8} [{'#' * done}{'.' * (20 - done)}]{loss}{again}")
 
     def poll(self, run_dir: Path) -> None:
         recs, self.offset = read_from(run_dir / f"metrics-{self.id}.jsonl", self.offset)

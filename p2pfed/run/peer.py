@@ -43,6 +43,7 @@ from . import checkpoints, finish, own_data, presence, reports
 from . import pacing as pacing_mod
 from . import state as state_mod
 from .evaluation import Evaluator
+from .exitcodes import describe
 from .faults import FaultInjector, FaultPoint
 from .keys import exposure_warning, load_keys
 from .observe import Observers
@@ -55,12 +56,19 @@ Stage = RoundStage
 
 class Peer:
     def __init__(self, cfg: config.Config, peer_id: int, run_dir: str | Path, resume: bool = False, log_ctx=None,
-                 device: str | None = None):
+                 device: str | None = None, checkpoint_dir: str | Path | None = None, life: int = 1,
+                 last_exit: int | None = None):
+        """checkpoint_dir: where my checkpoint lives (default RUN_DIR/checkpoints). life: which
+        start of this peer this is (a supervisor counts them: 2 is the first restart), and
+        last_exit: how the previous life ended (its returncode)."""
         self.cfg = cfg
         self.id = peer_id
         self.ids = cfg.peer_ids
         self.run_dir = Path(run_dir)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.run_dir / "checkpoints"
         self.resume = resume
+        self.life = life
+        self.last_exit = last_exit
         self.log_ctx = log_ctx
         self.device_spec = device or cfg.train.device    # `p2pfed peer --device` (launch.py --gpus) wins
         self.metrics = MetricsWriter(self.run_dir / f"metrics-{peer_id}.jsonl", peer_id)
@@ -99,7 +107,7 @@ class Peer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
-        for d in (self.run_dir, self.run_dir / "checkpoints"):
+        for d in (self.run_dir, self.checkpoint_dir):
             for f in atomic.sweep_stale(d):
                 log.info("removed %s, left by a writer killed mid-write", f)
         # first, so that a metrics port in use fails the peer before it loads anything
@@ -156,8 +164,12 @@ class Peer:
         self.allreduce = AllReduce(self.transport, self.mailbox, a, self.ids, faults=self.faults,
                                    on_progress=self._progress,
                                    codec=compress.CONFIG_CODECS[self.cfg.train.compression], secure=self.secure)
+        if self.life > 1:
+            why = f"after its last life {describe(self.last_exit)}" if self.last_exit is not None else ""
+            log.warning("restarted by its supervisor (life %d) %s", self.life, why)
+            self.metrics.write("event", round=self.round, message=f"restarted by its supervisor (life {self.life}) {why}")
         if self.resume:
-            got = checkpoints.load(checkpoints.path_of(self.run_dir, self.id), self.trainer)
+            got = checkpoints.load(checkpoints.path_of(self.checkpoint_dir, self.id), self.trainer)
             if got:
                 self._pace(got)
                 self._serve(got)
@@ -178,7 +190,7 @@ class Peer:
     def _run(self) -> int:
         self.setup()
         try:
-            presence.wait_for_peers(self.mailbox, self.cfg, self.id)
+            presence.wait_for_peers(self.mailbox, self.cfg, self.id, resumed=self.resume)
             while self.round <= self.plan.rounds:
                 claim = presence.claimed_ahead(self.mailbox, self.ids, self.round)
                 if claim and self.sync(claim):
@@ -227,7 +239,7 @@ class Peer:
                          100 * stats["correct"] / max(1, stats["total"]))
             if isinstance(outcome, Averaged):
                 checkpoints.save_if_due(self, rnd, evaluates)
-            stats.update(own_data.unreadable_stats(self))
+            stats.update(own_data.unreadable_stats(self), life=self.life)
             reports.publish(self, rnd, stats)
         self.faults.at(rnd, FaultPoint.BETWEEN_ROUNDS)
         self._advance(committed.round + 1)
@@ -295,7 +307,7 @@ class Peer:
         self._pace(got)
         self.trainer.global_step = self.plan.start_step(got.round + 1)
         self.commit(got)
-        checkpoints.save(checkpoints.path_of(self.run_dir, self.id), self.trainer, got, self.cfg.model)
+        checkpoints.save(checkpoints.path_of(self.checkpoint_dir, self.id), self.trainer, got, self.cfg.model)
         self.metrics.write("checkpoint", round=got.round)
         log.info("adopted the consensus of round %d (digest %s, members %s): %s", got.round, got.digest[:12],
                  list(got.members), want.reason)

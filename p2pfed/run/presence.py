@@ -13,18 +13,33 @@ from ..net import protocol
 log = logging.getLogger("p2pfed.run.presence")
 
 
-def wait_for_peers(mailbox: Mailbox, cfg, me: int) -> None:
-    """Until every other peer has been heard from, or startup_timeout_s."""
-    deadline = time.monotonic() + cfg.averaging.startup_timeout_s
+class NoPeers(RoundError):
+    """No other peer could be reached: the run is over, or this host is cut off (exit code 4;
+    a supervisor does not restart it)."""
+
+
+def wait_for_peers(mailbox: Mailbox, cfg, me: int, resumed: bool = False) -> None:
+    """Until a heartbeat has come from every other peer, or startup_timeout_s. A resumed peer (a
+    restart) goes on once it has heard one peer and RESUME_LISTEN heartbeat intervals have
+    passed: the others are mid-run, and a peer that died with it must not hold its return up."""
+    started = time.monotonic()
+    deadline = started + cfg.averaging.startup_timeout_s
     others = [p for p in cfg.peer_ids if p != me]
     missing = others
     while time.monotonic() < deadline:
-        missing = [p for p in others if not mailbox.alive(p)]
+        # a heartbeat, not only a message: it says which round the peer has committed (claimed_ahead)
+        missing = [p for p in others if not (mailbox.alive(p) and mailbox.transport.heartbeat(p))]
         if not missing:
             return
+        if resumed and len(missing) < len(others) and \
+                time.monotonic() - started > protocol.RESUME_LISTEN * cfg.averaging.heartbeat_interval_s:
+            log.info("restarted: peers %s are live; going on without %s", sorted(set(others) - set(missing)), missing)
+            return
         mailbox.pump(protocol.POLL_S)
+    if not others:
+        return
     if len(missing) == len(others):
-        raise RoundError(
+        raise NoPeers(
             f"no other peer reachable within averaging.startup_timeout_s={cfg.averaging.startup_timeout_s}"
             f" (tried {', '.join(f'{p.id}@{p.host}:{p.port}' for p in cfg.peers if p.id != me)}); "
             f"start them, or check host/port in the config and the firewall")
