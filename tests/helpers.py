@@ -172,3 +172,15 @@ def max_relative_error(state: dict, reference: dict) -> float:
         if a.size:
             worst = max(worst, float(np.max(np.abs(a - b) / scale)))
     return worst
+
+
+def committed_digests(run_dir: Path, n: int) -> dict[int, set[str]]:
+    """round -> every digest a member recorded for it, over every peer and every life of it: a
+    round committed twice (two digests) would show as a set of two."""
+    from p2pfed.outputs import metrics
+    out: dict[int, set[str]] = {}
+    for peer in range(n):
+        for r in metrics.read(run_dir / f"metrics-{peer}.jsonl"):
+            if r["type"] == "round":
+                out.setdefault(r["round"], set()).add(r["digest"])
+    return out

@@ -2,7 +2,7 @@
 one excluded from a round. The answer is checked against the local model's schema and its
 digest is recomputed before anything is adopted.
 
-    me -> peer   fetch(round = the oldest round I accept)
+    me -> peers  fetch(round = the oldest round I accept), to FETCH_FANOUT live peers at a time
     peer -> me   model(round, digest, names, members) + one array per tensor
 """
 from __future__ import annotations
@@ -30,20 +30,31 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
         if mailbox.live(others):
             alone_since = time.monotonic()
         elif time.monotonic() - alone_since > 2 * mailbox.dead_after_s:
-            return Failed(_nobody(mailbox, min_round))
-        got = _take_model(mailbox, template, min_round, expect_digest)
+            return Failed(_nobody(mailbox, min_round), alone=True)
+        got, early = _take_model(mailbox, template, min_round, expect_digest)
         if got:
             return got
+        committers = {m.sender for m in mailbox.commits(min_round)}
+        if early & committers:
+            # a peer that announced the commit answered before it served that round's model (the
+            # commit notice goes out first): ask it again shortly instead of after FETCH_RETRY_S
+            tried = [p for p in tried if p not in early & committers]
+            asked_at = min(asked_at, time.monotonic() - protocol.FETCH_RETRY_S + protocol.POLL_S)
         if time.monotonic() - asked_at > protocol.FETCH_RETRY_S:
-            live = sorted(mailbox.live(others), key=lambda p: -mailbox.committed(p))
-            if live:
-                target = next((p for p in live if p not in tried), live[0])
+            # first a peer that announced the commit of a round I accept: it serves that model
+            # (or will, in a moment), where a peer still in the round's exchange would not
+            live = sorted(mailbox.live(others), key=lambda p: (p not in committers, -mailbox.committed(p)))
+            # two peers at a time: a link to a peer that just came back may take a while to carry
+            # answers again, and one unanswered fetch would cost FETCH_RETRY_S
+            targets = ([p for p in live if p not in tried] + [p for p in live if p in tried])[:protocol.FETCH_FANOUT]
+            for target in targets:
                 tried.append(target)
                 transport.send(target, wire.encode("fetch", mailbox.me, round=min_round))
+            if targets:
                 asked_at = time.monotonic()
         mailbox.pump(min(protocol.FETCH_RETRY_S, max(0.0, deadline - time.monotonic())))
     if not mailbox.live(others):
-        return Failed(_nobody(mailbox, min_round))
+        return Failed(_nobody(mailbox, min_round), alone=True)
     return Failed(f"could not download the consensus of round >= {min_round} from any live peer within "
                   f"fetch_timeout_s={timeout_s}")
 
@@ -58,10 +69,15 @@ def _nobody(mailbox: Mailbox, min_round: int) -> str:
             f">= {min_round} from; if the run has ended, its consensus.pt is the result")
 
 
-def _take_model(mailbox: Mailbox, template: dict, min_round: int, expect_digest: str | None) -> Committed | None:
+def _take_model(mailbox: Mailbox, template: dict, min_round: int,
+                expect_digest: str | None) -> tuple[Committed | None, set[int]]:
+    """A verified model of a round >= min_round if one came, and the peers that answered with an
+    older round."""
+    early = set()
     for msg in mailbox.all_of("model"):
         mailbox.discard(msg)
         if msg["round"] < min_round:
+            early.add(msg.sender)
             continue
         try:
             state = wire.check_state(msg["names"], msg.arrays, template)
@@ -73,5 +89,5 @@ def _take_model(mailbox: Mailbox, template: dict, min_round: int, expect_digest:
             log.warning("model from peer %s rejected: digest %s does not match the announced one", msg.sender, dg[:12])
             continue
         log.debug("downloaded round %d from peer %d", msg["round"], msg.sender)
-        return Committed(msg["round"], dg, tuple(msg["members"]), state)
-    return None
+        return Committed(msg["round"], dg, tuple(msg["members"]), state), early
+    return None, early

@@ -63,5 +63,7 @@ class Download:
 
 @dataclass(frozen=True)
 class Failed:
-    """The round cannot complete (attempts or deadlines exhausted, or this peer must stop)."""
+    """The round cannot complete (attempts or deadlines exhausted, or this peer must stop).
+    alone: no other peer is alive (the run has ended, or this peer is cut off)."""
     reason: str
+    alone: bool = False

@@ -31,6 +31,7 @@ def max_message_bytes(state_bytes: int) -> int:
 
 
 # ------------------------------------------------------------------ intervals (seconds)
+FETCH_FANOUT = 2                 # a download asks this many live peers at a time (committers of the round first)
 FETCH_RETRY_S = 2.0              # ask another live peer for the consensus if no answer came this fast
 BACKOFF_S = 0.1                  # after failed attempt t, read aborts for min(BACKOFF_MAX_S, t x this)
 BACKOFF_MAX_S = 1.0

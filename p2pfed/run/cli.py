@@ -45,6 +45,9 @@ def main() -> None:
                    "signal, out of memory, an abort in libzmq), with a back-off (docs/deploy.md)")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=5, show_default=True,
               help="--supervise: restarts before the peer is left dead")
+@click.option("--spare", is_flag=True,
+              help="--supervise: keep a warm spare process that has imported torch, so that a restart skips "
+                   "the interpreter's start (2-3 s; costs one idle process of a few hundred MB per peer)")
 @click.option("--from-slurm", is_flag=True,
               help="under srun: the id from SLURM_PROCID, the peers' hosts from the step's nodes, their ports from "
                    "--base-port and the task's place on its node (docs/deploy.md)")
@@ -55,14 +58,17 @@ def main() -> None:
 @click.option("--life", type=click.IntRange(min=1), default=1, hidden=True, help="supervisors: which start this is")
 @click.option("--last-exit", type=int, default=None, hidden=True, help="supervisors: how the last life ended")
 def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device, checkpoint_dir, supervise, max_restarts,
-         from_slurm, base_port, keys_dir, life, last_exit) -> None:
+         spare, from_slurm, base_port, keys_dir, life, last_exit) -> None:
     """Run one peer (one OS process)."""
     cfg = _load(config_path, placed_later=from_slurm)
+    note = ""
     try:
         if from_slurm:
             import os
             from . import slurm
             cfg, peer_id = slurm.configure(cfg, dict(os.environ), base_port, keys_dir, peer_id)
+            note = f"from the Slurm step of job {os.environ.get('SLURM_JOB_ID')}: peers " + ", ".join(
+                f"{p.id}@{p.host}:{p.port}" for p in cfg.peers)
         elif peer_id is None:
             raise ConfigError("--id is required: this peer's id in [[peers]] (or --from-slurm, under srun)")
         elif base_port is not None or keys_dir is not None:
@@ -88,12 +94,12 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device, checkpo
         argv += (["--quiet"] if quiet else []) + (["--device", device] if device else []) \
             + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []) + (["--resume"] if resume else [])
         sys.exit(Supervisor([sys.executable, "-m", "p2pfed", "peer", *argv], peer_id, run_dir / f"metrics-{peer_id}.jsonl",
-                            RestartPolicy(max_restarts=max_restarts)).run())
-    _run_peer(cfg, peer_id, run_dir, resume, quiet, device, checkpoint_dir, life, last_exit)
+                            RestartPolicy(max_restarts=max_restarts), spare=spare).run())
+    _run_peer(cfg, peer_id, run_dir, resume, quiet, device, checkpoint_dir, life, last_exit, note)
 
 
 def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, device, checkpoint_dir, life: int,
-              last_exit) -> None:
+              last_exit, note: str = "") -> None:
     from ..consensus.outcome import RoundError
     from ..learning.datasets import DataError
     from ..learning.model import ModelError
@@ -102,6 +108,8 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
     from .presence import NoPeers
     ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr,
                      level=logging.DEBUG if cfg.output.log_level == "debug" else logging.INFO)
+    if note:
+        logging.getLogger("p2pfed.run.cli").info("%s", note)
     from .peer import Peer
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even where SIGINT was inherited as ignored
@@ -120,6 +128,13 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
         logging.getLogger("p2pfed.run.peer").warning("interrupted")
         sys.exit(ExitCode.INTERRUPTED)
     sys.exit(code)
+
+
+@main.command(hidden=True)
+def spare() -> None:
+    """A warm spare for a supervisor: imports, then becomes the peer it is told to be (spare.py)."""
+    from .spare import serve
+    sys.exit(serve(lambda argv: main.main(args=argv, prog_name="p2pfed")))
 
 
 @main.command()

@@ -26,6 +26,7 @@ from . import preflight, sites
 from .exitcodes import ExitCode, describe
 from .flags import options
 from .liveview import LiveView, PeerView
+from .spare import Spare
 from .supervise import RestartPolicy, Stay, decide, got_going, size_of
 
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
@@ -42,6 +43,7 @@ class Launcher:
                  policy: RestartPolicy | None = RestartPolicy()):
         self.cfg = cfg
         self.policy = policy                  # restarts of crashed peers (None: --no-restart)
+        self.spare: Spare | None = None       # a warm spare for the next restart (spare.py)
         self.watch_port = watch_port          # --watch: serve the live page while the run lasts
         self.gpus = gpus or []                # --gpus: peer k on GPU gpus[k mod len]; else train.device
         self.run_dir = run_dir
@@ -59,6 +61,14 @@ class Launcher:
         if v.restarts and v.exit_code is not None:
             cmd += ["--life", str(v.restarts + 1), "--last-exit", str(v.exit_code)]
         v.started_at, v.life_offset, v.restart_at = time.monotonic(), size_of(self._metrics(peer_id)), None
+        if resume and self.spare is not None and self.spare.alive():
+            spare, self.spare = self.spare, None
+            try:
+                v.proc = spare.become(cmd[3:], stderr=self.run_dir / f"peer-{peer_id}.stderr")
+                v.exit_code = None
+                return
+            except OSError:                   # it died: start the peer the usual way
+                spare.close()
         if self.gpus:
             cmd += ["--device", f"cuda:{self.gpus[self.cfg.peer_ids.index(peer_id) % len(self.gpus)]}"]
         with open(self.run_dir / f"peer-{peer_id}.stderr", "ab") as err:
@@ -137,6 +147,8 @@ class Launcher:
             if v.proc is not None and v.exit_code is None and v.proc.poll() is not None:
                 v.exit_code = v.proc.returncode
                 self._died(v)
+        if self.policy is not None and self.spare is None and all(v.rounds for v in self.views.values()):
+            self.spare = Spare()              # once every peer is going, so that it slows no start
         now = time.monotonic()
         for v in self.views.values():
             if v.restart_at is not None and now >= v.restart_at:
@@ -173,7 +185,10 @@ class Launcher:
               f"{self.policy.max_restarts}; --no-restart leaves it dead)", flush=True)
 
     def stop_all(self) -> None:
-        """SIGINT every live peer, wait GRACE_S, then SIGKILL; always reap."""
+        """SIGINT every live peer, wait GRACE_S, then SIGKILL; always reap (the spare too)."""
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
         live = [v.proc for v in self.views.values() if v.proc is not None and v.proc.poll() is None]
         for p in live:
             try:

@@ -297,6 +297,8 @@ class Peer:
         got = download(self.transport, self.mailbox, self.trainer.template, self.ids, want.round,
                        self.cfg.averaging.fetch_timeout_s, want.digest)
         if isinstance(got, Failed):
+            if got.alone:        # every other peer has left: nobody to distrust, nothing to restart for
+                raise presence.NoPeers(f"round {self.round}: {got.reason}")
             if want.claimant is None:
                 raise RoundError(f"round {self.round}: {got.reason}")
             log.warning("peer %d claimed to have committed round >= %d, but no peer sent such a model within "

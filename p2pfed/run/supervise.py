@@ -97,9 +97,11 @@ class Supervisor:
     It imports no torch and opens no socket, so it stays small and cannot die of what kills the
     peer. SIGINT and SIGTERM are passed on to the child, and then nothing is restarted."""
 
-    def __init__(self, command: list[str], peer_id: int, metrics_path: Path, policy: RestartPolicy):
+    def __init__(self, command: list[str], peer_id: int, metrics_path: Path, policy: RestartPolicy,
+                 spare: bool = False):
         """command: the peer's command line (`python -m p2pfed peer ...`); a restart adds --resume,
-        --life N and --last-exit CODE to it."""
+        --life N and --last-exit CODE to it. spare: keep a warm spare (spare.py) once the peer is
+        going, and restart into it."""
         self.command = [a for a in command if a != "--resume"]
         self.resume = "--resume" in command
         self.peer_id = peer_id
@@ -107,6 +109,8 @@ class Supervisor:
         self.policy = policy
         self.child: subprocess.Popen | None = None
         self.stopping = 0
+        self.use_spare = spare
+        self.spare = None
 
     def _signal(self, signum, frame) -> None:
         self.stopping = signum
@@ -121,6 +125,8 @@ class Supervisor:
         try:
             return self._run()
         finally:
+            if self.spare is not None:
+                self.spare.close()
             for s, h in old.items():
                 signal.signal(s, h)
 
@@ -132,8 +138,8 @@ class Supervisor:
             cmd = self.command + (["--resume"] if resume else []) \
                 + (["--life", str(restarts + 1), "--last-exit", str(last)] if restarts else [])
             started = time.monotonic()
-            self.child = subprocess.Popen(cmd)
-            code = self._wait()
+            self.child = self._spawn(cmd)
+            code = self._wait(offset)
             lived = time.monotonic() - started
             if self.stopping:
                 return exit_status(code)
@@ -152,13 +158,29 @@ class Supervisor:
             if self.stopping:
                 return exit_status(code)
 
-    def _wait(self) -> int:
-        """The child's returncode; after SIGINT/SIGTERM, it gets GRACE_S, then SIGKILL."""
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+        if self.spare is not None:
+            spare, self.spare = self.spare, None
+            if spare.alive():
+                try:
+                    return spare.become(cmd[3:])          # cmd: python -m p2pfed ARGV
+                except OSError:
+                    pass
+            spare.close()
+        return subprocess.Popen(cmd)
+
+    def _wait(self, offset: int) -> int:
+        """The child's returncode; after SIGINT/SIGTERM, it gets GRACE_S, then SIGKILL. Once the
+        child is going, a warm spare is started for its next life."""
         child, stop_by = self.child, None
         while True:
             try:
                 return child.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
+                if self.use_spare and self.spare is None and not self.stopping and got_going(self.metrics_path,
+                                                                                               offset):
+                    from .spare import Spare
+                    self.spare = Spare(inherit=True)
                 if self.stopping and stop_by is None:
                     stop_by = time.monotonic() + GRACE_S
                 if stop_by is not None and time.monotonic() > stop_by:
