@@ -71,8 +71,12 @@ class _FakeTransport:
 
     def __init__(self):
         self.seen: dict[int, float] = {}
+        self.reborn: dict[int, float] = {}
         self.resets: list[int] = []
         self.queue: list[wire.Message] = []
+
+    def reborn_at(self, peer):
+        return self.reborn.get(peer)
 
     def recv(self, timeout_s):
         return self.queue.pop(0) if self.queue else None
@@ -107,3 +111,32 @@ def test_an_abort_naming_me_rebuilds_my_link_and_a_reported_peer_stays_out_for_t
     time.sleep(0.55)
     t.seen = {1: time.monotonic(), 2: time.monotonic()}
     assert mb.live([0, 1, 2]) == [0, 1, 2]   # heard after the hold: back in
+
+
+def test_a_heartbeat_from_a_new_process_marks_the_peer_reborn():
+    from p2pfed.net.shared import SharedState
+    st = SharedState()
+    hb = lambda life: wire.Message("hb", 1, {"round": 3, "phase": "train", "committed": 2, "life": life})  # noqa: E731
+    st.heard(hb("aaaa"))
+    st.heard(hb("aaaa"))
+    assert st.reborn_at(1) is None                   # the first life, heard twice
+    st.heard(hb("bbbb"))
+    assert st.reborn_at(1) is not None               # a restart
+    assert len(st.heartbeat_frames(0)) == 1 and st._status["life"] != SharedState()._status["life"]
+
+
+def test_a_restarted_peer_is_dead_to_its_old_exchanges_and_out_of_groups_until_it_is_ready():
+    """Its last life's part of an exchange is lost: it must not be waited for until the
+    exchange's deadline (a restart can be faster than dead_after_s)."""
+    t = _FakeTransport()
+    mb = Mailbox(t, dead_after_s=5.0, recipe_text="r")
+    mb.advance(3)
+    began = time.monotonic()                       # an exchange with peers 1 and 2 begins
+    t.seen = {1: began, 2: began}
+    assert mb.alive(1, began) and mb.alive(2, began)
+    mb.file(_abort(2, [1]))                        # a member saw its last life die
+    t.reborn[1] = t.seen[1] = time.monotonic()     # peer 1 is heard from a new process
+    assert not mb.alive(1, began) and mb.alive(2, began)
+    assert not mb.alive(1)                         # and out of groups until its new life is ready
+    mb.file(wire.Message("ready", 1, {"round": 3, "n_samples": 10, "recipe": "r"}))
+    assert mb.alive(1) and not mb.alive(1, began)  # ready: in groups again, never in the old exchange

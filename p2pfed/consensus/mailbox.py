@@ -44,6 +44,8 @@ class Mailbox:
         self._box: dict[tuple, dict[int, wire.Message]] = defaultdict(dict)
         self._departed: set[int] = set()
         self._suspects: dict[int, float] = {}   # peer -> when a member reported it dead
+        self._reborn_noted: dict[int, float] = {}   # peer -> the restart of it I logged last
+        self._ready_at: dict[int, float] = {}   # peer -> when (monotonic) its last ready was filed
         self._log = RateLimitedLog(log, protocol.LOG_EVERY_S)
         self.last_round = 0               # the run's last round: a claim to have committed beyond it is false
         self._distrusted: set[int] = set()  # peers whose claims to be ahead proved false
@@ -95,6 +97,7 @@ class Mailbox:
                 return
             if self.foreign.pop(msg.sender, None) is not None:
                 log.info("peer %d now shares my options; it takes part again", msg.sender)
+            self._ready_at[msg.sender] = time.monotonic()
             if "mask_key" in msg.header:
                 self.mask_keys[msg.sender] = msg["mask_key"]
         elif msg.sender in self.foreign and msg.kind != "bye":
@@ -201,9 +204,25 @@ class Mailbox:
         since it was last heard from. I am always alive. `since` (monotonic) gives a peer that
         another member put into my exchange the benefit of the doubt: it counts as heard at that
         moment (a peer just back from a partition may reach others before it reaches me). A peer
-        reported dead counts as dead for at least SUSPECT_HOLD_S, even if I hear it."""
+        reported dead counts as dead for at least SUSPECT_HOLD_S, even if I hear it. A peer heard
+        from a new process of it (it restarted: its heartbeats carry a new life id) is dead to
+        exchanges that began before, and until its new life sends a ready."""
         if peer == self.me:
             return True
+        reborn = self.transport.reborn_at(peer)
+        if reborn is not None:
+            # a new process of it (it restarted): what its last life was doing is lost, so it is dead
+            # to every exchange that began before, and until it says `ready` again (a ready of its
+            # last life must not put it into a group)
+            if reborn > self._reborn_noted.get(peer, -float("inf")):
+                self._reborn_noted[peer] = reborn
+                self._log.log(("reborn", peer), logging.INFO, "peer %s restarted (a new process); the attempts "
+                              "of its last life are lost", peer)
+            if (since is not None and reborn > since) or self._ready_at.get(peer, -float("inf")) < reborn:
+                return False
+            if self._suspects.get(peer, float("inf")) < self._ready_at[peer]:
+                # a death reported before its new life said ready was (most likely) its last life's
+                del self._suspects[peer]
         seen = self._seen(peer, since)
         if seen is None or peer in self._departed or time.monotonic() - seen >= self.dead_after_s:
             return False

@@ -6,6 +6,7 @@ thread writes what the heartbeats say about it (status), what to answer while it
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ class SharedState:
         self._last_seen: dict[int, float] = {}
         self._heartbeats: dict[int, dict] = {}
         self._bye: set[int] = set()       # peers whose last message was a bye
-        self._status = {"round": 0, "phase": "start", "committed": 0}
+        # life: a random id of this process, in every heartbeat: a peer that restarts has a new one
+        self._status = {"round": 0, "phase": "start", "committed": 0, "life": os.urandom(8).hex()}
+        self._lives: dict[int, str] = {}      # peer -> the life id of its last heartbeat
+        self._reborn: dict[int, float] = {}   # peer -> when (monotonic) a heartbeat with a new life id came
         self._served: Served | None = None
         self._announced: tuple[int, list, float] | None = None   # (round, ready frames, first sent)
         self._resent: dict[int, float] = {}
@@ -43,6 +47,11 @@ class SharedState:
     def said_bye(self, peer: int) -> bool:
         with self._lock:
             return peer in self._bye
+
+    def reborn_at(self, peer: int) -> float | None:
+        """When (monotonic) this peer's heartbeats last came from a new process (None: never seen)."""
+        with self._lock:
+            return self._reborn.get(peer)
 
     def heartbeat(self, peer: int) -> dict:
         with self._lock:
@@ -81,6 +90,11 @@ class SharedState:
             served, announced = self._served, self._announced
             if msg.kind == "hb":
                 self._heartbeats[msg.sender] = msg.header
+                life = msg.header.get("life")
+                if isinstance(life, str):
+                    if self._lives.get(msg.sender, life) != life:
+                        self._reborn[msg.sender] = now
+                    self._lives[msg.sender] = life
                 if announced:
                     rnd, frames, since = announced
                     if (msg["round"] == rnd and msg["committed"] < rnd and now - since >= protocol.READY_RESEND_S

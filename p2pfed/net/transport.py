@@ -152,6 +152,10 @@ class Transport:
         """Whether this peer's last message was a `bye` (it stopped on purpose)."""
         return self.shared.said_bye(peer)
 
+    def reborn_at(self, peer: int) -> float | None:
+        """When (monotonic) this peer was last heard from a new process of it (it restarted)."""
+        return self.shared.reborn_at(peer)
+
     def heartbeat(self, peer: int) -> dict:
         """A copy of this peer's last heartbeat header ({} if none yet)."""
         return self.shared.heartbeat(peer)

@@ -48,6 +48,7 @@ KINDS: dict[str, dict[str, type]] = {
 
 # kind -> {field: type} of fields a message may carry. Absent, they have the default named here.
 OPTIONAL: dict[str, dict[str, type]] = {
+    "hb":      {"life": str},                  # a random id of the sender's process: a new one = it restarted
     "ready":   {"mask_key": str,               # secure aggregation: my X25519 mask key (64 hex)
                 "protocol": int},              # the sender's protocol number (consensus/recipe.py); absent = 1
     "part":    {"codec": str, "base": str,     # codec: "f32" (absent), "f16", "i8" or "m64"; base: the anchor's digest
