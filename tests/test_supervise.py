@@ -24,15 +24,15 @@ def test_a_crash_is_restarted_after_the_first_delay(code):
     assert decide(P, code, lived_s=5.0, got_going=False, restarts=0, last_delay_s=0.0) == Restart(0.5)
 
 
-@pytest.mark.parametrize("code", [0, ExitCode.USAGE, ExitCode.NO_PEERS, ExitCode.INJECTED_CRASH,
+@pytest.mark.parametrize("code", [0, ExitCode.FAILED, ExitCode.USAGE, ExitCode.NO_PEERS, ExitCode.INJECTED_CRASH,
                                   ExitCode.INTERRUPTED, ExitCode.TERMINATED, -signal.SIGINT, -signal.SIGTERM])
 def test_what_is_not_a_crash_stays_down(code):
     assert isinstance(decide(P, code, 100.0, True, 0, 0.0), Stay)
 
 
-def test_a_failure_is_restarted_only_after_the_peer_got_going():
-    assert "start-up" in decide(P, ExitCode.FAILED, 3.0, got_going=False, restarts=0, last_delay_s=0).reason
-    assert decide(P, ExitCode.FAILED, 3.0, got_going=True, restarts=0, last_delay_s=0) == Restart(0.5)
+def test_an_unexpected_error_is_restarted_only_after_the_peer_got_going():
+    assert "start-up" in decide(P, ExitCode.CRASHED, 3.0, got_going=False, restarts=0, last_delay_s=0).reason
+    assert decide(P, ExitCode.CRASHED, 3.0, got_going=True, restarts=0, last_delay_s=0) == Restart(0.5)
 
 
 def test_back_off_doubles_for_short_lives_resets_after_a_stable_one_and_is_bounded():
@@ -156,6 +156,9 @@ def test_every_task_computes_the_same_federation_and_its_own_id():
         (3, "n2", 30000, "0.0.0.0"), (4, "n2", 30001, "0.0.0.0")]
     cfg, _ = slurm.configure(base, _env(0, 0, job=7))
     assert cfg.peers[0].port == slurm.default_base_port(7) == 20000 + 40 * 7
+    assert cfg.train.threads == 0
+    cfg, _ = slurm.configure(base, {**_env(0, 0), "SLURM_CPUS_PER_TASK": "4"})
+    assert cfg.train.threads == 4                     # the task's cores
 
 
 def test_slurm_errors_name_the_variable_or_flag():

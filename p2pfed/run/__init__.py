@@ -7,7 +7,10 @@
     evaluation.py  evaluating a committed round (pooled BatchNorm statistics, my test slice)
     checkpoints.py a peer's own checkpoint: save, and load for --resume
     finish.py      the end of a run: the writer's outputs
-    faults.py      fault injection at named points (crash, stall, dissent)
+    faults.py      fault injection at named points (crash, kill, abort, stall, dissent, slow)
+    supervise.py   peers that come back: the restart policy, `p2pfed peer --supervise`
+    spare.py       a warm spare process that becomes a restarted peer
+    slurm.py       `--from-slurm`: the federation read from the Slurm step
     keys.py        the run's CURVE keys: keygen for a config, loading, exposure warning
     launcher.py    `python launch.py`: N local peers, live progress, restarts, cleanup
     preflight.py   what the launcher checks before it starts any peer

@@ -127,6 +127,9 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
     except KeyboardInterrupt:
         logging.getLogger("p2pfed.run.peer").warning("interrupted")
         sys.exit(ExitCode.INTERRUPTED)
+    except Exception:       # a bug: logged with its traceback, and an exit code a supervisor restarts
+        logging.getLogger("p2pfed.run.peer").exception("peer %d crashed on an unexpected error", peer_id)
+        sys.exit(ExitCode.CRASHED)
     sys.exit(code)
 
 

@@ -10,6 +10,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2                   # a bad option or config key; the message names it
     NETWORK_DOWN = 3            # the peer's network thread died; it could not heartbeat, so it stopped
     NO_PEERS = 4                # no other peer could be reached (at start-up, or by a restarted peer)
+    CRASHED = 5                 # an unexpected error (a bug); the traceback is in the peer's log
     INJECTED_CRASH = 70         # a fault injected on purpose (faults / --kill) ended the peer
     INTERRUPTED = 130           # Ctrl-C (SIGINT)
     TERMINATED = 143            # SIGTERM
@@ -23,6 +24,8 @@ HELP: dict[ExitCode, str] = {
                            "instead of hanging",
     ExitCode.NO_PEERS: "no other peer could be reached within averaging.startup_timeout_s: the run is over, the "
                        "others are not started, or this host is cut off (check host/port and the firewall)",
+    ExitCode.CRASHED: "an unexpected error (a bug: please report the traceback in RUN_DIR/peer-<id>.log); a "
+                      "supervisor restarts the peer",
     ExitCode.INJECTED_CRASH: "a crash injected on purpose by a [[faults]] entry or --kill/--crash-at",
     ExitCode.INTERRUPTED: "interrupted by Ctrl-C; partial results stay in the run directory",
     ExitCode.TERMINATED: "ended by SIGTERM; partial results stay in the run directory",

@@ -8,6 +8,7 @@ node in turn); its port is the base port plus its index on its node (SLURM_LOCAL
 computes the same list from the same variables, so no file is written per host. Anything else a
 [[peers]] entry of the config with the same id says (data_dir, public_key) is kept; with
 security.curve, the public keys come from a shared key directory (`p2pfed keygen --peers N`).
+With train.threads = 0, each peer uses SLURM_CPUS_PER_TASK torch threads where srun sets it.
 """
 from __future__ import annotations
 
@@ -179,6 +180,10 @@ def configure(cfg: Config, env: dict, base_port: int | None = None, keys_dir: st
     if extra:
         raise ConfigError(f"[[peers]] of the config has ids {extra}, but the step has {len(slots)} tasks (ids 0.."
                           f"{len(slots) - 1}); run as many tasks as peers, or remove those entries")
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    if cfg.train.threads == 0 and cpus.isdigit() and int(cpus) > 0:
+        # the task's own cores (srun -c / --cpus-per-task), not the node's divided by its peers
+        out = dataclasses.replace(out, train=dataclasses.replace(out.train, threads=int(cpus)))
     return replace_peers(out, out.peers), step.procid       # replace_peers validates the config as a whole
 
 

@@ -7,12 +7,16 @@ starts it again with `--resume`: it reloads its checkpoint, downloads the consen
 is a member again (docs/deploy.md). What is not a crash is never restarted:
 
     exit 0           it finished
+    exit 1           it failed and said why (no group could form, a download failed, its checkpoint
+                     does not match): its own verdict, which a restart would not change
     exit 2           a usage or config error: a restart would fail the same way
     exit 4           no other peer could be reached: the run is over, or this host is cut off
     exit 70          a crash injected on purpose (--kill, [[faults]] action = "crash")
     SIGINT, SIGTERM  someone asked it to stop (exit 130 or 143, or killed by the signal)
-    exit 1 (failed) before its first round: start-up failed (bad data, a port in use), and a
-                     restart would fail the same way; after its first round it is restarted
+    exit 5 (an unexpected error) before its first round: a bug in start-up, which a restart would
+                     hit again; after its first round it is restarted
+
+Restarted: killed by any other signal, exit 3 (its network thread died), exit 5 after start-up.
 
 The first restart waits first_delay_s; each life shorter than stable_s doubles the wait, up to
 max_delay_s; a life of stable_s or more starts the back-off again. After max_restarts restarts
@@ -33,7 +37,8 @@ from .exitcodes import ExitCode, describe
 
 log = logging.getLogger("p2pfed.run.supervise")
 
-NOT_CRASHES = {ExitCode.OK: "it finished", ExitCode.USAGE: "a usage or config error",
+NOT_CRASHES = {ExitCode.OK: "it finished", ExitCode.FAILED: "it failed and said why (see its log)",
+               ExitCode.USAGE: "a usage or config error",
                ExitCode.NO_PEERS: "no other peer could be reached", ExitCode.INJECTED_CRASH: "an injected crash",
                ExitCode.INTERRUPTED: "it was interrupted", ExitCode.TERMINATED: "it was asked to stop",
                -signal.SIGINT: "it was interrupted", -signal.SIGTERM: "it was asked to stop"}
@@ -65,8 +70,8 @@ def decide(policy: RestartPolicy, code: int, lived_s: float, got_going: bool, re
     restarted already; last_delay_s: the wait before its last restart (0: none yet)."""
     if code in NOT_CRASHES:
         return Stay(NOT_CRASHES[code])
-    if code == ExitCode.FAILED and not got_going:
-        return Stay("it failed during start-up, and a restart would fail the same way")
+    if code == ExitCode.CRASHED and not got_going:
+        return Stay("it crashed during start-up, and a restart would crash the same way")
     if restarts >= policy.max_restarts:
         return Stay(f"it was restarted {restarts} times already (the bound is {policy.max_restarts})")
     if lived_s >= policy.stable_s or not last_delay_s:
