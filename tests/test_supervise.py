@@ -191,3 +191,15 @@ def test_a_config_peer_keeps_its_data_dir_and_curve_keys_come_from_the_shared_di
     assert cfg.security.secret_key_file == str(keys / "peer-{id}.key_secret")
     from p2pfed.run.keys import load_keys
     assert load_keys(cfg, 3).public == cfg.peer(3).public_key.encode()
+
+
+def test_a_warm_spare_becomes_the_command_it_is_given_and_an_unused_one_is_reaped(tmp_path):
+    from p2pfed.run.spare import Spare
+    spare = Spare()
+    p = spare.become(["keygen", "--out", str(tmp_path / "k"), "--name", "x"], stdout=tmp_path / "out",
+                     stderr=tmp_path / "err")
+    assert p.wait(timeout=120) == 0, (tmp_path / "err").read_text()
+    assert (tmp_path / "k" / "x.key_secret").exists() and "public_key" in (tmp_path / "out").read_text()
+    unused = Spare()
+    unused.close()
+    assert unused.proc.returncode is not None
