@@ -49,6 +49,7 @@ SMALL = dict(data={"dataset": "synthetic", "synthetic_train": 1000, "synthetic_t
 POINTS = {False: ["train", "exchange", "between-rounds"],
           True: ["train", "exchange", "seed", "reveal", "between-rounds"]}
 DEATH_ROUND = 3
+SIGNAL_NAMES = {"kill": "SIGKILL", "abort": "SIGABRT"}
 
 
 def write_config(tmp: Path, n: int, **sections) -> Path:
@@ -143,7 +144,7 @@ def restarts(args, srun_env: dict | None, label: str) -> list[dict]:
                 r = restart_run(args.peers, args.rounds, action, point, secure, srun_env)
                 rows.append(r)
                 fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-                print(f"{label:7} {'secagg' if secure else 'plain':6} SIG{action.upper()[:4]:4} {point:14} "
+                print(f"{label:7} {'secagg' if secure else 'plain':6} {SIGNAL_NAMES[action]:7} {point:14} "
                       f"exit {r['code']:4}  restart {fmt(r['restart_s'])} s  member again {fmt(r['member_s'])} s  "
                       f"rounds missed {r['rejoin_rounds']}  lost {r['lost_rounds']}  double {r['double_commits']}  "
                       f"round {fmt(r['round_s'])} s", flush=True)
