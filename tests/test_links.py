@@ -138,5 +138,9 @@ def test_a_restarted_peer_is_dead_to_its_old_exchanges_and_out_of_groups_until_i
     t.reborn[1] = t.seen[1] = time.monotonic()     # peer 1 is heard from a new process
     assert not mb.alive(1, began) and mb.alive(2, began)
     assert not mb.alive(1)                         # and out of groups until its new life is ready
-    mb.file(wire.Message("ready", 1, {"round": 3, "n_samples": 10, "recipe": "r"}))
+    stale = wire.Message("ready", 1, {"round": 3, "n_samples": 10, "recipe": "r"}, received=began)
+    mb.file(stale)                                 # its last life's ready, still queued: no
+    assert not mb.alive(1)
+    mb.file(wire.Message("ready", 1, {"round": 3, "n_samples": 10, "recipe": "r"}, received=time.monotonic()))
     assert mb.alive(1) and not mb.alive(1, began)  # ready: in groups again, never in the old exchange
+    assert mb.reachable([1, 2]) == [1, 2]          # and always a peer to download from

@@ -156,6 +156,7 @@ def test_every_task_computes_the_same_federation_and_its_own_id():
         (3, "n2", 30000, "0.0.0.0"), (4, "n2", 30001, "0.0.0.0")]
     cfg, _ = slurm.configure(base, _env(0, 0, job=7))
     assert cfg.peers[0].port == slurm.default_base_port(7) == 20000 + 40 * 7
+    assert slurm.default_base_port(299) + slurm.PORTS_PER_JOB - 1 < 32768      # below Linux's ephemeral ports
     assert cfg.train.threads == 0
     cfg, _ = slurm.configure(base, {**_env(0, 0), "SLURM_CPUS_PER_TASK": "4"})
     assert cfg.train.threads == 4                     # the task's cores
@@ -168,6 +169,8 @@ def test_slurm_errors_name_the_variable_or_flag():
         slurm.configure(config.Config(), _env(1, 1), peer_id=2)
     with pytest.raises(ConfigError, match="SLURM_LOCALID is 0"):
         slurm.configure(config.Config(), _env(1, 0))
+    with pytest.raises(ConfigError, match="should run on n2 .* but SLURMD_NODENAME is n1"):
+        slurm.configure(config.Config(), {**_env(3, 0), "SLURMD_NODENAME": "n1"})
     with pytest.raises(ConfigError, match="do not fit together"):
         slurm.configure(config.Config(), _env(0, 0, counts="3,3"))
 

@@ -25,9 +25,9 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
     live peer can provide it within timeout_s (it says so when the run has ended)."""
     others = [p for p in peers if p != mailbox.me]
     deadline = time.monotonic() + timeout_s
-    asked_at, tried, alone_since = -float("inf"), [], time.monotonic()
+    asked_at, tried, alone_since, reasks = -float("inf"), [], time.monotonic(), 0
     while time.monotonic() < deadline:
-        if mailbox.live(others):
+        if mailbox.reachable(others):
             alone_since = time.monotonic()
         elif time.monotonic() - alone_since > 2 * mailbox.dead_after_s:
             return Failed(_nobody(mailbox, min_round), alone=True)
@@ -35,7 +35,8 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
         if got:
             return got
         committers = {m.sender for m in mailbox.commits(min_round)}
-        if early & committers:
+        if early & committers and reasks < protocol.FETCH_REASKS:
+            reasks += 1
             # a peer that announced the commit answered before it served that round's model (the
             # commit notice goes out first): ask it again shortly instead of after FETCH_RETRY_S
             tried = [p for p in tried if p not in early & committers]
@@ -43,7 +44,7 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
         if time.monotonic() - asked_at > protocol.FETCH_RETRY_S:
             # first a peer that announced the commit of a round I accept: it serves that model
             # (or will, in a moment), where a peer still in the round's exchange would not
-            live = sorted(mailbox.live(others), key=lambda p: (p not in committers, -mailbox.committed(p)))
+            live = sorted(mailbox.reachable(others), key=lambda p: (p not in committers, -mailbox.committed(p)))
             # two peers at a time: a link to a peer that just came back may take a while to carry
             # answers again, and one unanswered fetch would cost FETCH_RETRY_S
             targets = ([p for p in live if p not in tried] + [p for p in live if p in tried])[:protocol.FETCH_FANOUT]
@@ -53,7 +54,7 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
             if targets:
                 asked_at = time.monotonic()
         mailbox.pump(min(protocol.FETCH_RETRY_S, max(0.0, deadline - time.monotonic())))
-    if not mailbox.live(others):
+    if not mailbox.reachable(others):
         return Failed(_nobody(mailbox, min_round), alone=True)
     return Failed(f"could not download the consensus of round >= {min_round} from any live peer within "
                   f"fetch_timeout_s={timeout_s}")

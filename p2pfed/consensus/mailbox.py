@@ -72,6 +72,8 @@ class Mailbox:
         self.pump(max(0.0, until - time.monotonic()))
 
     def file(self, msg: wire.Message) -> None:
+        if msg.kind == "hb":      # only the heartbeat that shows a peer restarted comes here: a wake-up
+            return
         r = msg.header.get("round", 0)
         if msg.kind == "bye":
             self._departed.add(msg.sender)
@@ -97,7 +99,9 @@ class Mailbox:
                 return
             if self.foreign.pop(msg.sender, None) is not None:
                 log.info("peer %d now shares my options; it takes part again", msg.sender)
-            self._ready_at[msg.sender] = time.monotonic()
+            # when the network thread received it: a ready of a restarted peer's last life that
+            # waited in the inbox was received before the new life's first heartbeat
+            self._ready_at[msg.sender] = msg.received or time.monotonic()
             if "mask_key" in msg.header:
                 self.mask_keys[msg.sender] = msg["mask_key"]
         elif msg.sender in self.foreign and msg.kind != "bye":
@@ -234,6 +238,14 @@ class Mailbox:
     def live(self, peers: Iterable[int]) -> list[int]:
         """The alive peers I can work with: those with another recipe are left out."""
         return sorted(p for p in peers if self.alive(p) and p not in self.foreign)
+
+    def reachable(self, peers: Iterable[int]) -> list[int]:
+        """The peers I hear (within dead_after_s, no bye) and share my recipe with, whatever the
+        rules for groups say: a peer that just restarted, or one another member cannot hear,
+        still answers a fetch."""
+        now = time.monotonic()
+        return sorted(p for p in peers if p != self.me and p not in self.foreign and p not in self._departed
+                      and (self._seen(p, None) or -float("inf")) > now - self.dead_after_s)
 
     def live_foreign(self) -> dict[int, str]:
         """Alive peers whose last ready carried another recipe -> that recipe."""

@@ -242,10 +242,13 @@ class NetworkThread(threading.Thread):
             return self._reject(f"peer {sender}", str(e))
         if msg.sender != sender:
             return self._reject(f"peer {sender}", f"message claims to be from peer {msg.sender}")
+        msg.received = time.monotonic()
         reply = self.shared.heard(msg)
         if reply:
             self.forward(sender, reply)
-        if msg.kind not in ("hb", "fetch"):
+        # a heartbeat from a new process of the sender (it restarted) goes to the main thread too,
+        # to wake a wait in which that peer's last life is a member (mailbox.alive)
+        if msg.kind not in ("hb", "fetch") or (msg.kind == "hb" and self.shared.reborn_at(sender) == msg.received):
             try:
                 self.inbox.put_nowait(msg)
             except queue.Full:

@@ -17,6 +17,7 @@ INT_LIMIT = 2**63                # every int field of a header is in 0 .. INT_LI
 ID_LIMIT = 2**31                 # peer ids are in 0 .. ID_LIMIT - 1
 COUNT_LIMIT = 2**53              # sample counts and weights: below this a float64 sum of them is exact
 RECIPE_MAX_CHARS = 4096          # ready.recipe (a few hundred characters in practice)
+LIFE_MAX_CHARS = 64              # hb.life (16 hex digits in practice); a longer one is ignored
 REASON_MAX_CHARS = 200           # abort.reason is cut to this by its sender
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "<u8", "|u1", "|i1", "|b1"})
 CODECS = ("f32", "f16", "i8", "m64")  # part/reduced "codec": float32 (the default when absent), half, int8 + scales,
@@ -31,6 +32,7 @@ def max_message_bytes(state_bytes: int) -> int:
 
 
 # ------------------------------------------------------------------ intervals (seconds)
+FETCH_REASKS = 10                # a committer that answered with an older round is asked again at most this often
 FETCH_FANOUT = 2                 # a download asks this many live peers at a time (committers of the round first)
 FETCH_RETRY_S = 2.0              # ask another live peer for the consensus if no answer came this fast
 BACKOFF_S = 0.1                  # after failed attempt t, read aborts for min(BACKOFF_MAX_S, t x this)

@@ -80,7 +80,7 @@ class SharedState:
         model to a fetch, a commit notice to a peer still in a round I committed, my standing
         ready to a peer in my round that has not committed it (at most every READY_RESEND_S,
         and only once the ready has stood that long)."""
-        now = time.monotonic()
+        now = msg.received or time.monotonic()
         with self._lock:
             self._last_seen[msg.sender] = now
             if msg.kind == "bye":
@@ -91,7 +91,7 @@ class SharedState:
             if msg.kind == "hb":
                 self._heartbeats[msg.sender] = msg.header
                 life = msg.header.get("life")
-                if isinstance(life, str):
+                if isinstance(life, str) and len(life) <= protocol.LIFE_MAX_CHARS:
                     if self._lives.get(msg.sender, life) != life:
                         self._reborn[msg.sender] = now
                     self._lives[msg.sender] = life

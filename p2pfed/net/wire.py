@@ -69,6 +69,7 @@ class Message:
     sender: int
     header: dict
     arrays: list[np.ndarray] = field(default_factory=list)
+    received: float = 0.0       # when (monotonic) the network thread took it off the socket (0: not received)
 
     def __getitem__(self, key):
         return self.header[key]

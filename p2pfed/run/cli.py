@@ -52,7 +52,7 @@ def main() -> None:
               help="under srun: the id from SLURM_PROCID, the peers' hosts from the step's nodes, their ports from "
                    "--base-port and the task's place on its node (docs/deploy.md)")
 @click.option("--base-port", type=click.IntRange(1, 65535), default=None,
-              help="--from-slurm: the first port on every node (default 20000 + 40 x (job id mod 1000))")
+              help="--from-slurm: the first port on every node (default 20000 + 40 x (job id mod 300))")
 @click.option("--keys", "keys_dir", default=None,
               help="--from-slurm with security.curve: the shared directory of peer-K.key files (p2pfed keygen --peers N)")
 @click.option("--life", type=click.IntRange(min=1), default=1, hidden=True, help="supervisors: which start this is")
@@ -98,6 +98,17 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device, checkpo
     _run_peer(cfg, peer_id, run_dir, resume, quiet, device, checkpoint_dir, life, last_exit, note)
 
 
+def _stop_once(signum, frame) -> None:
+    """SIGINT or SIGTERM: stop cleanly (the finally blocks say bye and close the sockets), and
+    ignore further ones, which a terminal's Ctrl-C and a supervisor passing the signal on, or
+    scancel signalling every process of a step, would otherwise send into that clean-up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    sys.exit(ExitCode.TERMINATED)
+
+
 def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, device, checkpoint_dir, life: int,
               last_exit, note: str = "") -> None:
     from ..consensus.outcome import RoundError
@@ -111,8 +122,8 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
     if note:
         logging.getLogger("p2pfed.run.cli").info("%s", note)
     from .peer import Peer
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(ExitCode.TERMINATED))   # run the finally blocks
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even where SIGINT was inherited as ignored
+    signal.signal(signal.SIGTERM, _stop_once)    # run the finally blocks
+    signal.signal(signal.SIGINT, _stop_once)     # even where SIGINT was inherited as ignored
     try:
         code = Peer(cfg, peer_id, run_dir, resume=resume, log_ctx=ctx, device=device, checkpoint_dir=checkpoint_dir,
                     life=life, last_exit=last_exit).run()

@@ -60,7 +60,10 @@ class Launcher:
                "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
         if v.restarts and v.exit_code is not None:
             cmd += ["--life", str(v.restarts + 1), "--last-exit", str(v.exit_code)]
+        if self.gpus:
+            cmd += ["--device", f"cuda:{self.gpus[self.cfg.peer_ids.index(peer_id) % len(self.gpus)]}"]
         v.started_at, v.life_offset, v.restart_at = time.monotonic(), size_of(self._metrics(peer_id)), None
+        v.rounds = 0                          # until this life's plan record: no new spare while it starts
         if resume and self.spare is not None and self.spare.alive():
             spare, self.spare = self.spare, None
             try:
@@ -69,8 +72,6 @@ class Launcher:
                 return
             except OSError:                   # it died: start the peer the usual way
                 spare.close()
-        if self.gpus:
-            cmd += ["--device", f"cuda:{self.gpus[self.cfg.peer_ids.index(peer_id) % len(self.gpus)]}"]
         with open(self.run_dir / f"peer-{peer_id}.stderr", "ab") as err:
             self.views[peer_id].proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
                                                         stdin=subprocess.DEVNULL, start_new_session=True)
@@ -142,11 +143,14 @@ class Launcher:
                    or v.restart_at is not None for pid, v in self.views.items())
 
     def _poll(self) -> None:
+        ended = []
         for v in self.views.values():
             v.poll(self.run_dir)
             if v.proc is not None and v.exit_code is None and v.proc.poll() is not None:
                 v.exit_code = v.proc.returncode
-                self._died(v)
+                ended.append(v)
+        for v in ended:                       # after every exit code of this poll is known
+            self._died(v)
         if self.policy is not None and self.spare is None and all(v.rounds for v in self.views.values()):
             self.spare = Spare()              # once every peer is going, so that it slows no start
         now = time.monotonic()

@@ -20,8 +20,8 @@ from pathlib import Path
 from ..config import Config, ConfigError, PeerSpec, replace_peers
 
 PORT_BASE = 20000           # the default base port is PORT_BASE + PORTS_PER_JOB x (job id mod JOBS) ...
-PORTS_PER_JOB = 40          # ... so that the steps of up to JOBS jobs on one node do not collide
-JOBS = 1000
+PORTS_PER_JOB = 40          # ... so that the steps of up to JOBS jobs on one node do not collide, and every
+JOBS = 300                  # port stays below 32768, where Linux's ephemeral ports (outgoing connections) start
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,11 @@ def configure(cfg: Config, env: dict, base_port: int | None = None, keys_dir: st
         raise ConfigError(f"--id {peer_id} and --from-slurm disagree: this task's SLURM_PROCID is {step.procid}; "
                           f"leave --id out")
     slots = placement(step)
+    node = env.get("SLURMD_NODENAME")
+    if node and node != slots[step.procid][0]:
+        raise ConfigError(f"--from-slurm: task {step.procid} should run on {slots[step.procid][0]} by the "
+                          f"{step.distribution} distribution of nodes {list(step.nodes)}, but SLURMD_NODENAME is "
+                          f"{node}; use srun -m block (the default) or -m cyclic")
     if slots[step.procid][1] != step.localid:
         raise ConfigError(f"--from-slurm: task {step.procid} should be task {slots[step.procid][1]} on its node by "
                           f"the {step.distribution} distribution, but SLURM_LOCALID is {step.localid}; use srun "

@@ -114,14 +114,22 @@ class Supervisor:
         self.policy = policy
         self.child: subprocess.Popen | None = None
         self.stopping = 0
+        self._told: set[int] = set()      # children the stop signal was passed on to
         self.use_spare = spare
         self.spare = None
 
     def _signal(self, signum, frame) -> None:
         self.stopping = signum
-        if self.child is not None and self.child.poll() is None:
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        """Send the stop signal to the current child, once per child (the peer stops on the first
+        and ignores more; a signal that came before the child existed is sent when it does)."""
+        child = self.child
+        if self.stopping and child is not None and child.pid not in self._told and child.poll() is None:
+            self._told.add(child.pid)
             try:
-                self.child.send_signal(signum)
+                child.send_signal(self.stopping)
             except ProcessLookupError:
                 pass
 
@@ -160,8 +168,8 @@ class Supervisor:
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self.stopping:
                 time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-            if self.stopping:
-                return exit_status(code)
+            if self.stopping:                 # asked to stop while waiting: no child to wait for
+                return 128 + self.stopping
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen:
         if self.spare is not None:
@@ -182,6 +190,7 @@ class Supervisor:
             try:
                 return child.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
+                self._pass_on()               # a signal that came while the child was being started
                 if self.use_spare and self.spare is None and not self.stopping and got_going(self.metrics_path,
                                                                                                offset):
                     from .spare import Spare
