@@ -126,7 +126,7 @@ def test_launch_ctrl_c_leaves_no_process_behind(tmp_path, procs):
 def test_launch_verdict_names_a_peer_killed_from_outside_and_still_reports(tmp_path, procs):
     import os
     make_config(tmp_path, 3, train={"rounds": 60, "local_steps": 2})
-    p = _launch(tmp_path, procs)
+    p = _launch(tmp_path, procs, "--no-restart")      # by default it would come back (tests/test_restarts.py)
     kids = _peers_of(p, 3)
     deadline = time.monotonic() + 60
     from p2pfed.outputs import metrics
