@@ -227,9 +227,9 @@ class Mailbox:
             if self._suspects.get(peer, float("inf")) < self._ready_at[peer]:
                 # a death reported before its new life said ready was (most likely) its last life's
                 del self._suspects[peer]
-        seen = self._seen(peer, since)
-        if seen is None or peer in self._departed or time.monotonic() - seen >= self.dead_after_s:
+        if not self._heard(peer, since):
             return False
+        seen = self._seen(peer, since)
         suspected = self._suspects.get(peer)
         # a member that cannot hear it may still be cut off from it although I hear it again: it
         # stays out of groups for SUSPECT_HOLD_S, so the round goes on without it (it downloads)
@@ -243,9 +243,7 @@ class Mailbox:
         """The peers I hear (within dead_after_s, no bye) and share my recipe with, whatever the
         rules for groups say: a peer that just restarted, or one another member cannot hear,
         still answers a fetch."""
-        now = time.monotonic()
-        return sorted(p for p in peers if p != self.me and p not in self.foreign and p not in self._departed
-                      and (self._seen(p, None) or -float("inf")) > now - self.dead_after_s)
+        return sorted(p for p in peers if p != self.me and p not in self.foreign and self._heard(p, None))
 
     def live_foreign(self) -> dict[int, str]:
         """Alive peers whose last ready carried another recipe -> that recipe."""
@@ -261,6 +259,11 @@ class Mailbox:
                 recipes = list(foreign.values())
                 self.outnumbered = (sorted(foreign), max(set(recipes), key=recipes.count))
         return self.outnumbered
+
+    def _heard(self, peer: int, since: float | None) -> bool:
+        """Heard from within dead_after_s (`since`: counted as heard then at the latest), no bye."""
+        seen = self._seen(peer, since)
+        return seen is not None and peer not in self._departed and time.monotonic() - seen < self.dead_after_s
 
     def _seen(self, peer: int, since: float | None) -> float | None:
         seen = self.transport.last_seen(peer)

@@ -27,7 +27,7 @@ from .exitcodes import ExitCode, describe
 from .flags import options
 from .liveview import LiveView, PeerView
 from .spare import Spare
-from .supervise import RestartPolicy, Stay, decide, got_going, size_of
+from .supervise import RestartPolicy, Stay, decide
 
 GRACE_S = 10.0           # after Ctrl-C, how long peers get to exit before SIGKILL
 POLL_S = 0.25            # how often the launcher reads the metrics files and checks its children
@@ -62,23 +62,19 @@ class Launcher:
             cmd += ["--life", str(v.restarts + 1), "--last-exit", str(v.exit_code)]
         if self.gpus:
             cmd += ["--device", f"cuda:{self.gpus[self.cfg.peer_ids.index(peer_id) % len(self.gpus)]}"]
-        v.started_at, v.life_offset, v.restart_at = time.monotonic(), size_of(self._metrics(peer_id)), None
-        v.rounds = 0                          # until this life's plan record: no new spare while it starts
+        v.started_at, v.restart_at, v.exit_code = time.monotonic(), None, None
+        v.rounds = 0        # until this life's plan record: it has not got going, and no new spare starts
+        stderr = self.run_dir / f"peer-{peer_id}.stderr"
         if resume and self.spare is not None and self.spare.alive():
             spare, self.spare = self.spare, None
             try:
-                v.proc = spare.become(cmd[3:], stderr=self.run_dir / f"peer-{peer_id}.stderr")
-                v.exit_code = None
+                v.proc = spare.become(cmd[3:], stderr=stderr)
                 return
             except OSError:                   # it died: start the peer the usual way
                 spare.close()
-        with open(self.run_dir / f"peer-{peer_id}.stderr", "ab") as err:
-            self.views[peer_id].proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        self.views[peer_id].exit_code = None
-
-    def _metrics(self, peer_id: int) -> Path:
-        return self.run_dir / f"metrics-{peer_id}.jsonl"
+        with open(stderr, "ab") as err:
+            v.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
 
     def run(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +172,7 @@ class Launcher:
                                        for o in self.views.values() if o is not v):
             verdict = Stay("every other peer has ended")
         else:
-            verdict = decide(self.policy, v.exit_code, lived, got_going(self._metrics(v.id), v.life_offset),
-                             v.restarts, v.last_delay)
+            verdict = decide(self.policy, v.exit_code, lived, bool(v.rounds), v.restarts, v.last_delay)
         if isinstance(verdict, Stay):
             if v.exit_code not in (0, ExitCode.INJECTED_CRASH, ExitCode.INTERRUPTED, ExitCode.TERMINATED):
                 print(f"\np2pfed: peer {v.id} {describe(v.exit_code)} in round {v.round}; not restarting it: "

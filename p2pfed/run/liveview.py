@@ -39,7 +39,6 @@ class PeerView:
     restarts: int = 0
     exit_code: int | None = None
     started_at: float = 0.0          # when this life of the process started (monotonic)
-    life_offset: int = 0             # the metrics file's size when it started
     restart_at: float | None = None  # a crashed peer's restart is due at this time
     last_delay: float = 0.0          # the back-off before its last restart
     events: list = field(default_factory=list)

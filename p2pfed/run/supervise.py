@@ -79,12 +79,6 @@ def decide(policy: RestartPolicy, code: int, lived_s: float, got_going: bool, re
     return Restart(min(policy.max_delay_s, 2 * last_delay_s))
 
 
-def got_going(metrics_path: Path, offset: int) -> bool:
-    """Whether the peer wrote its plan record (it had loaded its data and model) after offset."""
-    recs, _ = read_from(metrics_path, offset)
-    return any(r.get("type") == "plan" for r in recs)
-
-
 def size_of(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -117,6 +111,7 @@ class Supervisor:
         self._told: set[int] = set()      # children the stop signal was passed on to
         self.use_spare = spare
         self.spare = None
+        self._offset, self._going = 0, False  # how far I read the metrics file; this life wrote its plan
 
     def _signal(self, signum, frame) -> None:
         self.stopping = signum
@@ -146,17 +141,17 @@ class Supervisor:
     def _run(self) -> int:
         restarts, delay, last = 0, 0.0, None
         while True:
-            offset = size_of(self.metrics_path)
+            self._offset, self._going = size_of(self.metrics_path), False
             resume = self.resume or restarts > 0
             cmd = self.command + (["--resume"] if resume else []) \
                 + (["--life", str(restarts + 1), "--last-exit", str(last)] if restarts else [])
             started = time.monotonic()
             self.child = self._spawn(cmd)
-            code = self._wait(offset)
+            code = self._wait()
             lived = time.monotonic() - started
             if self.stopping:
                 return exit_status(code)
-            verdict = decide(self.policy, code, lived, got_going(self.metrics_path, offset), restarts, delay)
+            verdict = decide(self.policy, code, lived, self._got_going(), restarts, delay)
             if isinstance(verdict, Stay):
                 if code != 0:
                     log.warning("peer %d %s after %.1f s; not restarting it: %s", self.peer_id, describe(code),
@@ -182,7 +177,15 @@ class Supervisor:
             spare.close()
         return subprocess.Popen(cmd)
 
-    def _wait(self, offset: int) -> int:
+    def _got_going(self) -> bool:
+        """Whether this life wrote its plan record (it loaded its data and model): read on from
+        where the last call stopped."""
+        if not self._going:
+            recs, self._offset = read_from(self.metrics_path, self._offset)
+            self._going = any(r.get("type") == "plan" for r in recs)
+        return self._going
+
+    def _wait(self) -> int:
         """The child's returncode; after SIGINT/SIGTERM, it gets GRACE_S, then SIGKILL. Once the
         child is going, a warm spare is started for its next life."""
         child, stop_by = self.child, None
@@ -191,8 +194,7 @@ class Supervisor:
                 return child.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 self._pass_on()               # a signal that came while the child was being started
-                if self.use_spare and self.spare is None and not self.stopping and got_going(self.metrics_path,
-                                                                                               offset):
+                if self.use_spare and self.spare is None and not self.stopping and self._got_going():
                     from .spare import Spare
                     self.spare = Spare(inherit=True)
                 if self.stopping and stop_by is None:
