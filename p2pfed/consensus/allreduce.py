@@ -16,11 +16,10 @@ heartbeat claims it) is a Download, unless the commit is of a result this peer c
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..net import protocol, wire
+from ..net import clock, protocol, wire
 from . import averaging, compress, masked, roundstate
 from .butterfly import Vector, exchange
 from .exchange import Interrupted, Scope, agree, majority
@@ -93,7 +92,7 @@ class AllReduce:
         With it, a derived group (attempt 0: every member was a member of that round) sends its
         shards compressed as deltas from it; every other attempt, and a round without an anchor,
         sends float32 (compress.py)."""
-        started, bytes_before = time.monotonic(), self.t.bytes_sent
+        started, bytes_before = clock.now(), self.t.bytes_sent
         mine = Vector.of(roundstate.exchanged(state)) if work is None else None
         self.mb.advance(rnd)
         expected = set(previous if previous is not None else self.all_peers)
@@ -105,7 +104,7 @@ class AllReduce:
                 group = self.groups.await_group(rnd, last_attempt, started, n_samples, expected)
                 if not isinstance(group, Group):
                     return self._adopt_computed(group, rnd, candidates, events)
-                grouped_at = time.monotonic()
+                grouped_at = clock.now()
                 outcome = self._attempt(rnd, group, mine, post, candidates, events, work, anchor)
                 if isinstance(outcome, Committed) and group.attempt == IMPLICIT:
                     self.feedback.commit()         # this attempt's rounding errors are carried on
@@ -125,7 +124,7 @@ class AllReduce:
                 if isinstance(outcome, Committed):
                     self.dissents = 0
                     return Averaged(outcome, group.weights, group.attempt, grouped_at - started,
-                                    time.monotonic() - grouped_at, self.t.bytes_sent - bytes_before, tuple(events))
+                                    clock.now() - grouped_at, self.t.bytes_sent - bytes_before, tuple(events))
                 return outcome
             return Failed(f"round {rnd}: no attempt succeeded in {self.cfg.max_attempts} tries "
                           f"(averaging.max_attempts); last failures: {events[-3:]}")
@@ -141,7 +140,7 @@ class AllReduce:
                 mine = Vector.of(roundstate.exchanged(work(group, scope)))
             mine = self._compressed(mine, group, anchor)
             self.on_progress(Progress.EXCHANGING)
-            deadline = time.monotonic() + self.cfg.exchange_timeout_s
+            deadline = clock.now() + self.cfg.exchange_timeout_s
             at_half = lambda: bool(self.faults and self.faults.at(rnd, "exchange"))   # noqa: E731
             if self.secure:
                 result, dg = masked.exchange(self.t, self.mb, scope, group.weights, mine, deadline, self.secure,
@@ -156,7 +155,7 @@ class AllReduce:
             events.append(f"attempt {group.attempt}: rolled back to round {rnd - 1} (peers {back.sealed} had seen "
                           f"sums of an earlier attempt)")
             dg, result = anchor
-            deadline = time.monotonic() + self.cfg.exchange_timeout_s
+            deadline = clock.now() + self.cfg.exchange_timeout_s
         except Interrupted as stop:
             if self.secure and self.mb.get("reduced", rnd, group.attempt):
                 self.secure.seal(rnd)          # I hold a sum of this round: never take part in one over fewer
@@ -232,6 +231,6 @@ class AllReduce:
                                                     reason=failure.reason[:protocol.REASON_MAX_CHARS],
                                                     dead=list(failure.dead)))
         # keep reading messages (aborts carry who died) for a moment before the next attempt
-        until = time.monotonic() + min(protocol.BACKOFF_MAX_S, protocol.BACKOFF_S * tries)
-        while time.monotonic() < until:
-            self.mb.pump(until - time.monotonic())
+        until = clock.now() + min(protocol.BACKOFF_MAX_S, protocol.BACKOFF_S * tries)
+        while clock.now() < until:
+            self.mb.pump(until - clock.now())

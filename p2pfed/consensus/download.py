@@ -8,9 +8,8 @@ digest is recomputed before anything is adopted.
 from __future__ import annotations
 
 import logging
-import time
 
-from ..net import protocol, wire
+from ..net import clock, protocol, wire
 from . import digest as digest_mod
 from .mailbox import Mailbox
 from .outcome import Committed, Failed
@@ -24,12 +23,12 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
     expect_digest is given, a model of exactly min_round must have that digest. Failed when no
     live peer can provide it within timeout_s (it says so when the run has ended)."""
     others = [p for p in peers if p != mailbox.me]
-    deadline = time.monotonic() + timeout_s
-    asked_at, tried, alone_since, reasks = -float("inf"), [], time.monotonic(), 0
-    while time.monotonic() < deadline:
+    deadline = clock.now() + timeout_s
+    asked_at, tried, alone_since, reasks = -float("inf"), [], clock.now(), 0
+    while clock.now() < deadline:
         if mailbox.reachable(others):
-            alone_since = time.monotonic()
-        elif time.monotonic() - alone_since > 2 * mailbox.dead_after_s:
+            alone_since = clock.now()
+        elif clock.now() - alone_since > 2 * mailbox.dead_after_s:
             return Failed(_nobody(mailbox, min_round), alone=True)
         got, early = _take_model(mailbox, template, min_round, expect_digest)
         if got:
@@ -40,8 +39,8 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
             # a peer that announced the commit answered before it served that round's model (the
             # commit notice goes out first): ask it again shortly instead of after FETCH_RETRY_S
             tried = [p for p in tried if p not in early & committers]
-            asked_at = min(asked_at, time.monotonic() - protocol.FETCH_RETRY_S + protocol.POLL_S)
-        if time.monotonic() - asked_at > protocol.FETCH_RETRY_S:
+            asked_at = min(asked_at, clock.now() - protocol.FETCH_RETRY_S + protocol.POLL_S)
+        if clock.now() - asked_at > protocol.FETCH_RETRY_S:
             # first a peer that announced the commit of a round I accept: it serves that model
             # (or will, in a moment), where a peer still in the round's exchange would not
             live = sorted(mailbox.reachable(others), key=lambda p: (p not in committers, -mailbox.committed(p)))
@@ -52,8 +51,8 @@ def download(transport, mailbox: Mailbox, template: dict, peers: list[int], min_
                 tried.append(target)
                 transport.send(target, wire.encode("fetch", mailbox.me, round=min_round))
             if targets:
-                asked_at = time.monotonic()
-        mailbox.pump(min(protocol.FETCH_RETRY_S, max(0.0, deadline - time.monotonic())))
+                asked_at = clock.now()
+        mailbox.pump(min(protocol.FETCH_RETRY_S, max(0.0, deadline - clock.now())))
     if not mailbox.reachable(others):
         return Failed(_nobody(mailbox, min_round), alone=True)
     return Failed(f"could not download the consensus of round >= {min_round} from any live peer within "

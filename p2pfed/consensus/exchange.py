@@ -12,11 +12,10 @@ collect() and caught in one place by its caller (AllReduce's attempt, the BatchN
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..net import wire
+from ..net import clock, wire
 from .mailbox import Mailbox
 
 
@@ -44,7 +43,7 @@ class Scope:
     attempt: int
     members: tuple[int, ...]
     overtaken_by_commit: bool = True
-    since: float = field(default_factory=time.monotonic)
+    since: float = field(default_factory=clock.now)
     seq: int = -1                   # the call number of a bnsync exchange within the attempt (stepsync.py)
 
     def others(self, me: int) -> list[int]:
@@ -83,7 +82,7 @@ def collect(mailbox: Mailbox, kind: str, scope: Scope, deadline: float,
             raise Interrupted(f"peer {dead[0]} died (silent for {mailbox.dead_after_s} s)", dead)
         if not [m for m in missing if m not in dead]:
             return done
-        if time.monotonic() > deadline:
+        if clock.now() > deadline:
             raise Interrupted(f"no {kind} from {missing} within the exchange's deadline")
         if scope.overtaken_by_commit:
             commits = mailbox.commits(scope.round)

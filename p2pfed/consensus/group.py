@@ -20,10 +20,9 @@ heartbeat claims the round (Download with a claimant) or a `commit` (Download of
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
-from ..net import wire
+from ..net import clock, wire
 from . import recipe
 from .mailbox import Mailbox
 from .outcome import Download, Failed
@@ -136,7 +135,7 @@ class GroupFormation:
                 proposal = self._maybe_propose(rnd, awaited, ready_at, ready)
                 if proposal:
                     return proposal
-            if time.monotonic() > deadline:
+            if clock.now() > deadline:
                 foreign = self.mb.live_foreign()
                 return Failed(f"round {rnd}: no group formed within {deadline - ready_at:.0f} s (live peers {live}, "
                               f"leader {leader_of(live, members) if live else '?'}"
@@ -151,12 +150,12 @@ class GroupFormation:
         """As the leader: a group of the ready peers once every awaited peer (a live member of
         the last round, or a newcomer in this round) is ready, or ready_timeout_s has passed."""
         waiting = [p for p in awaited if p not in ready]
-        if waiting and time.monotonic() - ready_at < self.cfg.ready_timeout_s:
+        if waiting and clock.now() - ready_at < self.cfg.ready_timeout_s:
             return None
         members = sorted(ready)
         if len(members) < self.min_members:
-            if not waiting and time.monotonic() - self._quorum_logged > 10:
-                self._quorum_logged = time.monotonic()
+            if not waiting and clock.now() - self._quorum_logged > 10:
+                self._quorum_logged = clock.now()
                 log.warning("only %s are live and ready; a round needs %d members (averaging.min_peers, "
                             "0 = a majority of %d) so that a cut-off minority cannot diverge; waiting",
                             members, self.min_members, len(self.all_peers))

@@ -11,11 +11,10 @@ kind at most once every LOG_EVERY_S.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from ..net import protocol, wire
+from ..net import clock, protocol, wire
 from ..net.ratelimit import RateLimitedLog
 from . import recipe
 
@@ -69,7 +68,7 @@ class Mailbox:
         """Block until a message arrives, `deadline` (monotonic) passes, or a watched peer may
         have turned dead (counting from `since` at the earliest): whichever comes first."""
         until = min(deadline, self.next_expiry(watch, since))
-        self.pump(max(0.0, until - time.monotonic()))
+        self.pump(max(0.0, until - clock.now()))
 
     def file(self, msg: wire.Message) -> None:
         if msg.kind == "hb":      # only the heartbeat that shows a peer restarted comes here: a wake-up
@@ -101,7 +100,7 @@ class Mailbox:
                 log.info("peer %d now shares my options; it takes part again", msg.sender)
             # when the network thread received it: a ready of a restarted peer's last life that
             # waited in the inbox was received before the new life's first heartbeat
-            self._ready_at[msg.sender] = msg.received or time.monotonic()
+            self._ready_at[msg.sender] = msg.received or clock.now()
             if "mask_key" in msg.header:
                 self.mask_keys[msg.sender] = msg["mask_key"]
         elif msg.sender in self.foreign and msg.kind != "bye":
@@ -113,7 +112,7 @@ class Mailbox:
                 if not isinstance(d, int) or isinstance(d, bool):
                     continue
                 if d != self.me:
-                    self._suspects[d] = time.monotonic()
+                    self._suspects[d] = clock.now()
                 else:
                     # it cannot hear me while I hear it: my link to it is stuck; open a new one
                     self.transport.reset_link(msg.sender)
@@ -233,7 +232,7 @@ class Mailbox:
         suspected = self._suspects.get(peer)
         # a member that cannot hear it may still be cut off from it although I hear it again: it
         # stays out of groups for SUSPECT_HOLD_S, so the round goes on without it (it downloads)
-        return suspected is None or (seen > suspected and time.monotonic() - suspected >= protocol.SUSPECT_HOLD_S)
+        return suspected is None or (seen > suspected and clock.now() - suspected >= protocol.SUSPECT_HOLD_S)
 
     def live(self, peers: Iterable[int]) -> list[int]:
         """The alive peers I can work with: those with another recipe are left out."""
@@ -263,7 +262,7 @@ class Mailbox:
     def _heard(self, peer: int, since: float | None) -> bool:
         """Heard from within dead_after_s (`since`: counted as heard then at the latest), no bye."""
         seen = self._seen(peer, since)
-        return seen is not None and peer not in self._departed and time.monotonic() - seen < self.dead_after_s
+        return seen is not None and peer not in self._departed and clock.now() - seen < self.dead_after_s
 
     def _seen(self, peer: int, since: float | None) -> float | None:
         seen = self.transport.last_seen(peer)

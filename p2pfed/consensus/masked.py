@@ -21,13 +21,12 @@ nothing. See docs/security.md.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from ..net import wire
+from ..net import clock, wire
 from . import secagg
 from .butterfly import Butterfly
 from .exchange import Interrupted, Scope, collect
@@ -47,15 +46,20 @@ class Rollback(Exception):
 @dataclass
 class Secure:
     """A peer's side of secure aggregation: its mask key, and the round it is sealed in (if any).
-    hooks: fault injection at "seed" (before releasing my seed) and "reveal" (half my sums sent)."""
+    hook: fault injection at "seed" (before releasing my seed) and "reveal" (half my sums sent).
+    persist(round): keeps the seal where a restarted process of this peer finds it (the peer
+    writes it atomically next to its checkpoint), called before the seal counts."""
     key: secagg.MaskKey = field(default_factory=secagg.MaskKey)
     sealed_round: int = 0
     hook: Callable[[int, str], None] = lambda rnd, point: None
+    persist: Callable[[int], None] = lambda rnd: None
 
     def sealed(self, rnd: int) -> bool:
         return self.sealed_round == rnd
 
     def seal(self, rnd: int) -> None:
+        if self.sealed_round != rnd:
+            self.persist(rnd)
         self.sealed_round = rnd
 
 
@@ -77,7 +81,7 @@ def member_keys(mailbox: Mailbox, scope: Scope, mine: secagg.MaskKey, deadline: 
         dead = [m for m in missing if not mailbox.alive(m, scope.since)]
         if dead:
             raise Interrupted(f"peer {dead[0]} died before its mask key arrived", dead)
-        if time.monotonic() > deadline:
+        if clock.now() > deadline:
             raise Interrupted(f"no mask key from {missing} (security.secure_aggregation: a peer sends it in `ready`)")
         mailbox.wait(deadline, watch=missing, since=scope.since)
 

@@ -9,12 +9,11 @@ the reason instead, and the caller evaluates the plain consensus.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
 
-from ..net import wire
+from ..net import clock, wire
 from . import digest as digest_mod
 from . import masked
 from .exchange import Interrupted, Scope, agree, collect
@@ -36,7 +35,7 @@ def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: 
     """(the pooled state, its agreed digest), or why there is none. secure: the vectors travel
     masked and only their sum is seen (secure aggregation); a failure is not retried."""
     scope = Scope(rnd, -1, tuple(sorted(members)), overtaken_by_commit=False)
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.now() + timeout_s
     if secure:
         try:
             total = masked.masked_sum(transport, mailbox, secure, "bnstats", scope, mine, deadline)

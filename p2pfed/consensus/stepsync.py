@@ -11,11 +11,10 @@ the members restore the round's starting state and redo it among the survivors.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
-from ..net import wire
+from ..net import clock, wire
 from . import masked
 from .exchange import Interrupted, Scope, collect
 from .mailbox import Mailbox
@@ -36,7 +35,7 @@ class StepSync:
         if self.secure:
             try:
                 total = masked.masked_sum(self.t, self.mb, self.secure, "bnsync", scope, mine,
-                                          time.monotonic() + self.timeout_s)
+                                          clock.now() + self.timeout_s)
             except RangeError as e:          # a sum beyond the fixed-point range
                 raise Interrupted(f"BatchNorm sums of call {scope.seq}: {e}") from None
             self.mb.drop("bnsync", scope.round, scope.attempt, scope.seq)
@@ -51,7 +50,7 @@ class StepSync:
                                   f"expected {mine.size}")
             got[m] = arr
 
-        collect(self.mb, "bnsync", scope, time.monotonic() + self.timeout_s, take)
+        collect(self.mb, "bnsync", scope, clock.now() + self.timeout_s, take)
         self.mb.drop("bnsync", scope.round, scope.attempt, scope.seq)
         total = np.zeros_like(mine)
         for m in scope.members:

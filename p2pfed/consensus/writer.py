@@ -9,9 +9,8 @@ death, whichever comes first; a new writer is elected if it dies.
 from __future__ import annotations
 
 import logging
-import time
 
-from ..net import protocol
+from ..net import clock, protocol
 from ..net.protocol import COUNT_LIMIT, ID_LIMIT
 from .mailbox import Mailbox
 
@@ -59,8 +58,8 @@ def elect(mailbox: Mailbox, want: int, final_members: list[int], me: int) -> int
 
 def collect_reports(mailbox: Mailbox, last_round: int, members: list[int]) -> dict[int, dict[int, dict]]:
     """round -> peer -> stats, after waiting (bounded) for the last round's live members."""
-    deadline = time.monotonic() + protocol.REPORT_WAIT_DEAD_AFTER * mailbox.dead_after_s
-    while time.monotonic() < deadline:
+    deadline = clock.now() + protocol.REPORT_WAIT_DEAD_AFTER * mailbox.dead_after_s
+    while clock.now() < deadline:
         have = mailbox.get("report", last_round)
         missing = [m for m in members if m not in have and mailbox.alive(m)]
         if not missing:
@@ -72,13 +71,13 @@ def collect_reports(mailbox: Mailbox, last_round: int, members: list[int]) -> di
 def await_done(mailbox: Mailbox, last_round: int, is_writer, write, deadline_s: float) -> bool:
     """Wait until a writer says done; if I become the writer, call write(). True if the run's
     outputs were written (by me or by another peer) before the deadline."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+    deadline = clock.now() + deadline_s
+    while clock.now() < deadline:
         if mailbox.get("done", last_round):
             return True
         if is_writer():
             write()
             return True
-        mailbox.pump(min(protocol.POLL_S, max(0.0, deadline - time.monotonic())))
+        mailbox.pump(min(protocol.POLL_S, max(0.0, deadline - clock.now())))
     return False
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
 
-from . import protocol, wire
+from . import clock, protocol, wire
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class SharedState:
 
     def announce(self, rnd: int | None, frames: list | None) -> None:
         with self._lock:
-            self._announced = None if rnd is None else (rnd, frames, time.monotonic())
+            self._announced = None if rnd is None else (rnd, frames, clock.now())
             self._resent.clear()
 
     # ------------------------------------------------------------------ network thread
@@ -80,7 +79,7 @@ class SharedState:
         model to a fetch, a commit notice to a peer still in a round I committed, my standing
         ready to a peer in my round that has not committed it (at most every READY_RESEND_S,
         and only once the ready has stood that long)."""
-        now = msg.received or time.monotonic()
+        now = msg.received or clock.now()
         with self._lock:
             self._last_seen[msg.sender] = now
             if msg.kind == "bye":

@@ -116,7 +116,7 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
     from ..learning.model import ModelError
     from ..net.transport import BindError, TransportDown
     from ..outputs import logs
-    from .presence import NoPeers
+    from ..consensus.presence import NoPeers
     ctx = logs.setup(str(peer_id), str(run_dir / f"peer-{peer_id}.log"), stream=None if quiet else sys.stderr,
                      level=logging.DEBUG if cfg.output.log_level == "debug" else logging.INFO)
     if note:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import config
-from ..consensus import compress, recipe, roundstate
+from ..consensus import compress, presence, recipe, roundstate
 from ..consensus.digest import digest as state_digest
 from ..consensus.allreduce import AllReduce, Progress
 from ..consensus.download import download
@@ -39,7 +39,7 @@ from ..net import protocol, wire
 from ..net.transport import Served, Transport
 from ..outputs import atomic
 from ..outputs.metrics import MetricsWriter
-from . import checkpoints, finish, own_data, presence, reports
+from . import checkpoints, finish, own_data, reports
 from . import pacing as pacing_mod
 from . import state as state_mod
 from .evaluation import Evaluator

@@ -4,13 +4,12 @@ committed the round I am in (then I download instead of training it).
 from __future__ import annotations
 
 import logging
-import time
 
-from ..consensus.mailbox import Mailbox
-from ..consensus.outcome import Download, RoundError
-from ..net import protocol
+from ..net import clock, protocol
+from .mailbox import Mailbox
+from .outcome import Download, RoundError
 
-log = logging.getLogger("p2pfed.run.presence")
+log = logging.getLogger("p2pfed.consensus.presence")
 
 
 class NoPeers(RoundError):
@@ -22,17 +21,17 @@ def wait_for_peers(mailbox: Mailbox, cfg, me: int, resumed: bool = False) -> Non
     """Until a heartbeat has come from every other peer, or startup_timeout_s. A resumed peer (a
     restart) goes on once it has heard one peer and RESUME_LISTEN heartbeat intervals have
     passed: the others are mid-run, and a peer that died with it must not hold its return up."""
-    started = time.monotonic()
+    started = clock.now()
     deadline = started + cfg.averaging.startup_timeout_s
     others = [p for p in cfg.peer_ids if p != me]
     missing = others
-    while time.monotonic() < deadline:
+    while clock.now() < deadline:
         # a heartbeat, not only a message: it says which round the peer has committed (claimed_ahead)
         missing = [p for p in others if not (mailbox.alive(p) and mailbox.transport.heartbeat(p))]
         if not missing:
             return
         if resumed and len(missing) < len(others) and \
-                time.monotonic() - started > protocol.RESUME_LISTEN * cfg.averaging.heartbeat_interval_s:
+                clock.now() - started > protocol.RESUME_LISTEN * cfg.averaging.heartbeat_interval_s:
             log.info("restarted: peers %s are live; going on without %s", sorted(set(others) - set(missing)), missing)
             return
         mailbox.pump(protocol.POLL_S)
