@@ -51,6 +51,7 @@ class Mailbox:
         self.mask_keys: dict[int, str] = {}  # peer -> the mask key of its latest ready (secure aggregation)
         self.protocols: dict[int, int] = {}  # peer -> the protocol number of its latest ready (absent = 1)
         self.on_report: Callable[[wire.Message], None] | None = None   # told of each report filed (status board)
+        self.watchers: list[Callable[[wire.Message], None]] = []   # told of every message filed (the seal)
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_s: float) -> int:
@@ -112,7 +113,10 @@ class Mailbox:
                 if not isinstance(d, int) or isinstance(d, bool):
                     continue
                 if d != self.me:
-                    self._suspects[d] = clock.now()
+                    # only a peer I hear now: a report about one I do not hear (e.g. an abort of my
+                    # last life's attempt, queued while I restarted) would keep it out when it comes back
+                    if self._heard(d, None):
+                        self._suspects[d] = clock.now()
                 else:
                     # it cannot hear me while I hear it: my link to it is stuck; open a new one
                     self.transport.reset_link(msg.sender)
@@ -126,6 +130,8 @@ class Mailbox:
         self._box[_key(msg)][msg.sender] = msg
         if msg.kind == "report":
             self._tell(msg)
+        for watch in self.watchers:
+            watch(msg)
 
     def _note_protocol(self, peer: int, number: int) -> None:
         """Another protocol number is no reason to refuse a peer: every feature added since

@@ -62,6 +62,15 @@ class Secure:
             self.persist(rnd)
         self.sealed_round = rnd
 
+    def watch(self, mailbox: Mailbox) -> None:
+        """Seal the round as soon as a filed seed lets me unmask a sum of it (could_unmask),
+        before any code of mine looks at the sum; with persist, before a crash can lose it."""
+        def filed(msg) -> None:
+            if msg.kind == "seed" and not self.sealed(msg["round"]) and \
+                    could_unmask(mailbox, msg["round"], msg["attempt"]):
+                self.seal(msg["round"])
+        mailbox.watchers.append(filed)
+
 
 def member_keys(mailbox: Mailbox, scope: Scope, mine: secagg.MaskKey, deadline: float) -> dict[int, str]:
     """member -> mask key, waiting (the exchange's deadline and dead-member rules) for members
@@ -84,6 +93,18 @@ def member_keys(mailbox: Mailbox, scope: Scope, mine: secagg.MaskKey, deadline: 
         if clock.now() > deadline:
             raise Interrupted(f"no mask key from {missing} (security.secure_aggregation: a peer sends it in `ready`)")
         mailbox.wait(deadline, watch=missing, since=scope.since)
+
+
+def could_unmask(mailbox: Mailbox, rnd: int, attempt: int) -> bool:
+    """Do I hold every other member's part and seed of this attempt? Then I could unmask my
+    slice's sum, wherever I am in the exchange (a `held` that never came keeps me in the barrier
+    while the others' seeds arrive)."""
+    parts = mailbox.get("part", rnd, attempt)
+    if not parts:
+        return False
+    members = next(iter(parts.values()))["members"]
+    seeds = mailbox.get("seed", rnd, attempt)
+    return all(m in parts and m in seeds for m in members if m != mailbox.me)
 
 
 def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Scope, vector: np.ndarray,

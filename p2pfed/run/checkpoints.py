@@ -4,6 +4,7 @@ it and checks what it gets back (the restored round state must have the digest t
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from ..consensus import digest, roundstate
 from ..consensus.outcome import Committed, RoundError
 from ..learning import model
-from ..outputs import checkpoint
+from ..outputs import atomic, checkpoint
 from .state import capture_state
 from .trainer import Trainer
 
@@ -67,3 +68,31 @@ def load(path: Path, trainer: Trainer) -> Committed | None:
                          f"the config it was written with, or delete it to rejoin by downloading the consensus")
     log.info("resumed from %s: round %d committed (digest %s)", path, ck["round"], ck["digest"][:12])
     return Committed(ck["round"], ck["digest"], tuple(ck["members"]), state)
+
+
+def seal_path(checkpoint_dir: Path, peer_id: int) -> Path:
+    """Where peer peer_id keeps the round it is sealed in (secure aggregation, consensus/masked.py)."""
+    return checkpoint_dir / f"peer-{peer_id}.seal.json"
+
+
+def save_seal(checkpoint_dir: Path, peer_id: int, rnd: int) -> None:
+    """Written atomically when the peer could first unmask a sum of round rnd, so that a restarted
+    process of it stays sealed in that round (docs/security.md, "Dropouts")."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(seal_path(checkpoint_dir, peer_id), json.dumps({"round": int(rnd)}) + "\n")
+
+
+def load_seal(checkpoint_dir: Path, peer_id: int) -> int:
+    """The round a previous process of this peer was sealed in (0: none). An unreadable file is
+    an error that names it: forgetting a seal could reveal a member's update."""
+    path = seal_path(checkpoint_dir, peer_id)
+    if not path.exists():
+        return 0
+    try:
+        rnd = json.loads(path.read_text())["round"]
+        if isinstance(rnd, int) and not isinstance(rnd, bool) and rnd >= 0:
+            return rnd
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise RoundError(f"{path} is not a valid seal file ({{\"round\": N}}); it records the round in which this peer "
+                     f"saw a sum under secure aggregation. Restore it, or delete it only if no round is in progress")

@@ -157,7 +157,14 @@ class Peer:
         self.mailbox.last_round = self.plan.rounds
         self.mailbox.on_report = self.observers.board.report
         # secure aggregation: a mask key for this process (sent in every ready), and the fault points of its barrier
-        self.secure = Secure(hook=self.faults.at) if cfg.security.secure_aggregation else None
+        self.secure = None
+        if cfg.security.secure_aggregation:
+            # the seal outlives this process: a restart in the same round must not take part in a sum over fewer
+            self.secure = Secure(hook=self.faults.at, persist=lambda rnd: checkpoints.save_seal(
+                self.checkpoint_dir, self.id, rnd))
+            if self.resume:
+                self.secure.sealed_round = checkpoints.load_seal(self.checkpoint_dir, self.id)
+            self.secure.watch(self.mailbox)
         self.evaluator = Evaluator(cfg, self.id, self.train_split, own_data.test_split(cfg, self.data_dir),
                                    self.transport, self.mailbox, self.secure,
                                    decoder=self.trainer.decoder or photos.Decoder(cfg.data.workers))

@@ -8,14 +8,15 @@ After every commit, adoption and delivered message:
                     the integer buffers of its lowest member; or, under secure aggregation, the
                     digest of the round before (a rollback)
     verified        every state a peer adopts (averaged, downloaded, resumed) hashes to its digest
-    one sum         secure aggregation: the sums a member can unmask in one round (it holds every
-                    other member's seed of an attempt) and the round's committed mean are all over
-                    one member set: no two sums that differ by a member's update
+    one update      secure aggregation: no peer can compute one other member's update of a round
+                    from two sums it knows: the sums of the round that it could unmask (a process
+                    of it held every other member's part and seed of an attempt) and the round's
+                    committed mean (unless rolled back). What a process knew counts for the peer
+                    after a restart too (the seal must survive it).
 
 At the end of a run (runner.py), after the faults: every live peer finished the last round with
-the same digest (nothing hangs, the survivors agree), and a peer whose links healed or whose
-process restarted was a member again within HEAL_ROUNDS rounds of the first round it trained
-after that.
+the same digest (nothing hangs, the survivors agree). As it runs: a peer whose links healed
+or whose process restarted is a member again within HEAL_ROUNDS rounds that it trains.
 """
 from __future__ import annotations
 
@@ -37,15 +38,14 @@ class Checks:
         self.states: dict[tuple[int, int], dict] = {}       # (peer, round) -> its latest round state
         self.members: dict[int, tuple[int, ...]] = {}       # round -> members of its (first) commit
         self.rolled_back: set[int] = set()
-        self.revealed: dict[int, set[tuple[int, ...]]] = {}  # round -> member sets of unmaskable sums
+        self.known: dict[tuple[int, int], set[tuple[int, ...]]] = {}   # (round, peer) -> member sets of sums
         self._group: dict[tuple[int, int], tuple[int, ...]] = {}
         self._held: dict[tuple, dict[str, set[int]]] = {}   # (round, attempt, peer, life) -> senders
         self.stops: list[tuple[int, int, str]] = []         # (peer, life, why) of peers that stopped
         self.limits: list[tuple[int, int, str]] = []        # stops that docs/security.md documents
         self.finishes: dict[int, str] = {}                  # peer -> digest of its last round
         self.commits = 0
-        self.healed: dict[int, int | None] = {}             # peer -> the last committed round when it
-        #                                                     first trained after healing (None: not yet)
+        self.healed: dict[int, int] = {}                    # peer -> rounds trained since it healed, not a member
 
     def _fail(self, what: str) -> None:
         self.sim.world.fail(what)
@@ -53,13 +53,16 @@ class Checks:
     # ------------------------------------------------------------------ as it runs
     def trained(self, life: Life, rnd: int, state: dict) -> None:
         self.states[(life.peer, rnd)] = state
-        if self.healed.get(life.peer, 0) is None:
-            self.healed[life.peer] = max(self.digests, default=0)
+        if life.peer in self.healed:
+            self.healed[life.peer] += 1
+            if self.healed[life.peer] > HEAL_ROUNDS:
+                self._fail(f"peer {life.peer} trained {self.healed[life.peer]} rounds since its links healed or it "
+                           f"restarted, and was a member of none (at most {HEAL_ROUNDS})")
 
     def heal(self, peer: int) -> None:
-        """The peer's links healed or its process restarted: the rounds it may take to be a member
-        again count from the first round it trains after that (a slow peer's first round is slow)."""
-        self.healed[peer] = None
+        """The peer's links healed or its process restarted: it must be a member of one of the
+        next HEAL_ROUNDS rounds it trains (rounds, not seconds: a slow peer's rounds are slow)."""
+        self.healed[peer] = 0
 
     def committed(self, life: Life, c: Committed, how: str) -> None:
         self.commits += 1
@@ -72,13 +75,18 @@ class Checks:
         if first != c.digest:
             return self._fail(f"round {c.round} has two committed digests: {first[:12]} and {c.digest[:12]} "
                               f"({how} by {life.name})")
-        if how != "averaged" or (c.round, c.digest) in self.verified:
+        rollback = self.sim.secure and c.round - 1 in self.digests and c.digest == self.digests[c.round - 1]
+        if rollback:
+            self.rolled_back.add(c.round)
+        else:
+            self._knows(life.peer, c.round, tuple(c.members))      # the committed mean: a sum it now holds
+        if how == "averaged":
+            self.members.setdefault(c.round, tuple(c.members))
+            if life.peer in c.members:
+                self.healed.pop(life.peer, None)
+        if how != "averaged" or rollback or (c.round, c.digest) in self.verified:
             return
         self.verified.add((c.round, c.digest))
-        if self.sim.secure and c.round - 1 in self.digests and c.digest == self.digests[c.round - 1]:
-            self.rolled_back.add(c.round)
-            self.members.setdefault(c.round, tuple(c.members))
-            return
         missing = [m for m in c.members if (m, c.round) not in self.states]
         if missing:
             return self._fail(f"round {c.round} committed with members {list(c.members)}, but {missing} never "
@@ -88,13 +96,11 @@ class Checks:
         if model.reference(states, weights, self.sim.secure) != c.digest:
             return self._fail(f"round {c.round}: committed {c.digest[:12]} is not the exact weighted mean of "
                               f"members {list(c.members)}")
-        self.members.setdefault(c.round, tuple(c.members))
-        self._one_sum(c.round)
 
     def observe(self, receiver: int, msg: wire.Message) -> None:
         """Every delivered message (secure aggregation: which process can unmask which sum). A
         process can unmask its slice's sum of an attempt once it holds every other member's
-        part and seed of that attempt; a restarted process lost what its last life held."""
+        part and seed of that attempt; a restarted process holds none of its last life's."""
         if not self.sim.secure or msg.kind not in ("part", "seed"):
             return
         life = self.sim.lives[receiver].number
@@ -106,16 +112,20 @@ class Checks:
         members = self._group.get((rnd, attempt))
         others = set(members or ()) - {receiver}
         if members and receiver in members and got["part"] >= others and got["seed"] >= others:
-            self.revealed.setdefault(rnd, set()).add(members)
-            self._one_sum(rnd)
+            self._knows(receiver, rnd, members)
 
-    def _one_sum(self, rnd: int) -> None:
-        sets = set(self.revealed.get(rnd, ()))
-        if rnd in self.members and rnd not in self.rolled_back:
-            sets.add(self.members[rnd])
-        if len(sets) > 1:
-            self._fail(f"round {rnd}: sums over member sets {sorted(map(list, sets))} were revealed "
-                       f"(their difference is a member's update)")
+    def _knows(self, peer: int, rnd: int, members: tuple[int, ...]) -> None:
+        """peer knows a sum of round rnd over members: fail if, with another sum it knows, one
+        other member's update follows."""
+        if not self.sim.secure:
+            return
+        known = self.known.setdefault((rnd, peer), set())
+        for other in known:
+            alone = (set(other) ^ set(members)) - {peer}
+            if len(alone) == 1:
+                return self._fail(f"round {rnd}: peer {peer} knows sums over {list(other)} and {list(members)}: "
+                                  f"their difference is peer {alone.pop()}'s update")
+        known.add(members)
 
     def stopped(self, life: Life, why: str) -> None:
         if self.sim.secure and ROUND_ONE_ROLLBACK in why and life.round == 1:

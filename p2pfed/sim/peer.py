@@ -69,6 +69,7 @@ def run_life(sim, life: Life) -> None:
         if sim.keep_seal:
             secure.sealed_round = disk.sealed_round
             secure.persist = lambda rnd: setattr(disk, "sealed_round", rnd)
+        secure.watch(mb)
 
     def stage(name: str, rnd: int) -> None:
         life.stage, life.round = name, rnd

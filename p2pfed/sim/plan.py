@@ -9,7 +9,9 @@ left out (runner.shrink).
               `restart_s` later (None: it stays dead)
     cut       when the peer starts training the round, its links to `others` stop carrying
               messages (`one_way`: only from it) for `delay_s`
-    dissent   the peer's copy of the round's result is off by one ulp (as with bad memory)
+    dissent   the copies of the round's result of the peer and of `others` are each off by one
+              ulp somewhere (as with bad memory): one to three dissenters, so that some
+              rounds have no strict majority
     corrupt   from the round on, a `model` the peer sends (a download's answer) may have a
               flipped bit in an array (probability corrupt_p each). Only models: a part or a
               reduced shard corrupted in flight would be summed by every member alike, and
@@ -47,14 +49,15 @@ class Fault:
         if self.kind == "cut":
             how = "outbound links" if self.one_way else "links"
             return f"cut peer {self.peer}'s {how} to {list(self.others)} in round {self.round} for {self.delay_s:.2f}s"
-        return f"{self.kind} at peer {self.peer} in round {self.round}" + (f" ({self.point})" if self.point else "")
+        who = f"peers {[self.peer, *self.others]}" if self.others else f"peer {self.peer}"
+        return f"{self.kind} at {who} in round {self.round}" + (f" ({self.point})" if self.point else "")
 
 
 @dataclass(frozen=True)
 class Plan:
     net: NetParams
     faults: tuple[Fault, ...] = ()
-    train_s: float = 1.0            # mean virtual time of a round's local steps
+    train_s: float = 2.0            # mean virtual time of a round's local steps
     speeds: tuple[float, ...] = ()  # per peer: its steps take this many times train_s
     starts: tuple[float, ...] = ()  # per peer: when its first process starts
     corrupt_p: float = 0.0
@@ -98,14 +101,19 @@ def draw(seed: int, n: int, rounds: int, secure: bool, faults: bool = True, max_
                 elif stays_dead == peer:
                     continue
                 out.append(Fault("kill", peer, rnd, point, delay, restart))
+                if rng.random() < 0.3:      # a second death in the same round: a redo among fewer
+                    second = rng.choice([p for p in range(n) if p != peer and p != stays_dead])
+                    out.append(Fault("kill", second, rnd, rng.choice(STAGE_POINTS), rng.uniform(0.0, 1.0),
+                                     rng.choice([0.5, 3.0])))
             elif kind == "cut":
                 others = [p for p in range(n) if p != peer]
                 side = tuple(sorted(rng.sample(others, rng.randint(1, len(others)))))
                 out.append(Fault("cut", peer, rnd, delay_s=rng.choice([0.3, 2.0, 6.0, 15.0]), others=side,
                                  one_way=rng.random() < 0.3))
             elif kind == "dissent":
-                out.append(Fault("dissent", peer, rnd, "exchange"))
+                others = tuple(sorted(rng.sample([p for p in range(n) if p != peer], min(n - 1, rng.randint(0, 2)))))
+                out.append(Fault("dissent", peer, rnd, "exchange", others=others))
             else:
                 out.append(Fault("corrupt", peer, rnd))
-    return Plan(net, tuple(out), speeds=speeds, starts=starts, corrupt_p=0.05 if any(
+    return Plan(net, tuple(out), speeds=speeds, starts=starts, corrupt_p=0.5 if any(
         f.kind == "corrupt" for f in out) else 0.0)

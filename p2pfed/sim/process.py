@@ -7,17 +7,18 @@ by the world's network. What the real network thread does for a peer (heartbeats
 real `net.shared.SharedState`, called by the scheduler when a message arrives; every message is
 encoded and decoded with the real `net.wire`, so its validation runs too.
 
-A life's thread runs only while it holds the baton. `recv` with nothing queued hands the baton
-back and sleeps until a message arrives or its timeout passes in virtual time.
+A life is a greenlet: it runs only when the scheduler switches to it, and `recv` with nothing
+queued switches back and sleeps until a message arrives or its timeout passes in virtual time.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import math
-import threading
 import traceback
 from typing import Callable
+
+import greenlet
 
 from ..net import protocol, wire
 from ..net.shared import SharedState
@@ -44,17 +45,16 @@ class Life:
         self.stage = "start"
         self.round = 0
         self._main = main
-        self.on_death: Callable[[Life], None] = lambda life: None
-        self._go = threading.Event()
+        self.on_death: Callable[[Life], None] = lambda life: None     # it died (a restart may follow)
+        self.on_end: Callable[[Life], None] = lambda life: None       # its greenlet has ended
         self._token = 0
         self._on_message = False
-        self._thread = threading.Thread(target=self._run, name=f"sim-{peer}.{number}", daemon=True)
+        self._glet = greenlet.greenlet(self._run, parent=world.scheduler)
 
     # ------------------------------------------------------------------ scheduler side
     def start(self) -> None:
         self.world.endpoints[self.peer] = self.transport.deliver
         self.world.trace.add(self.world.now, f"start {self.name}")
-        self._thread.start()
         self.world.at(self.world.now, self._resume)
         self.world.at(self.world.now, self._heartbeat)
         self.world.release()
@@ -76,7 +76,11 @@ class Life:
 
     def _resume(self) -> None:
         if not self.finished:
-            self.world.hand_to(self._go)
+            self.world.running = self
+            try:
+                self._glet.switch()
+            finally:
+                self.world.running = None
 
     def _timer(self, token: int) -> None:
         if token == self._token and not self.finished:
@@ -99,8 +103,6 @@ class Life:
 
     # ------------------------------------------------------------------ life side
     def _run(self) -> None:
-        self._go.wait()
-        self._go.clear()
         try:
             if self.alive:
                 self._main(self)
@@ -112,7 +114,7 @@ class Life:
             self.finished = True
             if self.alive:
                 self._dead("its process ended")
-            self.world.hand_back()
+            self.on_end(self)
 
     def block(self, until: float, on_message: bool) -> None:
         """Hand the baton back until virtual time `until` (or a message, if on_message)."""
@@ -122,9 +124,7 @@ class Life:
         if until != float("inf"):
             self.world.at(until, self._timer, self._token)
         self._on_message = on_message
-        self.world.hand_back()
-        self._go.wait()
-        self._go.clear()
+        self.world.scheduler.switch()
         self._on_message = False
         if not self.alive:
             raise Killed()
@@ -224,7 +224,7 @@ class SimTransport:
             return
         self.bytes_received += sum(len(f) for f in data)
         try:
-            msg = wire.decode(data, MAX_MESSAGE_BYTES)
+            msg = self.world.decode(data, MAX_MESSAGE_BYTES)
         except wire.WireError as e:
             self.rejected += 1
             self.world.trace.add(self.world.now, f"reject at {self.id}: {e}")

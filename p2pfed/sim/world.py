@@ -1,10 +1,12 @@
-"""The simulated world: one virtual clock, one event queue, an in-memory network, one baton.
+"""The simulated world: one virtual clock, one event queue, an in-memory network.
 
-Every peer process of a simulation (a *life*) is a Python thread running the real consensus
-code, but only one thread ever runs at a time: the scheduler hands the baton to a life, and the
-life hands it back when it blocks (waiting for a message or for virtual time to pass). Between
-two hand-overs nothing else moves, so a run is a pure function of its seed: the same seed
-gives the same events in the same order, and the same trace hash.
+Every peer process of a simulation (a *life*) is a greenlet running the real consensus code:
+a coroutine with its own call stack, so blocking calls deep inside consensus/ need no change.
+Only one runs at a time: the scheduler switches to a life, and the life switches back when it
+blocks (waiting for a message or for virtual time to pass). Nothing runs in parallel and
+nothing depends on the wall clock, so a run is a pure function of its seed: the same seed gives
+the same events in the same order, and the same trace hash. (Threads handing a baton were
+tried first: a switch costs about 70 us there against about 1 us with greenlet.)
 
 The network delivers what the lives send after a seeded latency, in order per link (as one
 TCP connection does), and can drop, duplicate and reorder messages, and cut links one way or
@@ -17,15 +19,16 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-import threading
 from dataclasses import dataclass
 from typing import Callable
+
+import greenlet
 
 from ..net import protocol, wire
 
 
 class Killed(BaseException):
-    """The simulator ended this process (a crash): raised in its thread, never caught by
+    """The simulator ended this process (a crash): raised in its greenlet, never caught by
     `except Exception`, so the real code unwinds as far as its `finally` blocks."""
 
 
@@ -82,7 +85,8 @@ class World:
         self.trace = Trace(keep_trace)
         self._events: list = []
         self._seq = 0
-        self._back = threading.Event()
+        self.scheduler = greenlet.getcurrent()           # the greenlet that runs the events
+        self.running = None                              # the life running now (None: the scheduler)
         self.endpoints: dict[int, Callable[[int, list[bytes]], None] | None] = {}   # peer -> deliver (None: down)
         self.cut: set[tuple[int, int]] = set()           # (from, to) links that carry nothing now
         self._link_last: dict[tuple[int, int], float] = {}
@@ -92,6 +96,7 @@ class World:
         self.failure: str | None = None                  # set by a check or a crashed thread: the run stops
         self.sent = 0
         self.bytes = 0
+        self._decoded: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ time and events
     def at(self, t: float, fn: Callable, *args) -> None:
@@ -111,21 +116,22 @@ class World:
         if self.now < t_end and (not self._events or self._events[0][0] > t_end):
             self.now = t_end
 
+    def decode(self, data: list[bytes], max_bytes: int) -> wire.Message:
+        """wire.decode, remembered for messages without arrays (heartbeats repeat the same bytes)."""
+        if len(data) != 1:
+            return wire.decode(data, max_bytes)
+        known = self._decoded.get(data[0])
+        if known is None:
+            msg = wire.decode(data, max_bytes)
+            if len(self._decoded) > 50_000:
+                self._decoded.clear()
+            self._decoded[data[0]] = known = (msg.kind, msg.sender, msg.header)
+        return wire.Message(known[0], known[1], dict(known[2]))
+
     def fail(self, what: str) -> None:
         if self.failure is None:
             self.failure = what
             self.trace.add(self.now, f"VIOLATION {what}")
-
-    # ------------------------------------------------------------------ the baton
-    def hand_to(self, go: threading.Event) -> None:
-        """Scheduler side: let one life run until it blocks or ends."""
-        go.set()
-        self._back.wait()
-        self._back.clear()
-
-    def hand_back(self) -> None:
-        """Life side: the scheduler runs next."""
-        self._back.set()
 
     # ------------------------------------------------------------------ the network
     def send(self, src: int, dst: int, frames: list, keep: bool = True) -> None:
