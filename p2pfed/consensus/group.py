@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..net import clock, wire
+from ..net import clock, protocol, wire
 from . import recipe
 from .mailbox import Mailbox
 from .outcome import Download, Failed
@@ -109,6 +109,7 @@ class GroupFormation:
         """Block until a group for an attempt > last_attempt includes me (or I derive or propose
         one), or the round turns out to be done without me, or it cannot go on."""
         deadline = ready_at + self.cfg.ready_timeout_s + self.cfg.exchange_timeout_s * self.cfg.max_attempts
+        short_since = None          # since when fewer than min_members peers are live (me included)
         while True:
             stop = self._recipes(rnd) or self._committed_without_me(rnd)
             if stop:
@@ -120,6 +121,17 @@ class GroupFormation:
             claimed = self._claimed_by_others(rnd, live)
             if claimed:
                 return claimed
+            if len(set(live) | {self.me}) >= self.min_members:
+                short_since = None
+            elif short_since is None:
+                short_since = clock.now()
+            elif clock.now() - short_since > self.cfg.startup_timeout_s:
+                gone = [p for p in self.all_peers if p not in live and p != self.me]
+                return Failed(f"round {rnd}: only peers {sorted(set(live) | {self.me})} are live, and a round needs "
+                              f"{self.min_members} members (averaging.min_peers, 0 = a majority of the "
+                              f"{len(self.all_peers)} peers); none of {gone} came back within "
+                              f"averaging.startup_timeout_s={self.cfg.startup_timeout_s:g} s. Start them, or lower "
+                              f"averaging.min_peers; stopping")
             ready = self._readies(rnd, n_samples)
             members = expected - set(self.mb.foreign)
             leader = leader_of(live, members) == self.me
@@ -142,6 +154,8 @@ class GroupFormation:
                               + (f"; peers {sorted(foreign)} train with other options" if foreign else "")
                               + "); check that every peer runs the same config")
             wake = deadline
+            if short_since is not None:
+                wake = min(wake, short_since + self.cfg.startup_timeout_s + protocol.POLL_S)
             if leader and any(p not in ready for p in awaited):
                 wake = min(wake, ready_at + self.cfg.ready_timeout_s)
             self.mb.wait(wake, watch=[p for p in self.all_peers if p not in ready])

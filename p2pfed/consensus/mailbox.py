@@ -256,11 +256,13 @@ class Mailbox:
 
     def judge_recipes(self, alive: int | None = None) -> tuple[list[int], str] | None:
         """(peers, their recipe) once the live peers with other recipes were at least as many as
-        the live peers sharing mine, me included (a tie counts: no side can claim the run); the
-        verdict stays. `alive`: a peer to count as live whatever its heartbeat says."""
+        the configured peers not known to differ, me included (a tie counts: no side can claim
+        the run); the verdict stays. Counted against the config, not against the peers heard so
+        far: a peer that hears one odd peer before the others at start-up must not stop.
+        `alive`: a peer to count as live whatever its heartbeat says."""
         if self.outnumbered is None:
             foreign = {p: r for p, r in self.foreign.items() if p == alive or self.alive(p)}
-            if foreign and len(foreign) >= len(self.live(self.peers)):
+            if foreign and len(foreign) >= len([p for p in self.peers if p not in self.foreign]):
                 recipes = list(foreign.values())
                 self.outnumbered = (sorted(foreign), max(set(recipes), key=recipes.count))
         return self.outnumbered

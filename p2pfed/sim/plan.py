@@ -10,8 +10,8 @@ left out (runner.shrink).
     cut       when the peer starts training the round, its links to `others` stop carrying
               messages (`one_way`: only from it) for `delay_s`
     dissent   the copies of the round's result of the peer and of `others` are each off by one
-              ulp somewhere (as with bad memory): one to three dissenters, so that some
-              rounds have no strict majority
+              ulp somewhere (as with bad memory): one to four dissenters, so that some rounds
+              have no strict majority
     corrupt   from the round on, a `model` the peer sends (a download's answer) may have a
               flipped bit in an array (probability corrupt_p each). Only models: a part or a
               reduced shard corrupted in flight would be summed by every member alike, and
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from .world import NetParams
 
 POINTS_PLAIN = ("train", "exchange", "between-rounds")
-POINTS_SECURE = POINTS_PLAIN + ("seed", "reveal")
+POINTS_SECURE = POINTS_PLAIN + ("seed", "reveal", "seed", "reveal")   # the barrier's points twice as often
 STAGE_POINTS = ("wait", "exchange", "sync")
 
 
@@ -104,14 +104,14 @@ def draw(seed: int, n: int, rounds: int, secure: bool, faults: bool = True, max_
                 if rng.random() < 0.3:      # a second death in the same round: a redo among fewer
                     second = rng.choice([p for p in range(n) if p != peer and p != stays_dead])
                     out.append(Fault("kill", second, rnd, rng.choice(STAGE_POINTS), rng.uniform(0.0, 1.0),
-                                     rng.choice([0.5, 3.0])))
+                                     rng.choice([0.5, 3.0, 8.0])))
             elif kind == "cut":
                 others = [p for p in range(n) if p != peer]
                 side = tuple(sorted(rng.sample(others, rng.randint(1, len(others)))))
                 out.append(Fault("cut", peer, rnd, delay_s=rng.choice([0.3, 2.0, 6.0, 15.0]), others=side,
                                  one_way=rng.random() < 0.3))
             elif kind == "dissent":
-                others = tuple(sorted(rng.sample([p for p in range(n) if p != peer], min(n - 1, rng.randint(0, 2)))))
+                others = tuple(sorted(rng.sample([p for p in range(n) if p != peer], min(n - 1, rng.randint(0, 3)))))
                 out.append(Fault("dissent", peer, rnd, "exchange", others=others))
             else:
                 out.append(Fault("corrupt", peer, rnd))

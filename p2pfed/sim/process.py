@@ -18,11 +18,9 @@ import math
 import traceback
 from typing import Callable
 
-import greenlet
-
 from ..net import protocol, wire
 from ..net.shared import SharedState
-from .world import Killed, World
+from .world import Killed, World, greenlet
 
 log = logging.getLogger("p2pfed.sim.process")
 

@@ -94,9 +94,9 @@ class Sim:
         self.presence_cfg = SimpleNamespace(
             averaging=self.acfg, peer_ids=self.ids,
             peers=[SimpleNamespace(id=p, host="sim", port=p) for p in self.ids])
-        base_recipe = "sim recipe" + ("\nsecurity.secure_aggregation = true" if opts.secure else "")
+        secure = ";security.secure_aggregation=true" if opts.secure else ""
         self.specs = {p: Spec(n_samples=100 + 37 * ((seed + p * 7) % 11),
-                              recipe=base_recipe + ("\ntrain.epochs = 8" if p in opts.foreign else ""))
+                              recipe=f"model.width=0.5{secure};train.epochs={8 if p in opts.foreign else 15}")
                       for p in self.ids}
         self.disks = {p: Disk() for p in self.ids}
         self.lives: dict[int, Life] = {}

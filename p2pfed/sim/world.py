@@ -22,7 +22,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-import greenlet
+try:
+    import greenlet
+except ImportError:                 # pragma: no cover - said once, with what to do
+    raise ImportError("the simulator needs greenlet: pip install -e '.[sim]' (or '.[test]')") from None
 
 from ..net import protocol, wire
 
