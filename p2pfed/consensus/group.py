@@ -71,10 +71,12 @@ class GroupFormation:
     def withdraw(self) -> None:
         self.t.announce(None)
 
-    def _readies(self, rnd: int, n_samples: int) -> dict[int, int]:
+    def _readies(self, rnd: int, n_samples: int, live: list[int]) -> dict[int, int]:
         """sender -> n_samples of the live ready peers, me included (the mailbox files only
-        readies that carry my recipe, with n_samples already range-checked)."""
-        ready = {m.sender: int(m["n_samples"]) for m in self.mb.get("ready", rnd).values() if self.mb.live([m.sender])}
+        readies that carry my recipe, with n_samples already range-checked). live: mb.live(),
+        computed once per wake-up (with hundreds of peers, once per ready would be quadratic)."""
+        alive = set(live)
+        ready = {m.sender: int(m["n_samples"]) for m in self.mb.get("ready", rnd).values() if m.sender in alive}
         ready[self.me] = int(n_samples)
         return ready
 
@@ -132,7 +134,7 @@ class GroupFormation:
                               f"{len(self.all_peers)} peers); none of {gone} came back within "
                               f"averaging.startup_timeout_s={self.cfg.startup_timeout_s:g} s. Start them, or lower "
                               f"averaging.min_peers; stopping")
-            ready = self._readies(rnd, n_samples)
+            ready = self._readies(rnd, n_samples, live)
             members = expected - set(self.mb.foreign)
             leader = leader_of(live, members) == self.me
             # live peers outside the last round's members (back from a restart or a partition, maybe

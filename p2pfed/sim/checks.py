@@ -34,6 +34,7 @@ class Checks:
     def __init__(self, sim):
         self.sim = sim
         self.digests: dict[int, str] = {}                   # round -> its committed digest
+        self.commit_at: dict[int, float] = {}               # round -> when it was first committed
         self.verified: set[tuple[int, str]] = set()
         self.states: dict[tuple[int, int], dict] = {}       # (peer, round) -> its latest round state
         self.members: dict[int, tuple[int, ...]] = {}       # round -> members of its (first) commit
@@ -71,6 +72,7 @@ class Checks:
         if not state_ok(c):
             return self._fail(f"{life.name} adopted ({how}) a state of round {c.round} whose digest is not "
                               f"{c.digest[:12]}")
+        self.commit_at.setdefault(c.round, self.sim.world.now)
         first = self.digests.setdefault(c.round, c.digest)
         if first != c.digest:
             return self._fail(f"round {c.round} has two committed digests: {first[:12]} and {c.digest[:12]} "

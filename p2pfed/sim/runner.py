@@ -59,6 +59,8 @@ class Result:
     stops: list
     limits: list
     plan: plan_mod.Plan
+    heartbeats: int = 0
+    commit_at: dict = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -331,7 +333,8 @@ def run(seed: int, opts: Options = Options(), plan: plan_mod.Plan | None = None)
     w = sim.world
     lines = list(w.trace.lines)
     return Result(seed, w.failure is None, w.failure, w.trace.digest, w.trace.count, w.now, w.sent, w.bytes,
-                  sim.checks.commits, sim.checks.stops, sim.checks.limits, plan, lines)
+                  sim.checks.commits, sim.checks.stops, sim.checks.limits, plan, heartbeats=w.heartbeats,
+                  commit_at=dict(sim.checks.commit_at), lines=lines)
 
 
 def shrink(seed: int, opts: Options = Options()) -> Result:

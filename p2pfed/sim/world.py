@@ -97,8 +97,9 @@ class World:
         self.observe: Callable[[int, wire.Message], None] = lambda peer, msg: None   # every delivery (checks)
         self.tamper: Callable[[int, int, list[bytes]], list[bytes]] | None = None    # corrupts messages (plan)
         self.failure: str | None = None                  # set by a check or a crashed thread: the run stops
-        self.sent = 0
+        self.sent = 0                                    # messages sent, heartbeats included
         self.bytes = 0
+        self.heartbeats = 0
         self._decoded: dict[bytes, tuple] = {}
 
     # ------------------------------------------------------------------ time and events
@@ -144,6 +145,8 @@ class World:
             data = self.tamper(src, dst, data)
         self.sent += 1
         self.bytes += sum(len(f) for f in data)
+        if not keep:
+            self.heartbeats += 1
         self._route(src, dst, data, keep, self.now)
 
     def _route(self, src: int, dst: int, data: list[bytes], keep: bool, sent_at: float) -> None:
