@@ -59,7 +59,7 @@ def seeds_part(n: int, workers: int, rounds: int) -> dict:
 def variants_part(within: int = 200) -> dict[str, int | None]:
     found: dict[str, int | None] = {}
     for variant in runner.VARIANTS:
-        secure = variant in ("seed-before-held", "forget-seal")
+        secure = variant in ("ignore-seal", "seed-before-held", "forget-seal")
         found[variant] = None
         for seed in range(within):
             if not runner.run(seed, runner.Options(rounds=30, secure=secure, variant=variant)).ok:

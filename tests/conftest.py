@@ -218,3 +218,16 @@ def _fast_cpu(monkeypatch):
 def _fork_server():
     yield
     ForkServer.close()
+
+
+# fixtures that start real processes or read the real data: a test that uses one is in the slow tier
+_SLOW_FIXTURES = {"procs", "dev_data"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Two tiers (docs/testing.md): `pytest -m "not slow"` is the fast tier, for working; the
+    README's command runs both. A test is slow if it is marked so or uses a fixture that starts
+    real peer processes or reads the real data."""
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -116,7 +116,9 @@ def rejoin_after(recs: list[dict], healed: float, everyone: list[int]) -> tuple[
     return back["t"] - healed, sum(1 for r in after if r["t"] < back["t"]), back
 
 
-@pytest.mark.parametrize("minority", [[3, 4], [0, 1]], ids=["leader-in-majority", "leader-in-minority"])
+# the leader on either side, and many more cuts, run in the simulator (tests/test_sim.py); here the harder
+# side with real sockets and kernel-level cuts
+@pytest.mark.parametrize("minority", [[0, 1]], ids=["leader-in-minority"])
 def test_a_healed_partition_rejoins_within_the_bound_and_loses_no_attempt(tmp_path, procs, hosts5, minority):
     """A 2|3 cut for 15 s, with the leader (peer 0) on either side: the majority goes on, the
     minority waits; after the heal the minority reconnects (ZeroMQ's own heartbeat closed the dead

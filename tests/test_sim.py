@@ -7,6 +7,7 @@ import pytest
 
 from p2pfed.sim import plan as plan_mod
 from p2pfed.sim import runner
+from p2pfed.sim.world import NetParams
 
 FAST = runner.Options(rounds=20)
 
@@ -33,7 +34,7 @@ def test_fixed_seeds_hold_every_invariant(secure):
 
 
 # (variant, secure, seeds within which the checks must catch it)
-BROKEN = [("no-strict-majority", False, 50), ("skip-download-digest", False, 50), ("seed-before-held", True, 50)]
+BROKEN = [("no-strict-majority", False, 50), ("skip-download-digest", False, 50), ("ignore-seal", True, 50)]
 
 
 @pytest.mark.parametrize("variant,secure,within", BROKEN, ids=[b[0] for b in BROKEN])
@@ -69,7 +70,7 @@ def test_a_round_below_min_peers_ends_with_a_reason():
     """A peer dies for good and the two left are below min_peers = 3: they stop, saying why,
     after startup_timeout_s instead of waiting ready_timeout_s and every attempt."""
     base = plan_mod.draw(0, 3, 10, False, faults=False)
-    plan = plan_mod.Plan(base.net, (plan_mod.Fault("kill", 1, 3, "train", restart_s=None),), speeds=base.speeds,
+    plan = plan_mod.Plan(NetParams(), (plan_mod.Fault("kill", 1, 3, "train", restart_s=None),), speeds=base.speeds,
                          starts=base.starts)
     res = runner.run(0, runner.Options(peers=3, rounds=10, min_peers=3), plan)
     assert not res.ok
@@ -85,3 +86,31 @@ def test_a_busy_wait_is_a_failure(monkeypatch):
     monkeypatch.setattr(mailbox.Mailbox, "wait", lambda self, deadline, watch=(), since=None: self.pump(0))
     res = runner.run(3, runner.Options(rounds=3, faults=False))
     assert not res.ok and "polls without waiting" in res.failure
+
+
+KILL_POINTS = ["train", "exchange", "between-rounds", "in-wait", "in-exchange", "in-sync"]
+SECURE_POINTS = KILL_POINTS + ["seed", "reveal"]
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
+@pytest.mark.parametrize("victims", [(0,), (1, 3)], ids=["leader", "two"])
+def test_a_kill_at_every_point_leaves_survivors_with_the_exact_consensus(secure, victims):
+    """The process tests' kill matrix, at every fault point, in the simulator: the victims die in
+    round 3 and stay dead (`in-` points: as they enter the stage); the survivors finish
+    every round, each commit the exact weighted mean of its members, all agreeing."""
+    failures = []
+    for i, point in enumerate(SECURE_POINTS if secure else KILL_POINTS):
+        base = plan_mod.draw(100 + i, 5, 8, secure, faults=False)
+        faults = tuple(plan_mod.Fault("kill", v, 3, point, 0.0, None) for v in victims)
+        if point == "in-sync":      # to download in round 3, a victim first dies in its training and comes back
+            faults = tuple(plan_mod.Fault("kill", v, 3, "train", 0.0, 0.5) for v in victims) + faults
+        plan = plan_mod.Plan(NetParams(), faults, speeds=base.speeds, starts=base.starts)   # no drops: only the kills
+        res = runner.run(100 + i, runner.Options(rounds=8, secure=secure), plan)
+        if not res.ok:
+            failures.append(f"{point}: {res.failure}")
+            continue
+        died = [(p, stage) for p, _, stage, rnd in res.deaths if rnd == 3 and (point != "in-sync" or stage == "sync")]
+        assert sorted(p for p, _ in died) == sorted(victims), (point, res.deaths)
+        if not res.limits:
+            assert res.commits >= 8 * (5 - len(victims))
+    assert not failures, failures

@@ -5,7 +5,7 @@ left out (runner.shrink).
 
     kill      the peer's process dies at a point of a round: a fault point of the real code
               (`exchange`, `seed`, `reveal`), of the peer's loop (`train`, `between-rounds`),
-              or `delay_s` after it enters a stage (`wait`, `exchange`, `sync`); it restarts
+              or `delay_s` after it enters a stage (`in-wait`, `in-exchange`, `in-sync`); it restarts
               `restart_s` later (None: it stays dead)
     cut       when the peer starts training the round, its links to `others` stop carrying
               messages (`one_way`: only from it) for `delay_s`
@@ -27,7 +27,7 @@ from .world import NetParams
 
 POINTS_PLAIN = ("train", "exchange", "between-rounds")
 POINTS_SECURE = POINTS_PLAIN + ("seed", "reveal", "seed", "reveal")   # the barrier's points twice as often
-STAGE_POINTS = ("wait", "exchange", "sync")
+STAGE_POINTS = ("in-wait", "in-exchange", "in-sync")     # delay_s after entering the stage
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
     run(seed, options)      a Result: ok or the violation, the trace hash, counts
     shrink(seed, options)   a failing seed's plan with every fault left out that is not needed
                             to fail, replayed with its trace: the events that lead to it
-    VARIANTS                deliberately broken protocols (tests/test_sim.py shows the checks
-                            find each): commit without a strict majority, release a seed
-                            before every `held`, adopt a download without its digest check,
-                            forget the seal on restart
+    VARIANTS                deliberately broken protocols: commit without a strict majority,
+                            adopt a download without its digest check, ignore the seal (no
+                            rollback), release a seed before every `held`, forget the seal on
+                            restart. tests/test_sim.py shows the checks catch the first three;
+                            the last two are not caught within 200 seeds (docs/testing.md)
 
 Nothing here is the protocol: the protocol is consensus/, run unchanged.
 """
@@ -61,6 +62,7 @@ class Result:
     plan: plan_mod.Plan
     heartbeats: int = 0
     commit_at: dict = field(default_factory=dict)
+    deaths: list = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -109,6 +111,7 @@ class Sim:
         self._restart_of: dict[int, float] = {}             # peer -> restart delay of its fired kill
         self._corrupting: set[int] = set()                  # peers whose messages may be corrupted
         self._dissenting = {(f.round, p) for f in plan.faults if f.kind == "dissent" for p in (f.peer, *f.others)}
+        self.deaths: list[tuple[int, int, str, int]] = []   # (peer, life, stage, round) of processes killed
         self._restarting: set[int] = set()                  # peers whose restart is scheduled
         self._ended = False                                 # every process has ended, none will restart
 
@@ -123,6 +126,8 @@ class Sim:
         life.start()
 
     def _died(self, life: Life) -> None:
+        if not life.finished:
+            self.deaths.append((life.peer, life.number, life.stage, life.round))
         restart = self._restart_of.pop(life.peer, None)
         if restart is not None:
             self._restarting.add(life.peer)
@@ -160,7 +165,7 @@ class Sim:
         for i, f in enumerate(self.plan.faults):
             if i in self._fired or f.peer != life.peer or f.round != rnd:
                 continue
-            if f.kind == "kill" and f.point == stage and stage in plan_mod.STAGE_POINTS:
+            if f.kind == "kill" and f.point == f"in-{stage}" and f.point in plan_mod.STAGE_POINTS:
                 self._fired.add(i)
                 self.world.at(self.world.now + f.delay_s, self._kill_stage, life, f)
             elif f.kind == "cut" and stage == "train":
@@ -287,6 +292,28 @@ def variant(name: str) -> Iterator[None]:
             return original_barrier(self, kind, fields, take)
         original_barrier = masked._MaskedButterfly._barrier
         patches.append((masked._MaskedButterfly, "_barrier", barrier))
+    elif name == "ignore-seal":
+        # a member that has seen a sum of the round takes part in a redo among fewer as if it had not
+        patches.append((masked._MaskedButterfly, "_seen_sums", lambda self: False))
+        original_reduce = masked._MaskedButterfly.reduce
+
+        def reduce(self, weights):
+            self._sealed = []               # and flagged parts count for nothing: no rollback
+            wire_get = self.mb.get
+
+            def unflagged(kind, rnd, attempt=-1, seq=-1):
+                got = wire_get(kind, rnd, attempt, seq)
+                if kind != "part":
+                    return got
+                for msg in got.values():
+                    msg.header.pop("sealed", None)
+                return got
+            self.mb.get = unflagged
+            try:
+                return original_reduce(self, weights)
+            finally:
+                del self.mb.get
+        patches.append((masked._MaskedButterfly, "reduce", reduce))
     elif name == "skip-download-digest":
 
         def take_model(mailbox, template, min_round, expect_digest):
@@ -314,7 +341,7 @@ def variant(name: str) -> Iterator[None]:
             setattr(obj, attr, value)
 
 
-VARIANTS = ("no-strict-majority", "seed-before-held", "skip-download-digest", "forget-seal")
+VARIANTS = ("no-strict-majority", "skip-download-digest", "ignore-seal", "seed-before-held", "forget-seal")
 
 
 # ------------------------------------------------------------------ running seeds
@@ -334,7 +361,7 @@ def run(seed: int, opts: Options = Options(), plan: plan_mod.Plan | None = None)
     lines = list(w.trace.lines)
     return Result(seed, w.failure is None, w.failure, w.trace.digest, w.trace.count, w.now, w.sent, w.bytes,
                   sim.checks.commits, sim.checks.stops, sim.checks.limits, plan, heartbeats=w.heartbeats,
-                  commit_at=dict(sim.checks.commit_at), lines=lines)
+                  commit_at=dict(sim.checks.commit_at), deaths=sim.deaths, lines=lines)
 
 
 def shrink(seed: int, opts: Options = Options()) -> Result:
