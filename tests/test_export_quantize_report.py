@@ -33,6 +33,7 @@ def run_dir(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow          # the module's run_dir fixture runs a small federation
 def test_int8_onnx_runs_is_qdq_not_convinteger_smaller_and_agrees(run_dir):
     q = json.loads((run_dir / "quantization.json").read_text())
     ops = {n.op_type for n in onnx.load(str(run_dir / "consensus.int8.onnx")).graph.node}
@@ -53,6 +54,7 @@ def test_int8_onnx_runs_is_qdq_not_convinteger_smaller_and_agrees(run_dir):
     assert rows["int8 dynamic (baseline)"]["size_vs_fp32"] > 0.8
 
 
+@pytest.mark.slow          # the module's run_dir fixture runs a small federation
 def test_export_cli_matches_pytorch_with_dynamic_batch(run_dir, tmp_path):
     out = tmp_path / "m.onnx"
     p = subprocess.run([sys.executable, "-m", "p2pfed", "export", str(run_dir / "consensus.pt"), "--onnx", str(out)],
@@ -83,6 +85,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+@pytest.mark.slow          # the module's run_dir fixture runs a small federation
 def test_report_renders_every_plot_with_expected_series(run_dir):
     md = (run_dir / "summary.md").read_text()       # launch.py rendered it at the end
     for name in ["loss", "accuracy", "averaging", "sizes", "quant_accuracy", "timeline"]:
@@ -112,6 +115,7 @@ def test_report_renders_every_plot_with_expected_series(run_dir):
     assert f"Rounds with retried attempts or events: {listed}." in md, (retried, md)
 
 
+@pytest.mark.slow          # the module's run_dir fixture runs a small federation
 def test_status_reads_a_finished_run(run_dir):
     p = subprocess.run([sys.executable, "-m", "p2pfed", "status", str(run_dir)], capture_output=True, text=True,
                        timeout=60)

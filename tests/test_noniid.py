@@ -80,6 +80,7 @@ class _nothing:
         return False
 
 
+@pytest.mark.slow          # trains three models in-process (about 80 s)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_synchronized_batchnorm_beats_local_batchnorm_on_a_strongly_skewed_split(seed):
     """4 members holding 2 of 10 classes each, 40 rounds. Measured here (accuracy on 800 balanced

@@ -92,6 +92,7 @@ def _rss_mb() -> float:
     return 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read the resident set size")
 def test_streaming_a_folder_far_larger_than_a_batch_keeps_memory_bounded(tmp_path):
     """4,000 listed photos of 400 x 533 (decoded whole: 2.6 GB; at 128 px: 197 MB); two epochs' worth

@@ -191,17 +191,21 @@ class _Box:
     def alive(self, peer, since=None):
         return True
 
+    def mask_key(self, peer):
+        return self.mask_keys.get(peer)
+
     def wait(self, deadline, watch=(), since=None):
         time.sleep(0.01)
 
 
 def test_a_member_without_a_usable_mask_key_is_named_and_nothing_waits_past_the_deadline():
-    from p2pfed.consensus.exchange import Interrupted, Scope
+    from p2pfed.consensus.ends import Ended
+    from p2pfed.consensus.exchange import Scope
     from p2pfed.consensus.masked import member_keys
     mine, theirs = secagg.MaskKey(), secagg.MaskKey()
-    with pytest.raises(Interrupted, match=r"no mask key from \[2\].*secure_aggregation"):
+    with pytest.raises(Ended, match=r"no mask key from \[2\].*secure_aggregation"):
         member_keys(_Box({1: theirs.public}), Scope(1, 0, (0, 1, 2)), mine, time.monotonic() + 0.1)
-    with pytest.raises(Interrupted, match=r"peer 1's mask key is unusable"):      # my own key sent back to me
+    with pytest.raises(Ended, match=r"peer 1's mask key is unusable"):      # my own key sent back to me
         member_keys(_Box({1: mine.public}), Scope(1, 0, (0, 1)), mine, time.monotonic() + 0.1)
     assert member_keys(_Box({1: theirs.public}), Scope(1, 0, (0, 1)), mine, time.monotonic() + 0.1) == \
         {0: mine.public, 1: theirs.public}

@@ -6,6 +6,8 @@
     outer.py       the outer step (Nesterov momentum on the round's mean), the same bits everywhere
     recipe.py      the options every peer must share, as the text each `ready` carries
     mailbox.py     validated messages by kind/round/attempt; event-driven waits; who is alive
+    ends.py        how an exchange ends when it cannot finish, as values (Aborted, Superseded, ...)
+    faultpoints.py the named fault points and the one hook the fault injector is called by
     exchange.py    gather and agree: the one way members combine values, with its fault rules
     group.py       ready, then a group: derived from the readies or proposed by the leader
     butterfly.py   one attempt's scatter, reduce and gather
@@ -15,5 +17,6 @@
     outcome.py     those values, and Committed: the one shape of a committed round
     pooling.py     pooled BatchNorm statistics of a committed round (a gather and an agreement)
     download.py    a committed round state from a live peer, digest-verified
+    presence.py    waiting for the other peers at start-up; live peers that are ahead of me
     writer.py      the end of a run: the writer's election, reports, waiting for `done`
 """

@@ -22,10 +22,12 @@ from typing import Callable
 from ..net import clock, protocol, wire
 from . import averaging, compress, masked, roundstate
 from .butterfly import Vector, exchange
-from .exchange import Interrupted, Scope, agree, majority
+from .ends import Aborted, End, Ended, Overtaken, RolledBack, Superseded
+from .exchange import Scope, agree, majority
+from .faultpoints import NoFaults
 from .group import IMPLICIT, Group, GroupFormation
 from .mailbox import Mailbox
-from .masked import Rollback, Secure
+from .masked import Secure
 from .outcome import Averaged, Committed, Download, Failed
 
 log = logging.getLogger("p2pfed.consensus.allreduce")
@@ -39,18 +41,6 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class _Failure:
-    """An attempt that failed: why, and whom a member saw die."""
-    reason: str
-    dead: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Superseded:
-    """The leader proposed a newer attempt (to add a peer that came back): not a failure."""
-
-
-@dataclass(frozen=True)
 class _Dissent:
     """A strict majority committed another digest than mine."""
     download: Download
@@ -60,7 +50,7 @@ class AllReduce:
     def __init__(self, transport, mailbox: Mailbox, acfg, all_peers: list[int],
                  faults=None, on_progress: Callable[[str], None] = lambda progress: None, codec: str = "f32",
                  secure: Secure | None = None):
-        """faults: has at(round, point) -> bool (the run's fault injector; None: none).
+        """faults: has at(round, point) -> bool (faultpoints.py; the run's fault injector; None: none).
         codec: how shards travel when they can be compressed (compress.py; train.compression).
         secure: secure aggregation's keys and state (masked.py); None: shards travel in the clear."""
         self.t = transport
@@ -70,7 +60,7 @@ class AllReduce:
         self.all_peers = sorted(all_peers)
         self.secure = secure
         self.groups = GroupFormation(transport, mailbox, acfg, all_peers, mask_key=secure.key.public if secure else "")
-        self.faults = faults
+        self.faults = faults if faults is not None else NoFaults()
         self.on_progress = on_progress
         self.dissents = 0            # consecutive rounds in which a majority outvoted my digest
         self.codec = codec
@@ -86,8 +76,8 @@ class AllReduce:
         outer step); derived entries are not sent, and the digest covers post's result.
         work: synchronized training (train.batchnorm = "sync"). Then `ready` is sent before the
         round's training, and each attempt's group runs work(group, scope), which trains
-        together through the scope (stepsync.py) and returns the state to average; an
-        exchange.Interrupted from it fails the attempt like any other.
+        together through the scope (stepsync.py) and returns the state to average; an Ended
+        from it (raised inside torch's passes) ends the attempt like any other.
         anchor: (digest, round state) of the round I start from, committed in round rnd - 1.
         With it, a derived group (attempt 0: every member was a member of that round) sends its
         shards compressed as deltas from it; every other attempt, and a round without an anchor,
@@ -110,14 +100,17 @@ class AllReduce:
                     self.feedback.commit()         # this attempt's rounding errors are carried on
                 else:
                     self.feedback.drop()
-                if isinstance(outcome, _Superseded):
+                if isinstance(outcome, Superseded):
                     last_attempt = max(group.attempt, last_attempt)
                     continue
-                if isinstance(outcome, _Failure):
+                if isinstance(outcome, Aborted):
                     events.append(f"attempt {group.attempt} {list(group.members)}: {outcome.reason}")
                     last_attempt = max(group.attempt, last_attempt)
                     self._abort(rnd, group, outcome, tries)
-                    self.groups.ready(rnd, n_samples)   # tell a possibly new leader I am still ready
+                    # tell a possibly new leader that I am still ready, and the last attempt I took part in
+                    # (not a newer proposal I may have filed meanwhile: its members would take my ready
+                    # for a sign that I am not in it)
+                    self.groups.ready(rnd, n_samples, tried=last_attempt)
                     continue
                 if isinstance(outcome, _Dissent):
                     return self._dissent(outcome.download, rnd)
@@ -132,7 +125,7 @@ class AllReduce:
             self.groups.withdraw()
 
     def _attempt(self, rnd: int, group: Group, mine: Vector | None, post, candidates: dict, events: list,
-                 work=None, anchor=None) -> Committed | Download | _Dissent | _Superseded | _Failure:
+                 work=None, anchor=None) -> Committed | Download | _Dissent | Superseded | Aborted:
         scope = Scope(rnd, group.attempt, group.members)
         try:
             if work is not None:
@@ -141,46 +134,29 @@ class AllReduce:
             mine = self._compressed(mine, group, anchor)
             self.on_progress(Progress.EXCHANGING)
             deadline = clock.now() + self.cfg.exchange_timeout_s
-            at_half = lambda: bool(self.faults and self.faults.at(rnd, "exchange"))   # noqa: E731
             if self.secure:
                 result, dg = masked.exchange(self.t, self.mb, scope, group.weights, mine, deadline, self.secure,
-                                             at_half, post=post)
+                                             self.faults, post=post)
             else:
-                result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline, at_half, post=post)
-        except Rollback as back:
-            if anchor is None:
-                return _Failure(f"{back}, but I hold no committed round {rnd - 1} (a round without an anchor "
-                                f"cannot be rolled back)")
-            log.warning("round %d, attempt %d: %s", rnd, group.attempt, back)
-            events.append(f"attempt {group.attempt}: rolled back to round {rnd - 1} (peers {back.sealed} had seen "
-                          f"sums of an earlier attempt)")
-            dg, result = anchor
+                result, dg = exchange(self.t, self.mb, scope, group.weights, mine, deadline, self.faults, post=post)
+        except Ended as stop:
+            routed = self._route(stop.end, rnd, group, candidates, events, anchor)
+            if not isinstance(routed, tuple):
+                return routed
+            dg, result = routed                     # a rollback: agree on the round's starting state
             deadline = clock.now() + self.cfg.exchange_timeout_s
-        except Interrupted as stop:
-            if self.secure and self.mb.get("reduced", rnd, group.attempt):
-                self.secure.seal(rnd)          # I hold a sum of this round: never take part in one over fewer
-            if stop.superseded:
-                return _Superseded()
-            if not stop.commit:
-                return _Failure(stop.reason, tuple(stop.dead))
-            c = stop.commit
-            if c["round"] == rnd and c["digest"] in candidates:     # a result of mine, from an earlier attempt
-                return Committed(rnd, c["digest"], tuple(c["members"]), candidates[c["digest"]])
-            return Download(c["round"], stop.reason, digest=c["digest"])
         candidates[dg] = result
         # agree: a member that dies after the gather is skipped: its contribution is in everyone's model
         try:
             digests = agree(self.t, self.mb, "digest", scope, dg, deadline + self.cfg.exchange_timeout_s)
             verdict = majority(digests, len(group.members))
-        except Interrupted as stop:
-            if stop.superseded:
-                return _Superseded()
-            if not stop.commit:
-                return _Failure(stop.reason, tuple(stop.dead))
-            verdict = stop.commit["digest"]     # a member already committed: its digest is the majority's
+        except Ended as stop:
+            verdict = self._route(stop.end, rnd, group, candidates, events, anchor, agreeing=True)
+            if not isinstance(verdict, str):
+                return verdict
         if verdict is None:
-            return _Failure(f"digests disagree and none is held by a strict majority of {list(group.members)}: "
-                            f"{ {m: d[:12] for m, d in sorted(digests.items())} }")
+            return Aborted(f"digests disagree and none is held by a strict majority of {list(group.members)}: "
+                           f"{ {m: d[:12] for m, d in sorted(digests.items())} }")
         if verdict != dg:
             return _Dissent(Download(rnd, f"round {rnd}: my digest {dg[:12]} differs from {verdict[:12]}, which a "
                                           f"strict majority of {list(group.members)} computed", digest=verdict))
@@ -193,6 +169,32 @@ class AllReduce:
                         "will download this one", dg[:12], list(group.members), dissenters)
             events.append(f"attempt {group.attempt}: peers {dissenters} dissented (digest outvoted)")
         return Committed(rnd, dg, group.members, result)
+
+    def _route(self, end: End, rnd: int, group: Group, candidates: dict, events: list, anchor,
+               agreeing: bool = False):
+        """The one place where an attempt's end (ends.py) decides what the round does next: an
+        outcome for run(), or what the attempt goes on with (a rollback: the round's starting
+        state as (digest, state), before agreeing; an overtaking commit's digest, while agreeing)."""
+        if self.secure and not agreeing and not isinstance(end, RolledBack) \
+                and self.mb.get("reduced", rnd, group.attempt):
+            self.secure.seal(rnd)              # I hold a sum of this round: never take part in one over fewer
+        match end:
+            case RolledBack(sealed=sealed):
+                if anchor is None:
+                    return Aborted(f"{end.reason}, but I hold no committed round {rnd - 1} (a round without an "
+                                   f"anchor cannot be rolled back)")
+                log.warning("round %d, attempt %d: %s", rnd, group.attempt, end.reason)
+                events.append(f"attempt {group.attempt}: rolled back to round {rnd - 1} (peers {list(sealed)} had "
+                              f"seen sums of an earlier attempt)")
+                return anchor
+            case Overtaken(commit=c) if agreeing:
+                return c["digest"]             # a member already committed: its digest is the majority's
+            case Overtaken(commit=c):
+                if c["round"] == rnd and c["digest"] in candidates:   # a result of mine, from an earlier attempt
+                    return Committed(rnd, c["digest"], tuple(c["members"]), candidates[c["digest"]])
+                return Download(c["round"], end.reason, digest=c["digest"])
+            case Superseded() | Aborted():
+                return end
 
     def _compressed(self, mine: Vector, group: Group, anchor) -> Vector:
         """mine as this attempt sends it: compressed in a derived group with an anchor, else float32."""
@@ -224,7 +226,7 @@ class AllReduce:
                     "a row)", download.reason, self.dissents, protocol.MAX_CONSECUTIVE_DISSENT - 1)
         return download
 
-    def _abort(self, rnd: int, group: Group, failure: _Failure, tries: int) -> None:
+    def _abort(self, rnd: int, group: Group, failure: Aborted, tries: int) -> None:
         log.warning("attempt %d with %s failed: %s; keeping my pre-round model", group.attempt, list(group.members),
                     failure.reason)
         self.t.broadcast(group.members, wire.encode("abort", self.me, round=rnd, attempt=group.attempt,

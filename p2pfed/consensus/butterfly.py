@@ -10,7 +10,7 @@ Each member sends about 2x the model's float bytes whatever the group size; comp
 (train.compression, compress.py), the delta from the last committed round in half or a quarter
 of that. Anything wrong
 (a death, an abort, a part for another group, a shard of the wrong length, the deadline) ends
-the attempt with exchange.Interrupted.
+the attempt: `Ended(Aborted(...))` (ends.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ import numpy as np
 
 from ..net import wire
 from . import averaging, compress, digest
-from .exchange import Interrupted, Scope, collect
+from .ends import Aborted, Ended
+from .exchange import Scope, collect
+from .faultpoints import FaultPoint
 from .mailbox import Mailbox
 
 
@@ -58,12 +60,12 @@ class Vector:
 
 
 def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...], mine: Vector, deadline: float,
-             at_half: Callable[[], bool], post: Callable[[dict], dict] | None = None) -> tuple[dict, str]:
+             faults, post: Callable[[dict], dict] | None = None) -> tuple[dict, str]:
     """The attempt's result (the exact weighted mean, or post(mean)) and its digest.
-    at_half(): called with half my parts sent (fault injection); True corrupts my own copy of
-    the result by one ulp, as bad memory would."""
-    b = Butterfly(transport, mailbox, scope, mine, deadline)
-    corrupt = b.scatter(at_half)
+    faults.at(round, "exchange") is called with half my parts sent (faultpoints.py); True
+    corrupts my own copy of the result by one ulp, as bad memory would."""
+    b = Butterfly(transport, mailbox, scope, mine, deadline, faults)
+    corrupt = b.scatter()
     reduced = b.reduce(weights)
     return b.gather(reduced, corrupt, post)
 
@@ -71,15 +73,20 @@ def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...]
 class Butterfly:
     """One attempt's three steps, in the order they run; the shards are averaging.shard_bounds."""
 
-    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine: Vector, deadline: float):
+    REVEAL = False          # the masked butterfly calls faults at "reveal", with half its sums sent
+
+    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine: Vector, deadline: float, faults):
         self.t, self.mb, self.scope, self.mine, self.deadline = transport, mailbox, scope, mine, deadline
+        self.faults = faults
         self.me, self.members = mailbox.me, list(scope.members)
         self.pos = self.members.index(self.me)
         self.bounds = averaging.shard_bounds(mine.flat.size, len(self.members))
-        self.midway: Callable[[], None] = lambda: None     # called with half my reduced shards sent (faults)
 
-    def scatter(self, at_half: Callable[[], bool]) -> bool:
-        """Send slice j of my vector to member j; at_half() is called with half of them sent.
+    def _at_half(self) -> bool:
+        return bool(self.faults.at(self.scope.round, FaultPoint.EXCHANGE))
+
+    def scatter(self) -> bool:
+        """Send slice j of my vector to member j; the fault point `exchange` comes with half of them sent.
         Compressed: slice j of (my vector - anchor + my carried error), encoded; what rounding
         loses is my next carried error."""
         mine, codec = self.mine, self.mine.codec
@@ -90,7 +97,7 @@ class Butterfly:
             decoded = np.empty_like(delta)
         for n, j in enumerate(others + [self.pos]):     # my own slice last: it is not sent
             if n == len(others) // 2 and others:
-                corrupt = at_half()
+                corrupt = self._at_half()
             lo, hi = self.bounds[j]
             if codec == "f32":
                 payload = [mine.flat[lo:hi]]
@@ -103,7 +110,7 @@ class Butterfly:
         self._own = mine.flat[lo:hi] if codec == "f32" else decoded[lo:hi]
         if codec != "f32":
             self._sent_error = delta - decoded
-        return at_half() if not others else corrupt
+        return self._at_half() if not others else corrupt
 
     def reduce(self, weights: tuple[int, ...]) -> np.ndarray:
         """The weighted mean of my shard over every member's slice of it (a delta, compressed)."""
@@ -112,8 +119,8 @@ class Butterfly:
 
         def take_part(m: int, msg: wire.Message) -> None:
             if msg["shard"] != self.pos or msg["members"] != self.members:
-                raise Interrupted(f"peer {m} sent shard {msg['shard']} of group {msg['members']}; "
-                                  f"I expected shard {self.pos} of {self.members}")
+                raise Ended(Aborted(f"peer {m} sent shard {msg['shard']} of group {msg['members']}; "
+                                  f"I expected shard {self.pos} of {self.members}"))
             slices[m] = self._decode(m, msg, hi - lo)
 
         collect(self.mb, "part", self.scope, self.deadline, take_part)
@@ -137,8 +144,8 @@ class Butterfly:
                              ints=list(mine.ints.keys()) if me == source else [], **mine.header())
         others = self.scope.others(me)
         for count, m in enumerate(others):
-            if count == len(others) // 2:
-                self.midway()
+            if count == len(others) // 2 and self.REVEAL:
+                self.faults.at(self.scope.round, FaultPoint.REVEAL)
             self.t.send(m, frames)
         out = np.empty_like(mine.flat)
         hasher = digest.IncrementalDigest(out) if post is None else None
@@ -151,7 +158,7 @@ class Butterfly:
         def take_reduced(m: int, msg: wire.Message) -> None:
             j = members.index(m)
             if msg["shard"] != j:
-                raise Interrupted(f"peer {m} sent reduced shard {msg['shard']}, expected {j}")
+                raise Ended(Aborted(f"peer {m} sent reduced shard {msg['shard']}, expected {j}"))
             b0, b1 = self.bounds[j]
             got = self._decode(m, msg, b1 - b0)
             out[b0:b1] = got if codec == "f32" else mine.anchor[b0:b1] + got
@@ -172,15 +179,15 @@ class Butterfly:
         try:
             return wire.check_ints(msg["ints"], msg.arrays[compress.n_arrays(self.mine.codec):], self.mine.state)
         except wire.WireError as e:
-            raise Interrupted(f"peer {source}: {e}") from None
+            raise Ended(Aborted(f"peer {source}: {e}")) from None
 
     def _decode(self, m: int, msg: wire.Message, length: int) -> np.ndarray:
         """A received shard as float32 values; anything that does not fit ends the attempt."""
         codec, base = wire.codec_of(msg), msg.header.get("base", "")
         if codec != self.mine.codec or base != self.mine.base:
-            raise Interrupted(f"peer {m} sent a {codec} {msg.kind} shard from base {base[:12] or '-'}; this attempt "
-                              f"sends {self.mine.codec} from base {self.mine.base[:12] or '-'}")
+            raise Ended(Aborted(f"peer {m} sent a {codec} {msg.kind} shard from base {base[:12] or '-'}; this attempt "
+                              f"sends {self.mine.codec} from base {self.mine.base[:12] or '-'}"))
         try:
             return compress.decode(self.mine.codec, msg.arrays, length)
         except compress.CodecError as e:
-            raise Interrupted(f"peer {m}: {msg.kind} shard {msg['shard']}: {e}") from None
+            raise Ended(Aborted(f"peer {m}: {msg.kind} shard {msg['shard']}: {e}")) from None

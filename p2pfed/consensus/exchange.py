@@ -7,8 +7,8 @@ dead_after_s) or is replaced by a newer group ends the exchange, and so does a `
 round by someone else (the round went on without this exchange). Whatever a member sends is
 validated by the caller's `accept` before it counts.
 
-The end of an exchange that cannot finish is an `Interrupted` exception, raised only inside
-collect() and caught in one place by its caller (AllReduce's attempt, the BatchNorm pool).
+An exchange that cannot finish ends as a value (ends.py: Aborted, Superseded, Overtaken), carried
+by `Ended` to the exchange's one handler (AllReduce's attempt, the BatchNorm pool).
 """
 from __future__ import annotations
 
@@ -16,20 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..net import clock, wire
+from .ends import Aborted, Ended, Overtaken, Superseded
 from .mailbox import Mailbox
-
-
-class Interrupted(Exception):
-    """An exchange cannot finish: why, who died, the commit that overtook it (if any), and
-    whether a newer attempt of the round superseded it (not a failure: its group is waiting)."""
-
-    def __init__(self, reason: str, dead: list[int] = (), commit: wire.Message | None = None,
-                 superseded: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.dead = list(dead)
-        self.commit = commit
-        self.superseded = superseded
 
 
 @dataclass(frozen=True)
@@ -58,7 +46,7 @@ class Scope:
 def collect(mailbox: Mailbox, kind: str, scope: Scope, deadline: float,
             accept: Callable[[int, wire.Message], None], allow_dead: bool = False) -> set[int]:
     """Hand each other member's `kind` message of this scope to accept(member, msg) as it
-    arrives (accept raises Interrupted to reject it); return the members that delivered.
+    arrives (accept raises Ended to reject it); return the members that delivered.
     With allow_dead, a member that dies is skipped instead of ending the exchange (a member
     that dies after the gather has already contributed)."""
     others = scope.others(mailbox.me)
@@ -73,22 +61,30 @@ def collect(mailbox: Mailbox, kind: str, scope: Scope, deadline: float,
             aborts = mailbox.get("abort", scope.round, scope.attempt)
             for m in others:
                 if m in aborts:
-                    raise Interrupted(f"peer {m} aborted: {aborts[m]['reason']}")
+                    raise Ended(Aborted(f"peer {m} aborted: {aborts[m]['reason']}"))
+            readies = mailbox.get("ready", scope.round)
+            for m in others:
+                # a member ready again since this attempt began, having seen it or a later one: it is
+                # not in this attempt (it ignores a group whose attempt it has already passed)
+                r = readies.get(m)
+                if r is not None and r.received > scope.since and r.header.get("tried", 0) >= scope.attempt > 0:
+                    raise Ended(Aborted(f"peer {m} has tried attempt {r['tried']} of round {scope.round}; this "
+                                        f"attempt {scope.attempt} is behind it"))
             if mailbox.groups(scope.round, scope.attempt):
-                raise Interrupted("a newer attempt was proposed", superseded=True)
+                raise Ended(Superseded())
         missing = [m for m in others if m not in done]
         dead = [m for m in missing if not mailbox.alive(m, scope.since)]
         if dead and not allow_dead:
-            raise Interrupted(f"peer {dead[0]} died (silent for {mailbox.dead_after_s} s)", dead)
+            raise Ended(Aborted(f"peer {dead[0]} died (silent for {mailbox.dead_after_s} s)", tuple(dead)))
         if not [m for m in missing if m not in dead]:
             return done
         if clock.now() > deadline:
-            raise Interrupted(f"no {kind} from {missing} within the exchange's deadline")
+            raise Ended(Aborted(f"no {kind} from {missing} within the exchange's deadline"))
         if scope.overtaken_by_commit:
             commits = mailbox.commits(scope.round)
             if commits:
                 newest = max(commits, key=lambda c: c["round"])
-                raise Interrupted(f"round {newest['round']} was committed by peer {newest.sender}", commit=newest)
+                raise Ended(Overtaken(newest, f"round {newest['round']} was committed by peer {newest.sender}"))
         mailbox.wait(deadline, watch=missing, since=scope.since)
 
 

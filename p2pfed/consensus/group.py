@@ -61,10 +61,13 @@ class GroupFormation:
         self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
         self._quorum_logged = 0.0
 
-    def ready(self, rnd: int, n_samples: int) -> None:
-        """Say I am ready for round rnd with weight n_samples, and leave it standing."""
+    def ready(self, rnd: int, n_samples: int, tried: int = 0) -> None:
+        """Say I am ready for round rnd with weight n_samples, and leave it standing. tried: the
+        last attempt of the round I took part in (a leader that was cut off while the others
+        tried attempts proposes above it, instead of an attempt they ignore as old)."""
         frames = wire.encode("ready", self.me, round=rnd, n_samples=int(n_samples), recipe=self.mb.recipe,
-                             protocol=recipe.PROTOCOL, **({"mask_key": self.mask_key} if self.mask_key else {}))
+                             protocol=recipe.PROTOCOL, **({"mask_key": self.mask_key} if self.mask_key else {}),
+                             **({"tried": int(tried)} if tried > 0 else {}))
         self.t.broadcast(self.all_peers, frames)
         self.t.announce(rnd, frames)
 

@@ -182,7 +182,11 @@ class Mailbox:
         return sorted(out, key=lambda am: am[0], reverse=True)
 
     def max_attempt(self, rnd: int) -> int:
-        return max((a for (_, r, a, _) in self._box if r == rnd and a >= 0), default=0)
+        """The highest attempt of round rnd I know of: filed messages of attempts, and the attempts
+        that peers say in their `ready` (`tried`) they have seen."""
+        filed = max((a for (_, r, a, _) in self._box if r == rnd and a >= 0), default=0)
+        tried = [m.header.get("tried", 0) for m in self.get("ready", rnd).values()]
+        return max([filed, *(t for t in tried if isinstance(t, int) and not isinstance(t, bool))])
 
     def put(self, msg: wire.Message) -> None:
         """File one of my own messages (e.g. my report), without validation."""
@@ -227,9 +231,12 @@ class Mailbox:
                 self._reborn_noted[peer] = reborn
                 self._log.log(("reborn", peer), logging.INFO, "peer %s restarted (a new process); the attempts "
                               "of its last life are lost", peer)
-            if (since is not None and reborn > since) or self._ready_at.get(peer, -float("inf")) < reborn:
+            # to an exchange that began after the restart, the member's new life is in the group on the
+            # proposer's word, even if its new `ready` has not reached me yet
+            if (since is not None and reborn > since) or \
+                    (since is None and self._ready_at.get(peer, -float("inf")) < reborn):
                 return False
-            if self._suspects.get(peer, float("inf")) < self._ready_at[peer]:
+            if self._suspects.get(peer, float("inf")) < self._ready_at.get(peer, -float("inf")):
                 # a death reported before its new life said ready was (most likely) its last life's
                 del self._suspects[peer]
         if not self._heard(peer, since):
@@ -239,6 +246,15 @@ class Mailbox:
         # a member that cannot hear it may still be cut off from it although I hear it again: it
         # stays out of groups for SUSPECT_HOLD_S, so the round goes on without it (it downloads)
         return suspected is None or (seen > suspected and clock.now() - suspected >= protocol.SUSPECT_HOLD_S)
+
+    def mask_key(self, peer: int) -> str | None:
+        """The mask key of the peer's latest `ready` (secure aggregation), unless that ready came
+        from a process before its last restart (a new process has a new key)."""
+        key = self.mask_keys.get(peer)
+        reborn = self.transport.reborn_at(peer)
+        if key is None or (reborn is not None and self._ready_at.get(peer, -float("inf")) < reborn):
+            return None
+        return key
 
     def live(self, peers: Iterable[int]) -> list[int]:
         """The alive peers I can work with: those with another recipe are left out."""

@@ -29,29 +29,21 @@ import numpy as np
 from ..net import clock, wire
 from . import secagg
 from .butterfly import Butterfly
-from .exchange import Interrupted, Scope, collect
+from .ends import Aborted, Ended, RolledBack
+from .exchange import Scope, collect
+from .faultpoints import FaultPoint
 from .mailbox import Mailbox
 
 CODEC = "m64"                   # part codec of a masked shard: uint64, fixed point mod 2^64
 
 
-class Rollback(Exception):
-    """A member of the attempt has seen a sum of this round: commit the round's starting state."""
-
-    def __init__(self, sealed: list[int]):
-        super().__init__(f"peers {sealed} have seen sums of this round; rolling back to the last committed round")
-        self.sealed = sealed
-
-
 @dataclass
 class Secure:
     """A peer's side of secure aggregation: its mask key, and the round it is sealed in (if any).
-    hook: fault injection at "seed" (before releasing my seed) and "reveal" (half my sums sent).
     persist(round): keeps the seal where a restarted process of this peer finds it (the peer
     writes it atomically next to its checkpoint), called before the seal counts."""
     key: secagg.MaskKey = field(default_factory=secagg.MaskKey)
     sealed_round: int = 0
-    hook: Callable[[int, str], None] = lambda rnd, point: None
     persist: Callable[[int], None] = lambda rnd: None
 
     def sealed(self, rnd: int) -> bool:
@@ -74,24 +66,26 @@ class Secure:
 
 def member_keys(mailbox: Mailbox, scope: Scope, mine: secagg.MaskKey, deadline: float) -> dict[int, str]:
     """member -> mask key, waiting (the exchange's deadline and dead-member rules) for members
-    whose `ready` with a key has not arrived yet. A key I cannot agree a pair key with (my own
-    key, a low-order point) ends the exchange, naming its peer."""
+    whose `ready` with a key has not arrived yet, or came from a process before its restart
+    (Mailbox.mask_key). A key I cannot agree a pair key with (my own key, a low-order point) ends
+    the exchange, naming its peer."""
     others = scope.others(mailbox.me)
     while True:
-        missing = [m for m in others if m not in mailbox.mask_keys]
+        known = {m: mailbox.mask_key(m) for m in others}
+        missing = [m for m in others if known[m] is None]
         if not missing:
-            keys = {mailbox.me: mine.public, **{m: mailbox.mask_keys[m] for m in others}}
+            keys = {mailbox.me: mine.public, **known}
             for m in others:
                 try:
                     mine.pair_key(keys[m])
                 except ValueError as e:
-                    raise Interrupted(f"peer {m}'s mask key is unusable ({e})") from None
+                    raise Ended(Aborted(f"peer {m}'s mask key is unusable ({e})")) from None
             return keys
         dead = [m for m in missing if not mailbox.alive(m, scope.since)]
         if dead:
-            raise Interrupted(f"peer {dead[0]} died before its mask key arrived", dead)
+            raise Ended(Aborted(f"peer {dead[0]} died before its mask key arrived", tuple(dead)))
         if clock.now() > deadline:
-            raise Interrupted(f"no mask key from {missing} (security.secure_aggregation: a peer sends it in `ready`)")
+            raise Ended(Aborted(f"no mask key from {missing} (security.secure_aggregation: a peer sends it in `ready`)"))
         mailbox.wait(deadline, watch=missing, since=scope.since)
 
 
@@ -124,9 +118,9 @@ def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Sc
     def take(m: int, msg: wire.Message) -> None:
         arr = msg.arrays[0]
         if msg.header.get("keys") != kd or arr.dtype != secagg.U64 or arr.shape != mine.shape:
-            raise Interrupted(f"peer {m} sent a {kind} vector {arr.dtype}{list(arr.shape)} with keys "
+            raise Ended(Aborted(f"peer {m} sent a {kind} vector {arr.dtype}{list(arr.shape)} with keys "
                               f"{str(msg.header.get('keys', '-'))[:12]}; expected masked uint64{list(mine.shape)} "
-                              f"with keys {kd[:12]}")
+                              f"with keys {kd[:12]}"))
         total[0] = secagg.wide_add(total[0], arr)
 
     collect(mailbox, kind, scope, deadline, take)
@@ -134,11 +128,12 @@ def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Sc
 
 
 def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...], mine, deadline: float,
-             secure: Secure, at_half: Callable[[], bool], post=None) -> tuple[dict, str]:
+             secure: Secure, faults, post=None) -> tuple[dict, str]:
     """The attempt's result (the weighted mean, decoded from fixed point; or post(mean)) and its
-    digest. Raises Interrupted (a redo) or Rollback (commit the round's starting state)."""
-    b = _MaskedButterfly(transport, mailbox, scope, mine, deadline, secure, weights)
-    corrupt = b.scatter(at_half)
+    digest. Ends with Ended(Aborted) (a redo) or Ended(RolledBack) (commit the round's starting
+    state). faults: at "exchange", "seed" and "reveal" (faultpoints.py)."""
+    b = _MaskedButterfly(transport, mailbox, scope, mine, deadline, secure, weights, faults)
+    corrupt = b.scatter()
     reduced = b.reduce(weights)
     return b.gather(reduced, corrupt, post)        # the reveal: butterfly.py's gather of float32 shards
 
@@ -147,13 +142,14 @@ class _MaskedButterfly(Butterfly):
     """The butterfly's attempt with a masked scatter and reduce; the gather is the plain one.
     The weights are known at the start: each member encodes its own weighted values."""
 
-    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine, deadline: float, secure: Secure,
-                 weights: tuple[int, ...]):
-        super().__init__(transport, mailbox, scope, mine, deadline)
-        self.secure, self.rnd, self.weights = secure, scope.round, weights
-        self.midway = lambda: secure.hook(self.rnd, "reveal")
+    REVEAL = True
 
-    def scatter(self, at_half: Callable[[], bool]) -> bool:
+    def __init__(self, transport, mailbox: Mailbox, scope: Scope, mine, deadline: float, secure: Secure,
+                 weights: tuple[int, ...], faults):
+        super().__init__(transport, mailbox, scope, mine, deadline, faults)
+        self.secure, self.rnd, self.weights = secure, scope.round, weights
+
+    def scatter(self) -> bool:
         """Send every other member its slice of my masked, weighted vector."""
         keys = member_keys(self.mb, self.scope, self.secure.key, self.deadline)
         self.kd = secagg.keys_digest([keys[m] for m in self.members])
@@ -163,20 +159,20 @@ class _MaskedButterfly(Butterfly):
             masked = secagg.masked_vector(self.mine.flat, weight, self.secure.key, self.me, keys, self.seed,
                                           self.rnd, self.scope.attempt, self.bounds)
         except secagg.RangeError as e:
-            raise Interrupted(f"my round state: {e}") from None
+            raise Ended(Aborted(f"my round state: {e}")) from None
         sealed = self._seen_sums()
         others = [j for j, m in enumerate(self.members) if m != self.me]
         corrupt = False
         for count, j in enumerate(others):
             if count == len(others) // 2:
-                corrupt = at_half()
+                corrupt = self._at_half()
             lo, hi = self.bounds[j]
             self.t.send(self.members[j], wire.encode("part", self.me, [masked[lo:hi]], **self.scope.fields(), shard=j,
                                                      members=self.members, codec=CODEC, keys=self.kd, sealed=sealed))
         lo, hi = self.bounds[self.pos]
         self._own = masked[lo:hi].copy()
         self._sealed = [self.me] if sealed else []
-        return at_half() if not others else corrupt
+        return self._at_half() if not others else corrupt
 
     def reduce(self, weights: tuple[int, ...]) -> np.ndarray:
         """The weighted mean of my slice: add every member's part (still self-masked; the weights
@@ -189,21 +185,21 @@ class _MaskedButterfly(Butterfly):
             arr = msg.arrays[0]
             if (msg["shard"] != self.pos or msg["members"] != self.members or wire.codec_of(msg) != CODEC
                     or msg.header.get("keys") != self.kd or arr.size != hi - lo):
-                raise Interrupted(f"peer {m} sent {wire.codec_of(msg)} shard {msg['shard']} of group {msg['members']} "
+                raise Ended(Aborted(f"peer {m} sent {wire.codec_of(msg)} shard {msg['shard']} of group {msg['members']} "
                                   f"({arr.size} values, keys {str(msg.header.get('keys', '-'))[:12]}); I expected "
-                                  f"{CODEC} shard {self.pos} of {self.members} ({hi - lo} values, keys {self.kd[:12]})")
+                                  f"{CODEC} shard {self.pos} of {self.members} ({hi - lo} values, keys {self.kd[:12]})"))
             if msg.header.get("sealed"):
                 self._sealed.append(m)
             np.add(total, arr, out=total)
 
         collect(self.mb, "part", self.scope, self.deadline, take_part)
         if self._sealed:
-            raise Rollback(sorted(self._sealed))
+            raise Ended(RolledBack(tuple(sorted(self._sealed))))
         if self._seen_sums():               # a sum of an earlier attempt arrived since my scatter: no `held`,
-            raise Interrupted("I received a sum of an earlier attempt of this round after sending my parts; "
-                              "my next parts say so (a rollback)")      # so nobody sends me a seed
+            raise Ended(Aborted("I received a sum of an earlier attempt of this round after sending my parts; "
+                                "my next parts say so (a rollback)"))      # so nobody sends me a seed
         self._barrier("held", {})
-        self.secure.hook(self.rnd, "seed")
+        self.faults.at(self.rnd, FaultPoint.SEED)
         seeds = {self.me: self.seed}
 
         def take_seed(m: int, msg: wire.Message) -> None:

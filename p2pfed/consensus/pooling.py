@@ -16,7 +16,8 @@ import numpy as np
 from ..net import clock, wire
 from . import digest as digest_mod
 from . import masked
-from .exchange import Interrupted, Scope, agree, collect
+from .ends import Aborted, Ended
+from .exchange import Scope, agree, collect
 from .mailbox import Mailbox
 from .secagg import RangeError
 
@@ -42,7 +43,7 @@ def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: 
             pooled = build(total)
             dg = digest_mod.digest(pooled)
             digests = agree(transport, mailbox, "bndigest", scope, dg, deadline)
-        except (Interrupted, RangeError) as stop:
+        except (Ended, RangeError) as stop:
             return f"round {rnd}: pooled BatchNorm statistics failed ({stop})"
         return _agreed(rnd, pooled, dg, digests)
     transport.broadcast(scope.others(mailbox.me), wire.encode("bnstats", mailbox.me, [mine], round=rnd))
@@ -51,8 +52,8 @@ def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: 
     def take(m: int, msg: wire.Message) -> None:
         arr = msg.arrays[0]
         if arr.shape != mine.shape or arr.dtype != np.float64:
-            raise Interrupted(f"peer {m} sent BatchNorm statistics of shape {list(arr.shape)} {arr.dtype}, "
-                              f"expected {list(mine.shape)} float64")
+            raise Ended(Aborted(f"peer {m} sent BatchNorm statistics of shape {list(arr.shape)} {arr.dtype}, "
+                              f"expected {list(mine.shape)} float64"))
         vectors[m] = arr
 
     try:
@@ -60,8 +61,8 @@ def pool(transport, mailbox: Mailbox, rnd: int, members: tuple[int, ...], mine: 
         pooled = build(combine([vectors[m] for m in scope.members]))
         dg = digest_mod.digest(pooled)
         digests = agree(transport, mailbox, "bndigest", scope, dg, deadline)
-    except Interrupted as stop:
-        return f"round {rnd}: pooled BatchNorm statistics failed ({stop.reason})"
+    except Ended as stop:
+        return f"round {rnd}: pooled BatchNorm statistics failed ({stop.end.reason})"
     return _agreed(rnd, pooled, dg, digests)
 
 

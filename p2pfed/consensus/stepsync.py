@@ -5,7 +5,8 @@ Each call is one gather of a small float64 vector from every member (exchange.co
 deadline, dead-member and abort rules as the averaging), numbered in call order (`seq`): every
 member makes the same calls in the same order, since they run the same model on the same number
 of steps. The sum is taken in member order in float64, so every member gets the same bytes.
-Anything wrong ends the step with exchange.Interrupted, which the attempt turns into a failure:
+Anything wrong ends the step with Ended(Aborted(...)) (ends.py), which crosses torch's forward or
+backward pass to the attempt's handler, which turns it into a failure:
 the members restore the round's starting state and redo it among the survivors.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from ..net import clock, wire
 from . import masked
-from .exchange import Interrupted, Scope, collect
+from .ends import Aborted, Ended
+from .exchange import Scope, collect
 from .mailbox import Mailbox
 from .secagg import RangeError
 
@@ -37,7 +39,7 @@ class StepSync:
                 total = masked.masked_sum(self.t, self.mb, self.secure, "bnsync", scope, mine,
                                           clock.now() + self.timeout_s)
             except RangeError as e:          # a sum beyond the fixed-point range
-                raise Interrupted(f"BatchNorm sums of call {scope.seq}: {e}") from None
+                raise Ended(Aborted(f"BatchNorm sums of call {scope.seq}: {e}")) from None
             self.mb.drop("bnsync", scope.round, scope.attempt, scope.seq)
             return total
         self.t.broadcast(scope.others(self.mb.me), wire.encode("bnsync", self.mb.me, [mine], **scope.fields()))
@@ -46,8 +48,8 @@ class StepSync:
         def take(m: int, msg: wire.Message) -> None:
             arr = msg.arrays[0]
             if arr.shape != mine.shape:
-                raise Interrupted(f"peer {m} sent BatchNorm sums of length {arr.size} in call {scope.seq}, "
-                                  f"expected {mine.size}")
+                raise Ended(Aborted(f"peer {m} sent BatchNorm sums of length {arr.size} in call {scope.seq}, "
+                                  f"expected {mine.size}"))
             got[m] = arr
 
         collect(self.mb, "bnsync", scope, clock.now() + self.timeout_s, take)

@@ -1,6 +1,7 @@
 """Wire and sockets: what travels between peers and how. Knows nothing of models, torch or rounds.
 
     protocol.py    the protocol's constants: limits, value ranges, fixed intervals (seconds)
+    clock.py       the protocol's one clock (the simulator's virtual clock replaces it)
     wire.py        messages: a msgpack header + raw buffers; validation of untrusted frames
     transport.py   the one class the rest of p2pfed talks to the network through
     netthread.py   the network thread that owns every socket: heartbeats, validation, answers

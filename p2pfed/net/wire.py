@@ -50,7 +50,8 @@ KINDS: dict[str, dict[str, type]] = {
 OPTIONAL: dict[str, dict[str, type]] = {
     "hb":      {"life": str},                  # a random id of the sender's process: a new one = it restarted
     "ready":   {"mask_key": str,               # secure aggregation: my X25519 mask key (64 hex)
-                "protocol": int},              # the sender's protocol number (consensus/recipe.py); absent = 1
+                "protocol": int,               # the sender's protocol number (consensus/recipe.py); absent = 1
+                "tried": int},                 # the last attempt of the round the sender took part in; absent = 0
     "part":    {"codec": str, "base": str,     # codec: "f32" (absent), "f16", "i8" or "m64"; base: the anchor's digest
                 "keys": str, "sealed": bool},  # m64: the digest of the members' mask keys; whether I saw a sum
     "reduced": {"codec": str, "base": str},

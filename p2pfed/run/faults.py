@@ -15,27 +15,21 @@ one, so it does not crash again.
 """
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import resource
 import signal
 import time
 
+from ..consensus.faultpoints import FaultPoint
 from .exitcodes import ExitCode
 
 log = logging.getLogger("p2pfed.run.faults")
 
+__all__ = ["CRASH_EXIT_CODE", "FaultInjector", "FaultPoint", "SIGNALS"]
+
 CRASH_EXIT_CODE = int(ExitCode.INJECTED_CRASH)   # so launch.py can tell an injected crash apart
 SIGNALS = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}
-
-
-class FaultPoint(str, enum.Enum):
-    TRAIN = "train"
-    EXCHANGE = "exchange"
-    SEED = "seed"                   # secure aggregation: every part held, before releasing my self-mask seed
-    REVEAL = "reveal"               # secure aggregation: with half of my slice's sums sent
-    BETWEEN_ROUNDS = "between-rounds"
 
 
 class FaultInjector:

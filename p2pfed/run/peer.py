@@ -160,7 +160,7 @@ class Peer:
         self.secure = None
         if cfg.security.secure_aggregation:
             # the seal outlives this process: a restart in the same round must not take part in a sum over fewer
-            self.secure = Secure(hook=self.faults.at, persist=lambda rnd: checkpoints.save_seal(
+            self.secure = Secure(persist=lambda rnd: checkpoints.save_seal(
                 self.checkpoint_dir, self.id, rnd))
             if self.resume:
                 self.secure.sealed_round = checkpoints.load_seal(self.checkpoint_dir, self.id)

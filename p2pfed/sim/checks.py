@@ -60,6 +60,12 @@ class Checks:
                 self._fail(f"peer {life.peer} trained {self.healed[life.peer]} rounds since its links healed or it "
                            f"restarted, and was a member of none (at most {HEAL_ROUNDS})")
 
+    def cut(self, peers) -> None:
+        """Links of these peers were cut: the count for a peer that healed or restarted before waits
+        until the cut heals (a peer cannot be a member of rounds it cannot reach)."""
+        for p in peers:
+            self.healed.pop(p, None)
+
     def heal(self, peer: int) -> None:
         """The peer's links healed or its process restarted: it must be a member of one of the
         next HEAL_ROUNDS rounds it trains (rounds, not seconds: a slow peer's rounds are slow)."""

@@ -36,10 +36,10 @@ STAGES = {Progress.WAITING: "wait", Progress.TRAINING: "train", Progress.EXCHANG
 
 
 class Hook:
-    """The fault points of one life: the real code calls at(round, point) (AllReduce's
-    `exchange`, secure aggregation's `seed` and `reveal`); the driver calls it at `train`,
-    `wait`, `sync` and `between-rounds`. The plan decides: crash here, corrupt my copy
-    (`dissent`: returns True), or nothing."""
+    """The fault hook of one life (consensus/faultpoints.py): the real code calls at(round,
+    point) at `exchange`, `seed` and `reveal`; the loop here calls it at `train` and
+    `between-rounds`. The plan decides: crash here, corrupt my copy (`dissent`: returns True),
+    or nothing."""
 
     def __init__(self, sim, life: Life):
         self.sim, self.life = sim, life
@@ -65,7 +65,7 @@ def run_life(sim, life: Life) -> None:
     hook = Hook(sim, life)
     secure = None
     if sim.secure:
-        secure = Secure(key=MaskKey(), hook=hook.at)
+        secure = Secure(key=MaskKey())
         if sim.keep_seal:
             secure.sealed_round = disk.sealed_round
             secure.persist = lambda rnd: setattr(disk, "sealed_round", rnd)

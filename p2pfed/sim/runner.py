@@ -174,6 +174,7 @@ class Sim:
                 links = [(f.peer, o) for o in f.others] + ([] if f.one_way else [(o, f.peer) for o in f.others])
                 for a, b in links:
                     self.world.cut_link(a, b)
+                self.checks.cut((f.peer, *f.others))
                 self.world.at(self.world.now + f.delay_s, self._heal, f.peer, links)
             elif f.kind == "corrupt" and stage == "train":
                 self._fired.add(i)
