@@ -60,19 +60,5 @@ def test_kill_at_one_local_step_per_round_survivors_finish_exactly(tmp_path, pro
     assert all(r["members"] == survivors for r in s["rounds"][5:])
 
 
-def test_restarted_peer_downloads_the_consensus_and_rejoins_a_two_step_run(tmp_path, procs):
-    cfg, path = make_config(tmp_path, 4, train={**STEPS, "rounds": 40}, output={"checkpoint_every": 5})
-    add_faults(path, {"peer": 3, "round": 8, "phase": "train"})
-    run = tmp_path / "run"
-    ps = [start_peer(procs, path, i) for i in range(4)]
-    assert ps[3].wait(timeout=120) == CRASH_EXIT_CODE
-    again = start_peer(procs, path, 3, "--resume")
-    assert wait_all(ps[:3] + [again], 240) == [0, 0, 0, 0]
-    s = summary(run)
-    assert 3 not in s["rounds"][7]["members"]
-    last = s["rounds"][-1]
-    assert last["round"] == 40 and last["members"] == [0, 1, 2, 3] and last["digests_agree"]
-    events = [r["message"] for r in _records(run, 3, "event")]
-    assert any("restarted from checkpoint of round 5" in e for e in events), events
-    assert any("synced round" in e for e in events), events
-    check_round_exact(run, 40, [0, 1, 2, 3], [0, 1, 2, 3])
+# A restarted peer downloading and rejoining: tests/test_faults.py (real processes) and tests/test_sim.py (every
+# fault point, many schedules).

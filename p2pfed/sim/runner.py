@@ -247,7 +247,7 @@ class Sim:
         unexplained = [s for s in self.checks.stops if s[0] not in foreign and not (ended and RUN_ENDED in s[2])]
         late = {s[0] for s in self.checks.stops if ended and RUN_ENDED in s[2]}
         if unexplained:
-            return fail(f"peers stopped although a live majority was connected: "
+            return fail("peers stopped although a live majority was connected: "
                         + "; ".join(f"peer {p} life {n}: {why[:300]}" for p, n, why in unexplained))
         finals = {p: d for p, d in self.checks.finishes.items() if p not in foreign}
         live = [p for p in self.ids if p not in foreign | late and p not in stopped and self._meant_alive(p)]
