@@ -106,3 +106,41 @@ class SharedState:
         if served and msg.kind in ("ready", "group", "part") and msg["round"] <= served.round:
             return None if msg.kind == "ready" and msg["recipe"] != served.recipe else served.commit_frames
         return None
+
+
+class SharedView:
+    """The transport's side of SharedState (`self.shared`): what the network thread learnt, and
+    what it is to say. net/transport.py's Transport and the simulator's SimTransport share it."""
+    shared: SharedState
+
+    def last_seen(self, peer: int) -> float | None:
+        """When (monotonic) a valid message last came from this peer; None if never."""
+        return self.shared.last_seen(peer)
+
+    def said_bye(self, peer: int) -> bool:
+        """Whether this peer's last message was a `bye` (it stopped on purpose)."""
+        return self.shared.said_bye(peer)
+
+    def reborn_at(self, peer: int) -> float | None:
+        """When (monotonic) this peer was last heard from a new process of it (it restarted)."""
+        return self.shared.reborn_at(peer)
+
+    def heartbeat(self, peer: int) -> dict:
+        """A copy of this peer's last heartbeat header ({} if none yet)."""
+        return self.shared.heartbeat(peer)
+
+    # ------------------------------------------------------------------ what the network thread says
+    def set_status(self, **fields) -> None:
+        """What my heartbeats say: round, phase, committed."""
+        self.shared.set_status(**fields)
+
+    def serve(self, served: Served) -> None:
+        """Answer fetches and late peers from this committed round from now on."""
+        self.shared.serve(served)
+
+    def announce(self, rnd: int | None, frames: list | None = None) -> None:
+        """My standing `ready` for round rnd (None: withdrawn). The network thread re-sends it,
+        at most every READY_RESEND_S, to each peer whose heartbeat says it is in round rnd and
+        has not committed it: a ready lost on a link that was not up yet, or dropped by a peer
+        that was still rounds behind, is delivered anyway."""
+        self.shared.announce(rnd, frames)

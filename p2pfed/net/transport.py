@@ -22,7 +22,7 @@ import zmq
 from . import protocol, wire
 from .curve import CurveKeys
 from .netthread import RESET, STOP, NetworkThread
-from .shared import Served, SharedState
+from .shared import Served, SharedState, SharedView
 
 log = logging.getLogger("p2pfed.net.transport")
 
@@ -37,7 +37,7 @@ class BindError(RuntimeError):
     """The peer could not listen on its address (in use, not local, bad keys); says what to do."""
 
 
-class Transport:
+class Transport(SharedView):
     def __init__(self, me, peers, *, max_message_bytes: int, heartbeat_interval_s: float,
                  curve: CurveKeys | None = None):
         self.me = me
@@ -143,35 +143,3 @@ class Transport:
     @property
     def rejected(self) -> int:
         return self._thread.rejected
-
-    def last_seen(self, peer: int) -> float | None:
-        """When (monotonic) a valid message last came from this peer; None if never."""
-        return self.shared.last_seen(peer)
-
-    def said_bye(self, peer: int) -> bool:
-        """Whether this peer's last message was a `bye` (it stopped on purpose)."""
-        return self.shared.said_bye(peer)
-
-    def reborn_at(self, peer: int) -> float | None:
-        """When (monotonic) this peer was last heard from a new process of it (it restarted)."""
-        return self.shared.reborn_at(peer)
-
-    def heartbeat(self, peer: int) -> dict:
-        """A copy of this peer's last heartbeat header ({} if none yet)."""
-        return self.shared.heartbeat(peer)
-
-    # ------------------------------------------------------------------ what the network thread says
-    def set_status(self, **fields) -> None:
-        """What my heartbeats say: round, phase, committed."""
-        self.shared.set_status(**fields)
-
-    def serve(self, served: Served) -> None:
-        """Answer fetches and late peers from this committed round from now on."""
-        self.shared.serve(served)
-
-    def announce(self, rnd: int | None, frames: list | None = None) -> None:
-        """My standing `ready` for round rnd (None: withdrawn). The network thread re-sends it,
-        at most every READY_RESEND_S, to each peer whose heartbeat says it is in round rnd and
-        has not committed it: a ready lost on a link that was not up yet, or dropped by a peer
-        that was still rounds behind, is delivered anyway."""
-        self.shared.announce(rnd, frames)

@@ -19,7 +19,7 @@ import traceback
 from typing import Callable
 
 from ..net import protocol, wire
-from ..net.shared import SharedState
+from ..net.shared import SharedState, SharedView
 from .world import Killed, World, greenlet
 
 log = logging.getLogger("p2pfed.sim.process")
@@ -139,7 +139,7 @@ class Life:
         raise Killed()
 
 
-class SimTransport:
+class SimTransport(SharedView):
     """Transport's interface over the simulated network (net/transport.py has the real one)."""
 
     def __init__(self, life: Life, peer_ids: list[int]):
@@ -193,27 +193,6 @@ class SimTransport:
 
     def reset_link(self, dest: int) -> None:
         self.world.trace.add(self.world.now, f"reset link {self.id}->{dest}")
-
-    def last_seen(self, peer: int) -> float | None:
-        return self.shared.last_seen(peer)
-
-    def said_bye(self, peer: int) -> bool:
-        return self.shared.said_bye(peer)
-
-    def reborn_at(self, peer: int) -> float | None:
-        return self.shared.reborn_at(peer)
-
-    def heartbeat(self, peer: int) -> dict:
-        return self.shared.heartbeat(peer)
-
-    def set_status(self, **fields) -> None:
-        self.shared.set_status(**fields)
-
-    def serve(self, served) -> None:
-        self.shared.serve(served)
-
-    def announce(self, rnd: int | None, frames: list | None = None) -> None:
-        self.shared.announce(rnd, frames)
 
     # ------------------------------------------------------------------ the network thread's side
     def deliver(self, sender: int, data: list[bytes]) -> None:
