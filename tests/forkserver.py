@@ -40,7 +40,7 @@ def _preload() -> None:
     import zmq  # noqa: F401
 
     import p2pfed.run.cli  # noqa: F401
-    import p2pfed.run.peer  # noqa: F401
+    import p2pfed.run.node.peer  # noqa: F401
 
 
 def _send(fd: int, msg: dict) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from p2pfed import config
 from p2pfed.consensus.averaging import is_float
-from p2pfed.run.preflight import free_ports
+from p2pfed.run.launch.preflight import free_ports
 
 FAST = dict(
     data={"dataset": "synthetic", "synthetic_train": 1000, "synthetic_test": 300},

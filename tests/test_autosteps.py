@@ -12,7 +12,7 @@ from p2pfed import config
 from p2pfed.consensus import autosteps
 from p2pfed.learning import schedule
 from p2pfed.outputs import metrics
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 
 
 def test_local_steps_auto_is_the_default_steps_with_auto_steps_on(tmp_path):

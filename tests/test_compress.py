@@ -8,7 +8,7 @@ import pytest
 from helpers import add_faults, check_round_exact, load_post, load_pre, make_config, reference_mean, start_peer, summary, wait_all
 from p2pfed.consensus import compress, digest
 from p2pfed.net import protocol, wire
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 
 RNG = np.random.default_rng(0)
 

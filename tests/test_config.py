@@ -87,7 +87,7 @@ def test_parse_fault():
 
 
 def test_launch_presets_apply_before_explicit_options(tmp_path):
-    from p2pfed.run import launcher
+    from p2pfed.run.launch import launcher
     cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--preset", "seed", "--peers", "2",
                                                           "--run-dir", str(tmp_path)]))
     assert (cfg.model.pretrained, cfg.model.input_size, cfg.model.cifar_stem) == (True, 224, False)
@@ -98,7 +98,7 @@ def test_launch_presets_apply_before_explicit_options(tmp_path):
 
 
 def test_launch_lets_any_survivors_finish_on_one_host(tmp_path):
-    from p2pfed.run import launcher
+    from p2pfed.run.launch import launcher
     cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--run-dir", str(tmp_path)]))
     assert cfg.averaging.min_peers == 1
     assert config.load(ROOT / "peers.toml").averaging.min_peers == 0     # multi-host default: a majority

@@ -1,6 +1,6 @@
 """Every exit code has a help text; describe() names codes and signals."""
 from p2pfed.run.exitcodes import HELP, ExitCode, describe
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 
 
 def test_every_exit_code_has_a_help_text():

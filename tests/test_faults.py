@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import add_faults, check_round_exact, make_config, start_peer, summary, wait_all
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 5
@@ -164,7 +164,7 @@ def test_launch_without_a_quorum_fails_with_no_consensus_and_still_reports(tmp_p
 
 def test_slow_flag_and_table_make_a_peer_slow_and_bad_values_name_the_flag(tmp_path):
     from p2pfed import config
-    from p2pfed.run import launcher
+    from p2pfed.run.launch import launcher
     cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--peers", "3", "--slow", "2x3", "--slow", "1@4x2.5",
                                                              "--run-dir", str(tmp_path / "r")]))
     slow = [(f.peer, f.round, f.slow_factor) for f in cfg.faults if f.action == "slow"]

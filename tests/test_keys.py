@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from p2pfed import config
-from p2pfed.run import keys as security
+from p2pfed.run.node import keys as security
 
 CONFIG = """# my cluster
 [security]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pfed.run import liveview, preflight
+from p2pfed.run.launch import liveview, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from p2pfed import config
 from p2pfed.consensus.mailbox import Mailbox
 from p2pfed.net import protocol, wire
 from p2pfed.net.transport import Transport
-from p2pfed.run.preflight import free_ports
+from p2pfed.run.launch.preflight import free_ports
 
 
 def _ready(sender: int, rnd: int) -> list:

@@ -15,7 +15,7 @@ from torch import nn
 from helpers import add_faults, check_round_exact, make_config, start_peer, summary, wait_all
 from p2pfed import config
 from p2pfed.learning import augment, datasets, model, partition, syncbn
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 from test_syncbn import _Members
 
 

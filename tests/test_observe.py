@@ -22,9 +22,9 @@ from p2pfed.net.httpserve import HttpServer
 from p2pfed.outputs import tensorboard_sink
 from p2pfed.outputs.metrics import MetricsWriter
 from p2pfed.outputs.prometheus_sink import PrometheusSink
-from p2pfed.run import federation, watch
-from p2pfed.run.preflight import free_ports
-from p2pfed.run.status import StatusBoard
+from p2pfed.run.observe import federation, watch
+from p2pfed.run.launch.preflight import free_ports
+from p2pfed.run.observe.status import StatusBoard
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -190,7 +190,7 @@ def test_the_server_serves_a_bounded_number_of_connections_at_once():
 
 def test_a_restarted_peer_counts_on_from_its_first_life(tmp_path):
     from p2pfed import config
-    from p2pfed.run.observe import Observers
+    from p2pfed.run.observe.observers import Observers
     cfg = config.override(config.replace_peers(config.Config(), config.local_peers(2, free_ports(2))),
                           output={"metrics_port": free_ports(1)[0], "tensorboard": False})
     first = MetricsWriter(tmp_path / "metrics-0.jsonl", 0)

@@ -11,7 +11,7 @@ from p2pfed import config
 from p2pfed.consensus import digest, outer
 from p2pfed.learning import model
 from p2pfed.learning import train as training
-from p2pfed.run.state import capture_state, restore_state
+from p2pfed.run.node.state import capture_state, restore_state
 from test_dissent import _dissent
 
 

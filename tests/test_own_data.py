@@ -18,7 +18,7 @@ from p2pfed import config
 from p2pfed.consensus import recipe
 from p2pfed.learning import datasets, folders, model, photos
 from p2pfed.outputs import summary
-from p2pfed.run import sites
+from p2pfed.run.launch import sites
 
 
 def test_classes_map_by_name_whatever_a_site_holds(tmp_path):
@@ -244,7 +244,7 @@ def test_a_stream_with_more_broken_than_good_files_goes_on_with_the_good_ones(tm
 
 
 def test_launch_flags_for_own_data(tmp_path):
-    from p2pfed.run import launcher
+    from p2pfed.run.launch import launcher
     make_site(tmp_path / "s0", ["a", "b"], 2, 1, seed=0)
     # from the repo root, whose peers.toml says dataset = "cifar10", partition = "iid"
     cfg, _, _ = launcher.resolve_config(launcher.parse_args(

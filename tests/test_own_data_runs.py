@@ -15,7 +15,7 @@ from photo_sites import make_site
 
 from p2pfed import config
 from p2pfed.learning import folders
-from p2pfed.run import sites
+from p2pfed.run.launch import sites
 
 pytestmark = pytest.mark.slow
 

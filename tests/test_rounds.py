@@ -4,7 +4,7 @@ import pytest
 
 from helpers import add_faults, check_round_exact, make_config, round_records, start_peer, summary, wait_all
 from p2pfed.outputs import metrics
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 
 STEPS = {"local_steps": 2, "local_epochs": 0.0, "max_steps": 0}
 

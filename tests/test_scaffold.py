@@ -11,7 +11,7 @@ from helpers import reference_mean
 from p2pfed import config
 from p2pfed.consensus import roundstate
 from p2pfed.learning import capture, model, scaffold, train
-from p2pfed.run.state import capture_state, restore_state
+from p2pfed.run.node.state import capture_state, restore_state
 
 
 def _grads(net, values):

@@ -14,7 +14,7 @@ import pytest
 from helpers import add_faults, load_post, load_pre, make_config, peer_log, reference_mean, round_records, \
     start_peer, story, summary, wait_all
 from p2pfed.consensus import averaging, digest, secagg
-from p2pfed.run.faults import CRASH_EXIT_CODE
+from p2pfed.run.node.faults import CRASH_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent

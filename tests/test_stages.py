@@ -12,7 +12,7 @@ import zmq
 from helpers import add_faults, make_config, start_peer, wait_all
 from p2pfed.net import wire
 from p2pfed.outputs import metrics
-from p2pfed.run.stages import RoundStage, StageError, StageMachine, TRANSITIONS
+from p2pfed.run.node.stages import RoundStage, StageError, StageMachine, TRANSITIONS
 
 
 def test_every_stage_has_a_row_and_illegal_moves_raise():

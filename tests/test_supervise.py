@@ -11,9 +11,9 @@ import pytest
 
 from p2pfed import config
 from p2pfed.config import ConfigError
-from p2pfed.run import slurm
+from p2pfed.run.launch import slurm
 from p2pfed.run.exitcodes import ExitCode
-from p2pfed.run.supervise import RestartPolicy, Restart, Stay, Supervisor, decide, exit_status
+from p2pfed.run.launch.supervise import RestartPolicy, Restart, Stay, Supervisor, decide, exit_status
 
 P = RestartPolicy(max_restarts=3, first_delay_s=0.5, max_delay_s=4.0, stable_s=60.0)
 
@@ -96,7 +96,7 @@ def test_supervisor_passes_sigterm_on_and_restarts_nothing(tmp_path):
     script.write_text(CHILD)
     lives = tmp_path / "lives"
     lives.write_text("x\nx\n")          # the child's third life: it hangs until SIGTERM
-    code = ("import sys; from pathlib import Path; from p2pfed.run.supervise import *; "
+    code = ("import sys; from pathlib import Path; from p2pfed.run.launch.supervise import *; "
             f"sys.exit(Supervisor([sys.executable, {str(script)!r}, {str(tmp_path / 'm')!r}, {str(lives)!r}, "
             "'--hang'], 0, Path('m'), RestartPolicy()).run())")
     p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
@@ -176,7 +176,7 @@ def test_slurm_errors_name_the_variable_or_flag():
 
 
 def test_a_config_peer_keeps_its_data_dir_and_curve_keys_come_from_the_shared_directory(tmp_path):
-    from p2pfed.run.keys import keygen_for_peers
+    from p2pfed.run.node.keys import keygen_for_peers
     path = tmp_path / "slurm.toml"      # a [[peers]] entry for its data_dir alone: the step gives host and port
     sites = "".join(f'[[peers]]\nid = {k}\ndata_dir = "site{k}"\n\n' for k in range(5))
     path.write_text(f'[data]\ndataset = "folder"\npartition = "own"\n\n[security]\ncurve = true\n\n{sites}')
@@ -192,12 +192,12 @@ def test_a_config_peer_keeps_its_data_dir_and_curve_keys_come_from_the_shared_di
     assert me == 3 and cfg.peer(3).data_dir == "site3" and cfg.peer(3).host == "n2"
     assert all(len(p.public_key) == 40 for p in cfg.peers)
     assert cfg.security.secret_key_file == str(keys / "peer-{id}.key_secret")
-    from p2pfed.run.keys import load_keys
+    from p2pfed.run.node.keys import load_keys
     assert load_keys(cfg, 3).public == cfg.peer(3).public_key.encode()
 
 
 def test_a_warm_spare_becomes_the_command_it_is_given_and_an_unused_one_is_reaped(tmp_path):
-    from p2pfed.run.spare import Spare
+    from p2pfed.run.launch.spare import Spare
     spare = Spare()
     p = spare.become(["keygen", "--out", str(tmp_path / "k"), "--name", "x"], stdout=tmp_path / "out",
                      stderr=tmp_path / "err")

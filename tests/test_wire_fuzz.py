@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from p2pfed import config
 from p2pfed.net import wire
-from p2pfed.run.preflight import free_ports
+from p2pfed.run.launch.preflight import free_ports
 from p2pfed.net.netthread import NetworkThread
 from p2pfed.net.transport import Transport, TransportDown
 

@@ -19,7 +19,7 @@ from ..learning import augment, datasets, evaluate, model, photos, schedule
 from ..learning import train as training
 from ..outputs import checkpoint
 from ..outputs.metrics import MetricsWriter
-from . import own_data
+from .node import own_data
 
 log = logging.getLogger("p2pfed.run.centralized")
 

@@ -65,7 +65,7 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device, checkpo
     try:
         if from_slurm:
             import os
-            from . import slurm
+            from .launch import slurm
             cfg, peer_id = slurm.configure(cfg, dict(os.environ), base_port, keys_dir, peer_id)
             note = f"from the Slurm step of job {os.environ.get('SLURM_JOB_ID')}: peers " + ", ".join(
                 f"{p.id}@{p.host}:{p.port}" for p in cfg.peers)
@@ -83,7 +83,7 @@ def peer(config_path, peer_id, run_dir, resume, crash_at, quiet, device, checkpo
     run_dir = Path(run_dir or cfg.output.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if supervise:
-        from .supervise import RestartPolicy, Supervisor
+        from .launch.supervise import RestartPolicy, Supervisor
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format=f"%(asctime)s p2pfed supervisor of peer {peer_id}: %(message)s")
         argv = ["--config", config_path, "--run-dir", str(run_dir)]
@@ -121,7 +121,7 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
                      level=logging.DEBUG if cfg.output.log_level == "debug" else logging.INFO)
     if note:
         logging.getLogger("p2pfed.run.cli").info("%s", note)
-    from .peer import Peer
+    from .node.peer import Peer
     signal.signal(signal.SIGTERM, _stop_once)    # run the finally blocks
     signal.signal(signal.SIGINT, _stop_once)     # even where SIGINT was inherited as ignored
     try:
@@ -147,7 +147,7 @@ def _run_peer(cfg, peer_id: int, run_dir: Path, resume: bool, quiet: bool, devic
 @main.command(hidden=True)
 def spare() -> None:
     """A warm spare for a supervisor: imports, then becomes the peer it is told to be (spare.py)."""
-    from .spare import serve
+    from .launch.spare import serve
     sys.exit(serve(lambda argv: main.main(args=argv, prog_name="p2pfed")))
 
 
@@ -163,7 +163,7 @@ def keygen(out, name, config_path, n_peers) -> None:
     """Write a CURVE key pair and print its public key, or (--config) one per peer of a config,
     or (--peers N) N pairs for a Slurm step."""
     from ..net.curve import keygen as _keygen, read_key_file
-    from .keys import keygen_for_config, keygen_for_peers
+    from .node.keys import keygen_for_config, keygen_for_peers
     if n_peers:
         made = keygen_for_peers(n_peers, out)
         click.echo(f"{out}: key pairs for peers 0..{n_peers - 1} ({made} new, {n_peers - made} kept). Put {out} on "
@@ -190,7 +190,7 @@ def keygen(out, name, config_path, n_peers) -> None:
 @click.pass_context
 def launch(ctx) -> None:
     """Start N local peers (same options as launch.py)."""
-    from .launcher import main as launcher_main
+    from .launch.launcher import main as launcher_main
     sys.exit(launcher_main(ctx.args))
 
 
@@ -270,7 +270,7 @@ def sites(data_dir, out, n_sites, partition, alpha, shards_per_site, seed) -> No
     """Write N demo site folders from one data set (train/ by the partition, test/ following each
     site's class mix), to rehearse a deployment: then `launch.py --data-dir OUT/site0 ...`."""
     from ..learning.folders import DataError
-    from . import sites as site_mod
+    from .launch import sites as site_mod
     try:
         manifest = site_mod.make_sites(data_dir, out, n_sites, partition, alpha, seed, shards_per_site)
     except (ConfigError, DataError) as e:
@@ -332,7 +332,7 @@ def watch(run_dir, peer_address, port, bind) -> None:
     """A live page of a federation: its peers, rounds, accuracy and faults."""
     import time
 
-    from . import watch as watch_mod
+    from .observe import watch as watch_mod
     if (run_dir is None) == (peer_address is None):
         _fail("give a RUN_DIR or --peer HOST:PORT (one of them)")
     try:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..consensus.outcome import Averaged, Committed
-from ..learning import balance as balancing
-from ..net import wire
-from ..outputs import atomic
+from ...consensus.outcome import Averaged, Committed
+from ...learning import balance as balancing
+from ...net import wire
+from ...outputs import atomic
 
 BALANCE_WINDOW = 3      # rounds of reports a member's speed is measured over (sample-target rounds)
 

@@ -21,8 +21,8 @@ import resource
 import signal
 import time
 
-from ..consensus.faultpoints import FaultPoint
-from .exitcodes import ExitCode
+from ...consensus.faultpoints import FaultPoint
+from ..exitcodes import ExitCode
 
 log = logging.getLogger("p2pfed.run.faults")
 

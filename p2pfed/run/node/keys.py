@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import Config, ConfigError
-from ..net.curve import CurveKeys, keygen, read_key_file
+from ...config import Config, ConfigError
+from ...net.curve import CurveKeys, keygen, read_key_file
 
 log = logging.getLogger("p2pfed.security")
 
@@ -30,8 +30,8 @@ def keygen_for_config(config_path: str, out_dir: str) -> dict[int, str]:
     """A key pair per peer of the config (peer-K.key, peer-K.key_secret; existing pairs are kept),
     and the config rewritten in place with each peer's public_key, security.curve = true and
     security.secret_key_file. Comments and other keys are left as they are. Returns id -> key."""
-    from ..config import load
-    from ..outputs import atomic
+    from ...config import load
+    from ...outputs import atomic
     cfg = load(config_path)
     keys = {}
     for p in cfg.peers:

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..outputs.metrics import read_from
-from .exitcodes import describe
-from .faults import CRASH_EXIT_CODE
+from ...outputs.metrics import read_from
+from ..exitcodes import describe
+from ..node.faults import CRASH_EXIT_CODE
 
 PLAIN_EVERY_S = 30.0     # without a terminal, a peer that makes progress gets a line this often
 

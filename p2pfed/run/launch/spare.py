@@ -63,8 +63,8 @@ def preload() -> None:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
-    from . import peer  # noqa: F401
-    from ..outputs import logs  # noqa: F401
+    from ..node import peer  # noqa: F401
+    from ...outputs import logs  # noqa: F401
 
 
 def serve(run) -> int:

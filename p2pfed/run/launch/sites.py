@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import config as config_mod
-from ..config import ConfigError
-from ..learning import folders
-from ..learning import partition as partitions
+from ... import config as config_mod
+from ...config import ConfigError
+from ...learning import folders
+from ...learning import partition as partitions
 
 
 def own_folders(cfg, dirs: list[str], partition: str | None):

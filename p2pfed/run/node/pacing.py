@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from ..consensus import autosteps
-from ..learning import schedule
+from ...consensus import autosteps
+from ...learning import schedule
 
 log = logging.getLogger("p2pfed.run.pacing")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .. import config
-from ..learning import datasets, folders
+from ... import config
+from ...learning import datasets, folders
 
 log = logging.getLogger("p2pfed.run.own_data")
 

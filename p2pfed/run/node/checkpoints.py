@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..consensus import digest, roundstate
-from ..consensus.outcome import Committed, RoundError
-from ..learning import model
-from ..outputs import atomic, checkpoint
+from ...consensus import digest, roundstate
+from ...consensus.outcome import Committed, RoundError
+from ...learning import model
+from ...outputs import atomic, checkpoint
 from .state import capture_state
 from .trainer import Trainer
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import click
 
-from .. import config as config_mod
-from ..config import ConfigError
-from ..outputs import atomic
+from ... import config as config_mod
+from ...config import ConfigError
+from ...outputs import atomic
 from . import preflight, sites
-from .exitcodes import ExitCode, describe
+from ..exitcodes import ExitCode, describe
 from .flags import options
 from .liveview import LiveView, PeerView
 from .spare import Spare
@@ -123,7 +123,7 @@ class Launcher:
         """--watch starts the live page; either way, one line says how to watch the run."""
         o = self.cfg.output
         if self.watch_port is not None:
-            from . import watch
+            from ..observe import watch
             self.watcher = watch.serve(watch.RunDirSource(self.run_dir), self.watch_port)
             page = f"live page {self.watcher.url}/"
         else:
@@ -332,7 +332,7 @@ def launch(**o) -> int:
                     watch_port=o["watch_port"], policy=policy).run()
     if o["report"] and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
         try:
-            from ..outputs import report
+            from ...outputs import report
             print(f"p2pfed: report: {report.render(run_dir)}", flush=True)
         except Exception as e:  # the run succeeded; a plotting problem must not hide that
             print(f"p2pfed: warning: the report could not be rendered ({type(e).__name__}: {e}); "

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from ..consensus import pooling
-from ..consensus.outcome import Committed
-from ..learning import augment, bnstats, capture, datasets, evaluate, partition
+from ...consensus import pooling
+from ...consensus.outcome import Committed
+from ...learning import augment, bnstats, capture, datasets, evaluate, partition
 
 log = logging.getLogger("p2pfed.run.evaluation")
 

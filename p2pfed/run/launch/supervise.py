@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..outputs.metrics import read_from
-from .exitcodes import ExitCode, describe
+from ...outputs.metrics import read_from
+from ..exitcodes import ExitCode, describe
 
 log = logging.getLogger("p2pfed.run.supervise")
 

@@ -18,7 +18,7 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
-from ..net.httpserve import HttpServer
+from ...net.httpserve import HttpServer
 from . import federation
 from .status import STATUS_EVERY_S
 

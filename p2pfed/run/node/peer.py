@@ -24,29 +24,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import config
-from ..consensus import compress, presence, recipe, roundstate
-from ..consensus.digest import digest as state_digest
-from ..consensus.allreduce import AllReduce, Progress
-from ..consensus.download import download
-from ..consensus.mailbox import Mailbox
-from ..consensus.masked import Secure
-from ..consensus.outcome import Averaged, Committed, Download, Failed, RoundError
-from ..consensus.stepsync import StepSync
-from ..learning import datasets, photos, schedule, train
-from ..learning import device as devices
-from ..net import protocol, wire
-from ..net.transport import Served, Transport
-from ..outputs import atomic
-from ..outputs.metrics import MetricsWriter
+from ... import config
+from ...consensus import compress, presence, recipe, roundstate
+from ...consensus.digest import digest as state_digest
+from ...consensus.allreduce import AllReduce, Progress
+from ...consensus.download import download
+from ...consensus.mailbox import Mailbox
+from ...consensus.masked import Secure
+from ...consensus.outcome import Averaged, Committed, Download, Failed, RoundError
+from ...consensus.stepsync import StepSync
+from ...learning import datasets, photos, schedule, train
+from ...learning import device as devices
+from ...net import protocol, wire
+from ...net.transport import Served, Transport
+from ...outputs import atomic
+from ...outputs.metrics import MetricsWriter
 from . import checkpoints, finish, own_data, reports
 from . import pacing as pacing_mod
 from . import state as state_mod
 from .evaluation import Evaluator
-from .exitcodes import describe
+from ..exitcodes import describe
 from .faults import FaultInjector, FaultPoint
 from .keys import exposure_warning, load_keys
-from .observe import Observers
+from ..observe.observers import Observers
 from .stages import RoundStage, StageMachine
 from .trainer import Trainer
 

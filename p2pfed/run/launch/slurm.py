@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, ConfigError, PeerSpec, replace_peers
+from ...config import Config, ConfigError, PeerSpec, replace_peers
 
 PORT_BASE = 20000           # the default base port is PORT_BASE + PORTS_PER_JOB x (job id mod JOBS) ...
 PORTS_PER_JOB = 40          # ... so that the steps of up to JOBS jobs on one node do not collide, and every
@@ -198,7 +198,7 @@ def _public_key(cfg: Config, keys_dir: str | None, pid: int) -> str:
     if not keys_dir:
         raise ConfigError(f"security.curve is on but peer {pid} has no public_key: give --keys DIR, the shared "
                           f"directory of the peers' key pairs (`p2pfed keygen --peers N --out DIR`)")
-    from ..net.curve import read_key_file
+    from ...net.curve import read_key_file
     path = Path(keys_dir) / f"peer-{pid}.key"
     if not path.is_file():
         raise ConfigError(f"--keys {keys_dir}: {path} is missing (the step has peer {pid}); make the keys for every "

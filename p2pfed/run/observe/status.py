@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..consensus.writer import valid_report
-from ..net.ratelimit import RateLimitedLog
-from ..outputs import atomic
+from ...consensus.writer import valid_report
+from ...net.ratelimit import RateLimitedLog
+from ...outputs import atomic
 from . import federation
 
 log = logging.getLogger("p2pfed.run.status")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .. import config
-from ..consensus import roundstate, writer
-from ..consensus.outcome import Committed
-from ..learning import capture, model
-from ..net import wire
-from ..outputs import checkpoint, summary
+from ... import config
+from ...consensus import roundstate, writer
+from ...consensus.outcome import Committed
+from ...learning import capture, model
+from ...net import wire
+from ...outputs import checkpoint, summary
 from .stages import RoundStage
 
 log = logging.getLogger("p2pfed.run.finish")
@@ -52,6 +52,6 @@ def write_outputs(peer) -> None:
     # the others may exit now: the slow INT8 work below needs nobody else
     peer.transport.broadcast(peer.ids, wire.encode("done", peer.id, round=peer.plan.rounds))
     if peer.cfg.output.quantize:
-        from ..outputs import comparison
+        from ...outputs import comparison
         peer.enter(RoundStage.QUANTIZE)
         comparison.run(peer.run_dir, calibration=peer.train_split, cfg=peer.cfg, writer=peer.id)

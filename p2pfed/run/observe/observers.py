@@ -17,10 +17,10 @@ import json
 import logging
 from pathlib import Path
 
-from .. import config
-from ..net.httpserve import HttpServer
-from ..outputs import tensorboard_sink
-from ..outputs.metrics import MetricsWriter, read
+from ... import config
+from ...net.httpserve import HttpServer
+from ...outputs import tensorboard_sink
+from ...outputs.metrics import MetricsWriter, read
 from .status import StatusBoard, StatusFile
 
 log = logging.getLogger("p2pfed.run.observe")
@@ -53,7 +53,7 @@ class Observers:
                                  on_consensus=lambda c: metrics.write("consensus", **c))
         metrics.add_sink(self.board.sink)
         if cfg.output.metrics_port:
-            from ..outputs.prometheus_sink import CONTENT_TYPE, PrometheusSink
+            from ...outputs.prometheus_sink import CONTENT_TYPE, PrometheusSink
             port = metrics_port(cfg, peer_id)
             self.prometheus = PrometheusSink(peer_id, live=self.board.live_counts)
             if resume:      # a restarted peer counts on from its first life, as summary.json does

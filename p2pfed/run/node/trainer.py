@@ -9,9 +9,9 @@ import time
 
 import torch
 
-from ..consensus import roundstate
-from ..learning import augment, capture, model, photos, scaffold, schedule, syncbn, train
-from ..outputs.metrics import MetricsWriter
+from ...consensus import roundstate
+from ...learning import augment, capture, model, photos, scaffold, schedule, syncbn, train
+from ...outputs.metrics import MetricsWriter
 from .faults import FaultInjector, FaultPoint
 from .state import capture_state, restore_state
 

@@ -9,8 +9,8 @@ import os
 import socket
 from pathlib import Path
 
-from ..config import ConfigError
-from ..learning import folders
+from ...config import ConfigError
+from ...learning import folders
 
 
 class PreflightError(ConfigError):

@@ -9,8 +9,8 @@ from collections import OrderedDict
 import numpy as np
 from torch import nn
 
-from ..consensus import outer, roundstate
-from ..learning import capture
+from ...consensus import outer, roundstate
+from ...learning import capture
 
 
 def capture_state(net: nn.Module, opt, tcfg, carried: dict | None = None, copy: bool = False,
