@@ -95,3 +95,86 @@ def test_a_peer_that_is_still_starting_is_printed_once_in_a_log(tmp_path):
     for _ in range(5):
         view.render()
     assert out.getvalue().splitlines() == ["peer 0: starting"]
+
+
+def test_offline_the_first_run_fails_once_before_any_peer_with_what_to_do(tmp_path):
+    """No data and no way to fetch it (a proxy on a closed port stands in for no internet): one
+    line saying so and what to pass instead, last; no peer started, no run directory, no report."""
+    closed = preflight.free_ports(1)[0]
+    proxy = f"http://127.0.0.1:{closed}"
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--peers", "5", "--dataset", "cifar10",
+                        "--run-dir", str(run)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**__import__("os").environ, "https_proxy": proxy, "http_proxy": proxy,
+                            "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""})
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: CIFAR-10 is not in data/"), p.stderr
+    assert "--dataset folder --data-dir" in err[0] and "--dataset synthetic" in err[0]
+    assert p.stdout.strip().splitlines() == ["p2pfed: fetching CIFAR-10 (163 MB) into data/, once, before the "
+                                             "peers start"], p.stdout
+    assert "Traceback" not in p.stderr and "Warning" not in p.stderr
+    assert not run.exists()
+
+
+def test_peers_sharing_a_folder_fetch_cifar10_once(tmp_path, monkeypatch):
+    """Processes that share a data folder take turns: one downloads, the others find its files."""
+    import threading
+    import time
+
+    import torchvision
+
+    from p2pfed.learning import fetch
+    calls, inside, most = [], [0], [0]
+
+    def fake_cifar10(root, train=True, download=False):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        calls.append(root)
+        time.sleep(0.3)
+        folder = Path(root) / fetch.CIFAR10_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in fetch.CIFAR10_FILES:
+            (folder / f).write_bytes(b"x")
+        inside[0] -= 1
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(fetch.cifar10(str(tmp_path / "data"))))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(got) == [False, False, False, True]          # one download, three found it
+    assert len(calls) == 1 and most[0] == 1
+
+
+def test_a_run_in_which_no_peer_trained_gets_no_report(tmp_path, monkeypatch, capsys):
+    """Peers that all stop before their first step (here: a stand-in launcher) leave no summary.md
+    and no `report:` line; the run's verdict is the last thing printed."""
+    import warnings
+
+    from p2pfed.run.launch import launcher
+    from p2pfed.outputs import report
+
+    class NoSteps:
+        def __init__(self, cfg, run_dir, *a, **k):
+            self.run_dir = run_dir
+
+        def run(self):
+            self.run_dir.mkdir(parents=True)
+            (self.run_dir / "metrics-0.jsonl").write_text(json.dumps({"type": "start", "t": 1.0}) + "\n")
+            print("p2pfed: failed: no consensus")
+            return 1
+
+    monkeypatch.setattr(launcher, "Launcher", NoSteps)
+    run = tmp_path / "run"
+    code = launcher.main(["--peers", "2", "--dataset", "synthetic", "--run-dir", str(run)])
+    out = capsys.readouterr().out
+    assert code == 1 and out.strip().splitlines()[-1] == "p2pfed: failed: no consensus", out
+    assert "report:" not in out and not (run / "summary.md").exists()
+    with warnings.catch_warnings():                  # and the report of such a run, asked for, warns nothing
+        warnings.simplefilter("error")
+        assert report.render(run).exists()

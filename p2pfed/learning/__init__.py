@@ -1,6 +1,7 @@
 """Learning: data, the model and local training. Torch; knows nothing of sockets or the protocol.
 
     folders.py     image folders on disk, archives unpacked once per machine (no torch)
+    fetch.py       CIFAR-10 downloaded into data_dir once, one process at a time (no torch until needed)
     datasets.py    CIFAR-10, image folders (labels by class name), synthetic data; a peer's partition or own folder
     photos.py      real photos of any size: training crops, the evaluation resize, decoding threads, the stream
     partition.py   partitions of the training set over the peers (pure)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import folders, photos
+from . import fetch, folders, photos
 from . import partition as partitions
 from .folders import IMAGE_EXTENSIONS, DataError, unpack_archive  # noqa: F401  (the data API in one place)
 
@@ -170,14 +170,14 @@ def image_folder(data_dir: str, split: str, cache_dir: str = "", classes: tuple[
 
 
 def cifar10(data_dir: str, split: str) -> Split:
-    """torchvision CIFAR-10, downloaded into data_dir where online."""
+    """torchvision CIFAR-10, fetched into data_dir once where online (fetch.py)."""
     import torchvision
+    fetch.cifar10(data_dir)
     try:
-        ds = torchvision.datasets.CIFAR10(data_dir, train=(split == "train"), download=True)
-    except Exception as e:  # URLError, socket errors, ...: offline and not cached
-        raise DataError(f"CIFAR-10 is not in {data_dir} and could not be downloaded ({type(e).__name__}: "
-                        f"{str(e)[:120]}); on an offline machine pass --dataset folder --data-dir <image folder "
-                        f"or .tar.xz>, or --dataset synthetic") from None
+        ds = torchvision.datasets.CIFAR10(data_dir, train=(split == "train"), download=False)
+    except RuntimeError as e:  # torchvision's checksum: a file of it was changed or cut short
+        raise DataError(f"CIFAR-10 in {data_dir}/{fetch.CIFAR10_FOLDER} cannot be read ({e}); delete that "
+                        f"folder to fetch it again") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return Split(np.asarray(ds.targets, dtype=np.int64), list(ds.classes), images=images)
 

@@ -3,6 +3,7 @@ unpacked once per machine. No torch: launch.py checks the data with it before an
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -24,6 +25,29 @@ class MissingSplit(DataError):
     """The folder has no <split>/ (e.g. a site without a test folder)."""
 
 
+UNPACK_TIMEOUT_S = 1800.0   # the longest a process waits for another one's unpacking or download
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, what: str, timeout_s: float = UNPACK_TIMEOUT_S):
+    """Hold an exclusive lock on lock_path (created if missing) while the block runs: one process
+    at a time, released when the file closes, also if the holder crashes. Waiting longer than
+    timeout_s is a DataError that names what waited and the lock file."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DataError(f"{what}: another process has held {lock_path} for over {timeout_s:.0f} s; "
+                                    f"if none is still working on it, delete that file and retry") from None
+                time.sleep(0.2)
+        yield
+
+
 def _cache_root(cache_dir: str) -> Path:
     return Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "p2pfed"
 
@@ -38,9 +62,7 @@ def unpack_archive(archive: Path, cache_dir: str = "") -> Path:
     dest = _cache_root(cache_dir) / f"{archive.name.split('.')[0]}-{key}"
     if dest.is_dir():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)          # released when the file closes, also if we crash
+    with exclusive(dest.with_name(dest.name + ".lock"), f"unpacking {archive}"):
         if dest.is_dir():                          # another process unpacked it while we waited
             return dest
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")

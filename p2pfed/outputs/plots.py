@@ -24,6 +24,12 @@ def _save(fig, path: Path) -> Path:
     return atomic.publish(tmp, path)
 
 
+def _legend(ax, **kw) -> None:
+    """A legend if anything on ax has a label (a run with no steps yet has none: no warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _smooth(ys: list[float], window: int) -> list[float]:
     """Trailing moving average, so thousands of noisy steps read as a curve."""
     out, acc = [], 0.0
@@ -50,7 +56,7 @@ def plot_loss(recs: dict[int, list[dict]], out: Path) -> dict:
         a2.plot(minutes, loss, lw=1, label=f"peer {pid}")
     a1.set(title="Training loss per peer (moving average, 20 steps)", xlabel="epoch", ylabel="cross-entropy loss")
     a2.set(title="... against wall time", xlabel="minutes since start")
-    a1.legend(fontsize=8)
+    _legend(a1, fontsize=8)
     _save(fig, out)
     return {"peers": sorted(series), "points": {p: len(v[0]) for p, v in series.items()}}
 
@@ -82,7 +88,7 @@ def plot_partition(recs: dict[int, list[dict]], out: Path) -> dict:
     ax.invert_yaxis()
     ax.set(title="Training images per peer, by class (the partition)", xlabel="images")
     if n_classes:
-        ax.legend(fontsize=7, ncol=min(5, n_classes), loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        _legend(ax, fontsize=7, ncol=min(5, n_classes), loc="upper center", bbox_to_anchor=(0.5, -0.3))
     _save(fig, out)
     return {"peers": peers, "counts": {p: counts[p] for p in peers}}
 
@@ -110,7 +116,7 @@ def plot_accuracy(summ: dict, reference: list[dict] | None, out: Path, recs: dic
     data["minutes"] = pts
     a1.set(title="Test accuracy of the consensus model", xlabel="epoch", ylabel="accuracy (%)")
     a2.set(title="... against wall time", xlabel="minutes since start", ylabel="accuracy (%)")
-    a1.legend(fontsize=8)
+    _legend(a1, fontsize=8)
     _save(fig, out)
     return data
 
@@ -126,14 +132,14 @@ def plot_averaging(summ: dict, out: Path) -> dict:
     a1.plot(rounds, sync, style, ms=3, color="#c9c9c9", label="ready -> commit (incl. waiting for peers)")
     a1.plot(rounds, secs, style, ms=3, color="#dd8452", label="group -> commit (all-reduce + agreement)")
     a1.set(title="Synchronisation time per round (max over peers)", xlabel="round", ylabel="seconds", yscale="log")
-    a1.legend(fontsize=8)
+    _legend(a1, fontsize=8)
     a2.plot(rounds, mb, style, ms=3, color="#4c72b0", label="mean bytes sent per peer")
     fin = summ["final"]
     exchanged = fin.get("exchanged_bytes", fin["model_bytes"])     # summaries written before it existed
     what = "model size" if exchanged == fin["model_bytes"] else "averaged round state"
     a2.axhline(2 * exchanged / 1e6, color="k", ls="--", lw=1, label=f"2 x {what}")
     a2.set(title="Bytes sent per peer per round", xlabel="round", ylabel="MB")
-    a2.legend(fontsize=8)
+    _legend(a2, fontsize=8)
     _save(fig, out)
     return {"rounds": len(rounds), "averaging_s_median": quantile(secs, 0.5) if secs else None,
             "sync_s_median": quantile(sync, 0.5) if sync else None}
@@ -191,7 +197,7 @@ def plot_quant_accuracy(q: dict, out: Path) -> dict:
     ax.bar([i + 0.2 for i in x], agree, 0.4, label="top-1 agreement with fp32")
     ax.set_xticks(list(x), names, rotation=20, ha="right", fontsize=8)
     ax.set(title="fp32 vs INT8: accuracy and agreement", ylabel="%", ylim=(0, 105))
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(ax, fontsize=8, loc="lower right")
     _save(fig, out)
     return {"names": names, "accuracy": acc, "agreement": agree}
 

@@ -21,7 +21,7 @@ import click
 
 from ... import config as config_mod
 from ...config import ConfigError
-from ...outputs import atomic
+from ...outputs import atomic, metrics
 from . import preflight, sites
 from ..exitcodes import ExitCode, describe
 from .flags import options
@@ -216,10 +216,14 @@ class Launcher:
         if not summary.exists():
             print(f"p2pfed: failed: no consensus (no summary.json was written). See the peers' logs: {logs}",
                   flush=True)
+            said: dict[str, list[int]] = {}        # peers that stopped for one reason share a line
             for v in self.views.values():
                 why = _last_error(self.run_dir / f"peer-{v.id}.log")
                 if why:
-                    print(f"p2pfed:   peer {v.id}: {why}", flush=True)
+                    said.setdefault(why, []).append(v.id)
+            for why, ids in said.items():
+                who = f"peer {ids[0]}" if len(ids) == 1 else f"peers {', '.join(map(str, ids))}"
+                print(f"p2pfed:   {who}: {why}", flush=True)
             return ExitCode.FAILED
         s = json.loads(summary.read_text())
         acc = s["final"]["accuracy"]
@@ -245,6 +249,11 @@ class Launcher:
         return ExitCode.OK
 
 
+def _trained(run_dir: Path) -> bool:
+    """Some peer took a training step in this run (its metrics file has a `step` record)."""
+    return any(r.get("type") == "step" for recs in metrics.read_run(run_dir).values() for r in recs)
+
+
 def _last_error(log_path: Path) -> str:
     """The message of the last ERROR line of a peer's log ("" if none): why that peer stopped."""
     try:
@@ -255,8 +264,6 @@ def _last_error(log_path: Path) -> str:
         return ""
     errors = [l for l in tail if " ERROR " in l]
     return errors[-1].split(": ", 1)[-1][:300] if errors else ""
-
-
 
 
 # ---------------------------------------------------------------------------- the command
@@ -330,7 +337,7 @@ def launch(**o) -> int:
     policy = None if o["no_restart"] else RestartPolicy(max_restarts=o["max_restarts"])
     code = Launcher(cfg, run_dir, restarts, o["timeout_s"], _int_list("--gpus", o["gpus"]),
                     watch_port=o["watch_port"], policy=policy).run()
-    if o["report"] and any(run_dir.glob("metrics-*.jsonl")):   # a failed run gets its report too
+    if o["report"] and _trained(run_dir):   # a failed run gets its report too, one that never started none
         try:
             from ...outputs import report
             print(f"p2pfed: report: {report.render(run_dir)}", flush=True)

@@ -1,7 +1,7 @@
 """What launch.py checks before it starts any peer: the flags, the config, the data, the run
 directory and the ports. A mistake is one line that names the flag or key and what to do, exit
-code 2, no peer started and no report. An image-folder archive is unpacked here, once per
-machine, so the peers find it ready.
+code 2, no peer started and no report. The data is made ready here, once, so the peers find it:
+CIFAR-10 is downloaded (or found) and an image-folder archive is unpacked (once per machine).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from ...config import ConfigError
-from ...learning import folders
+from ...learning import fetch, folders
 
 
 class PreflightError(ConfigError):
@@ -87,8 +87,17 @@ def check_run_dir(run_dir: Path) -> None:
 def check_data(dcfg) -> None:
     """The data the peers will read exists and has the image-folder layout; an archive is
     unpacked now (once per machine; the peers then reuse it)."""
+    if dcfg.dataset == "cifar10":
+        if not fetch.have_cifar10(dcfg.data_dir):
+            print(f"p2pfed: fetching CIFAR-10 ({fetch.CIFAR10_MB} MB) into {dcfg.data_dir}/, once, before the "
+                  f"peers start", flush=True)
+        try:
+            fetch.cifar10(dcfg.data_dir)
+        except folders.DataError as e:
+            raise PreflightError(str(e)) from None
+        return
     if dcfg.dataset != "folder":
-        return          # synthetic needs nothing; cifar10 downloads into data_dir (and says so if offline)
+        return          # synthetic needs nothing
     if dcfg.partition == "own":
         return          # sites.own_folders has listed every peer's folder by its class names
     path = Path(dcfg.data_dir)
