@@ -1,7 +1,7 @@
 """Time for N peer processes to go from distinct MobileNetV2 models to the agreed average,
 p2pfed's butterfly all-reduce over ZeroMQ against torch.distributed gloo all_reduce, side by side.
 
-    python bench/averaging.py --peers 5 [--rounds 7] [--width-mult 1.0]
+    python -m bench.averaging --peers 5 [--rounds 7] [--width-mult 1.0]
 
 p2pfed time per round = ready -> commit with all peers ready together: from the moment the last
 peer is ready (it broadcasts `ready`) to the moment the last peer has committed (group, scatter,
@@ -12,18 +12,18 @@ Last line: RESULT peers=N p2pfed_ms=.. gloo_ms=.. ratio=.. bytes_per_peer=.. mod
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import harness
+
+SKIP = 1   # rounds skipped in every median: the first includes connection warm-up
 
 
-def _state(width: float, seed: int):
+def model_state(width: float, seed: int):
+    """A MobileNetV2 round state (numpy) of this width, its weights moved by a seeded draw: one per rank."""
     import torch
     from p2pfed import config
     from p2pfed.learning import model
@@ -38,7 +38,7 @@ def _state(width: float, seed: int):
 
 def connect(args, secure=None):
     """One bench worker's peer on the loopback, connected to all the others: (transport, mailbox,
-    AllReduce, peer ids, its state, the state's bytes). secure: a masked.Secure (bench/secagg.py)."""
+    AllReduce, peer ids, its state, the state's bytes). secure: a masked.Secure (bench.secagg)."""
     import logging
     import torch
     from p2pfed import config
@@ -51,7 +51,7 @@ def connect(args, secure=None):
     ports = json.loads(args.ports)
     peers = config.local_peers(len(ports), ports)
     acfg = config.AveragingConfig(heartbeat_interval_s=0.2, dead_after_s=5.0)
-    state = _state(args.width_mult, args.rank)
+    state = model_state(args.width_mult, args.rank)
     model_bytes = sum(a.nbytes for a in state.values())
     t = Transport(peers[args.rank], peers, max_message_bytes=protocol.max_message_bytes(model_bytes),
                   heartbeat_interval_s=acfg.heartbeat_interval_s)
@@ -63,6 +63,16 @@ def connect(args, secure=None):
     while len(mb.live(ids)) < len(peers) and time.monotonic() < deadline:
         mb.pump(0.05)
     return t, mb, ar, ids, state, model_bytes
+
+
+def close_when_all_committed(t, mb, ids: list[int], rank: int, rounds: int) -> None:
+    """Stay until every live peer has committed the last round (late peers may still need my
+    slices; at most 60 s), then close the transport."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(mb.committed(p) < rounds for p in mb.live(ids) if p != rank):
+        mb.pump(0.1)
+    time.sleep(0.5)
+    t.close()
 
 
 def worker_p2pfed(args) -> None:
@@ -81,12 +91,7 @@ def worker_p2pfed(args) -> None:
         t.set_status(committed=r)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF); th1=time.thread_time()
     print("CPU p2pfed user %.1f sys %.1f main-thread %.1f ms/round" % (1000*(cpu1.ru_utime-cpu0.ru_utime)/args.rounds, 1000*(cpu1.ru_stime-cpu0.ru_stime)/args.rounds, 1000*(th1-th0)/args.rounds), file=sys.stderr)
-    # stay until every peer has committed the last round (late peers may still need my slices)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(mb.committed(p) < args.rounds for p in mb.live(ids) if p != args.rank):
-        mb.pump(0.1)
-    time.sleep(0.5)
-    t.close()
+    close_when_all_committed(t, mb, ids, args.rank, args.rounds)
     print(json.dumps({"times": times, "bytes": sent, "ready_at": ready_at, "commit_at": commit_at,
                       "model_bytes": model_bytes,
                       "float_bytes": averaging.flatten(state).nbytes}), flush=True)
@@ -97,7 +102,7 @@ def worker_gloo(args) -> None:
     import torch.distributed as dist
     from p2pfed.consensus import averaging
     torch.set_num_threads(1)
-    flat = torch.from_numpy(averaging.flatten(_state(args.width_mult, args.rank)))
+    flat = torch.from_numpy(averaging.flatten(model_state(args.width_mult, args.rank)))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
                             world_size=args.world)
     times = []
@@ -112,29 +117,30 @@ def worker_gloo(args) -> None:
     print(json.dumps({"times": times}), flush=True)
 
 
-def run_workers(kind: str, n: int, rounds: int, width: float) -> list[dict]:
-    from p2pfed.run.preflight import free_ports
+def run(kind: str, n: int, rounds: int, width: float) -> list[dict]:
+    """n workers of kind (p2pfed or gloo) averaging for `rounds` rounds: what each one reported."""
+    from p2pfed.run.launch.preflight import free_ports
     ports = free_ports(n + 1)
-    procs = []
-    try:
-        for rank in range(n):
-            cmd = [sys.executable, __file__, "--worker", kind, "--rank", str(rank), "--world", str(n),
-                   "--rounds", str(rounds), "--width-mult", str(width), "--ports", json.dumps(ports[:n]),
-                   "--port", str(ports[n])]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True))
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if any(p.returncode for p in procs):
-        raise SystemExit(f"{kind} workers failed: {[p.returncode for p in procs]}")
-    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    argvs = [["--worker", kind, "--rank", str(rank), "--world", str(n), "--rounds", str(rounds),
+              "--width-mult", str(width), "--ports", json.dumps(ports[:n]), "--port", str(ports[n])]
+             for rank in range(n)]
+    return harness.run_workers("bench.averaging", argvs, what=f"{kind} workers", timeout_s=600)
+
+
+def ready_to_commit_ms(ws: list[dict], rounds: int) -> list[float]:
+    """Per round (the first SKIP skipped): ms from the last worker's ready to the last worker's
+    commit, wall clock across the processes."""
+    return [1000 * (max(w["commit_at"][r] for w in ws) - max(w["ready_at"][r] for w in ws))
+            for r in range(SKIP, rounds)]
+
+
+def slowest_ms(ws: list[dict], rounds: int) -> list[float]:
+    """Per round (the first SKIP skipped): the largest of the workers' own times, in ms."""
+    return [1000 * max(w["times"][r] for w in ws) for r in range(SKIP, rounds)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--width-mult", type=float, default=1.0)
@@ -149,13 +155,11 @@ def main() -> None:
     if args.worker == "gloo":
         return worker_gloo(args)
     n = args.peers
-    p = run_workers("p2pfed", n, args.rounds, args.width_mult)
-    g = run_workers("gloo", n, args.rounds, args.width_mult)
-    skip = 1   # the first round includes connection warm-up
-    p_ms = 1000 * statistics.median(max(w["commit_at"][r] for w in p) - max(w["ready_at"][r] for w in p)
-                                    for r in range(skip, args.rounds))
-    group_ms = 1000 * statistics.median(max(w["times"][r] for w in p) for r in range(skip, args.rounds))
-    g_ms = 1000 * statistics.median(max(w["times"][r] for w in g) for r in range(skip, args.rounds))
+    p = run("p2pfed", n, args.rounds, args.width_mult)
+    g = run("gloo", n, args.rounds, args.width_mult)
+    p_ms = statistics.median(ready_to_commit_ms(p, args.rounds))
+    group_ms = statistics.median(slowest_ms(p, args.rounds))
+    g_ms = statistics.median(slowest_ms(g, args.rounds))
     per_peer = statistics.median(w["bytes"][-1] for w in p)
     mb = p[0]["model_bytes"]
     print(f"{n} peers, model {mb / 1e6:.2f} MB ({p[0]['float_bytes'] / 1e6:.2f} MB floats), {args.rounds} rounds "
@@ -164,8 +168,9 @@ def main() -> None:
     print(f"p2pfed group -> commit (max over peers):      {group_ms:.1f} ms")
     print(f"torch.distributed gloo all_reduce:               {g_ms:.1f} ms median per round")
     print(f"bytes sent per peer per round: {per_peer / 1e6:.2f} MB = {per_peer / mb:.2f} x model")
-    print(f"RESULT peers={n} p2pfed_ms={p_ms:.1f} group_commit_ms={group_ms:.1f} gloo_ms={g_ms:.1f} ratio={p_ms / g_ms:.2f} "
-          f"bytes_per_peer={per_peer:.0f} model_bytes={mb}")
+    harness.result({"peers": n, "p2pfed_ms": f"{p_ms:.1f}", "group_commit_ms": f"{group_ms:.1f}",
+                    "gloo_ms": f"{g_ms:.1f}", "ratio": f"{p_ms / g_ms:.2f}", "bytes_per_peer": f"{per_peer:.0f}",
+                    "model_bytes": mb})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training throughput of the project's loop on each device, side by side in one run.
 
-    python bench/device_throughput.py [--devices cpu,cuda] [--batch 256] [--steps 30] [--width-mult 1.0]
+    python -m bench.device_throughput [--devices cpu,cuda] [--batch 256] [--steps 30] [--width-mult 1.0]
                                       [--precision bf16] [--threads 0]
 
 MobileNetV2 (CIFAR stem, channels-last) trained with train.train_steps on a stream of synthetic
@@ -9,19 +9,15 @@ uint8 images that live on the device (crop and flip there), as a peer does. Devi
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from p2pfed import config  # noqa: E402
-from p2pfed.learning import augment, datasets, model, train  # noqa: E402
-from p2pfed.learning import device as devices  # noqa: E402
+from bench import harness
+from p2pfed import config
+from p2pfed.learning import augment, datasets, model, train
+from p2pfed.learning import device as devices
 
 
 def img_s(dev: torch.device, args) -> float:
@@ -41,7 +37,7 @@ def img_s(dev: torch.device, args) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("--devices", default="cpu,cuda")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=30)
@@ -60,7 +56,7 @@ def main() -> None:
     for name, v in res.items():
         print(f"{name:<5} {statistics.median(v):9.0f} img/s  (trials {[round(x) for x in v]}), batch {args.batch}, "
               f"width {args.width_mult}, precision {args.precision if name == 'cuda' else 'fp32'}")
-    print("RESULT " + " ".join(f"{name}_img_s={statistics.median(v):.0f}" for name, v in res.items()))
+    harness.result({f"{name}_img_s": f"{statistics.median(v):.0f}" for name, v in res.items()})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Federated (5 IID peers, 5 Dirichlet(0.5) peers) against centralized training, at equal epochs,
 one run after another in this one process.
 
-    python bench/fed_vs_central.py [--data ../shared/data/cifar10-dev.tar.xz] [--epochs E]
+    python -m bench.fed_vs_central [--data ../shared/data/cifar10-dev.tar.xz] [--epochs E]
                                    [--peers 5] [--train-limit N] [--width-mult W] [--runs iid,dirichlet,central]
 
 Every run uses the defaults of peers.toml's recipe (or --config), the same epochs and the same
@@ -12,36 +12,27 @@ Last line: RESULT iid_acc=.. dirichlet_acc=.. central_acc=.. iid_vs_central=.. d
 """
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import harness
 
 
 def federated(args, run: Path, partition: str) -> list[tuple[float, float]]:
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--dataset", "folder",
-           "--data-dir", args.data, "--partition", partition, "--alpha", "0.5", "--epochs", str(args.epochs),
-           "--run-dir", str(run), "--no-report", "--no-quantize"]
-    cmd += ["--config", args.config] if args.config else []
-    cmd += ["--train-limit", str(args.train_limit)] if args.train_limit else []
-    cmd += ["--width-mult", str(args.width_mult)] if args.width_mult else []
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=run.parent)
-    if out.returncode != 0:
-        raise SystemExit(f"{partition} run failed ({out.returncode}):\n{out.stdout[-3000:]}")
-    s = json.loads((run / "summary.json").read_text())
+    flags = ["--peers", str(args.peers), "--dataset", "folder", "--data-dir", args.data, "--partition", partition,
+             "--alpha", "0.5", "--epochs", str(args.epochs), "--no-report", "--no-quantize"]
+    flags += ["--config", args.config] if args.config else []
+    flags += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+    flags += ["--width-mult", str(args.width_mult)] if args.width_mult else []
+    harness.launch(flags, run, what=f"{partition} run", cwd=run.parent)
+    s = harness.summary(run)
     return [(e["epoch"], e["accuracy"]) for e in s["evaluations"]]
 
 
 def central(args, run: Path) -> list[tuple[float, float]]:
     from p2pfed import config
-    from p2pfed.outputs import metrics
-    from p2pfed.run import launcher
+    from p2pfed.run.launch import launcher
     cfg, _, _ = launcher.resolve_config(launcher.parse_args(
         ["--peers", str(args.peers), "--dataset", "folder", "--data-dir", args.data, "--epochs", str(args.epochs),
          "--run-dir", str(run)] + (["--config", args.config] if args.config else [])
@@ -49,17 +40,13 @@ def central(args, run: Path) -> list[tuple[float, float]]:
         + (["--width-mult", str(args.width_mult)] if args.width_mult else [])))
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.toml").write_text(config.dumps_toml(cfg))
-    out = subprocess.run([sys.executable, "-m", "p2pfed", "centralized", "--config", str(run / "config.toml"),
-                          "--run-dir", str(run)], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"centralized run failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return [(r["epoch"], r["correct"] / r["total"]) for r in metrics.read(run / "metrics-central.jsonl")
-            if r["type"] == "round"]
+    harness.centralized(["--config", str(run / "config.toml")], run)
+    return [(r["epoch"], r["correct"] / r["total"]) for r in harness.central_rounds(run)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
+    ap = harness.parser(__doc__)
+    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
     ap.add_argument("--config", default="", help="base config (default: the built-in defaults)")
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--peers", type=int, default=5)
@@ -77,14 +64,14 @@ def main() -> None:
             print(f"{name:10s} wall {walls[name]:7.0f} s  accuracy by epoch: "
                   + "  ".join(f"{e:.2f}:{100 * a:.2f}%" for e, a in curves[name]), flush=True)
     final = {k: v[-1][1] if v else float("nan") for k, v in curves.items()}
-    fields = [f"{k}_acc={100 * v:.2f}" for k, v in final.items()]
+    fields = {f"{k}_acc": f"{100 * v:.2f}" for k, v in final.items()}
     if "iid" in final and "central" in final:
-        fields.append(f"iid_vs_central={100 * (final['iid'] - final['central']):+.2f}")
+        fields["iid_vs_central"] = f"{100 * (final['iid'] - final['central']):+.2f}"
     if "iid" in final and "dirichlet" in final:
-        fields.append(f"dirichlet_vs_iid={100 * (final['dirichlet'] - final['iid']):+.2f}")
+        fields["dirichlet_vs_iid"] = f"{100 * (final['dirichlet'] - final['iid']):+.2f}"
     print(f"dev test split, {args.epochs:g} epochs, {args.peers} peers" +
           (f", {args.train_limit} training images" if args.train_limit else ""))
-    print("RESULT " + " ".join(fields))
+    harness.result(fields)
 
 
 if __name__ == "__main__":

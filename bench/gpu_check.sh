@@ -54,7 +54,7 @@ tail -8 "$OUT/launch.log"
 [ "$DEVICE" = cpu ] || grep -h "starting on" "$OUT"/run/peer-*.log | head -2
 
 say "4. throughput, side by side"
-$PY bench/device_throughput.py --devices "cpu,$DEVICE" --width-mult "$WIDTH" --batch 256 --steps 20 \
+$PY -m bench.device_throughput --devices "cpu,$DEVICE" --width-mult "$WIDTH" --batch 256 --steps 20 \
     --threads "$(nproc)" 2>&1 | tail -3 | tee "$OUT/throughput.txt"
 
 say "5. result"

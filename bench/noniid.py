@@ -2,7 +2,7 @@
 partition, one after another, plus the centralized reference (`p2pfed centralized`), at equal
 epochs on the same data.
 
-    python bench/noniid.py [--data ../shared/data/cifar10-dev.tar.xz] [--train-limit 10000]
+    python -m bench.noniid [--data ../shared/data/cifar10-dev.tar.xz] [--train-limit 10000]
                            [--epochs 3] [--width-mult 0.5] [--peers 5]
                            [--modes base,sync] [--partitions iid,dir05,dir01,shards2] [--no-central]
 
@@ -21,17 +21,11 @@ RESULT iid=.. dir05=.. dir01=.. shards2=.. central=.. dir05_vs_iid=..
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-import smallrun  # noqa: E402
+from bench import harness
 
 MODES = {
     "base": {},
@@ -62,40 +56,31 @@ def run_mode(args, tmp: Path, mode: str, part: str) -> dict:
     kind, alpha = PARTITIONS[part]
     path = _config(tmp, mode, MODES[mode], args.extra)
     run = tmp / f"{mode}-{part}"
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
-           "--dataset", "folder", "--data-dir", args.data, "--partition", kind, "--alpha", str(alpha),
-           "--epochs", str(args.epochs), "--run-dir", str(run), "--no-report", "--no-quantize",
-           "--width-mult", str(args.width_mult)]
-    cmd += ["--train-limit", str(args.train_limit)] if args.train_limit else []
-    t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-    wall = time.monotonic() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"mode {mode} on {part} failed ({out.returncode}):\n{out.stdout[-3000:]}")
-    s = json.loads((run / "summary.json").read_text())
-    return {"acc": s["final"]["accuracy"], "wall_s": wall, "curve": [round(100 * e["accuracy"], 2)
+    flags = ["--peers", str(args.peers), "--config", str(path), "--dataset", "folder", "--data-dir", args.data,
+             "--partition", kind, "--alpha", str(alpha), "--epochs", str(args.epochs), "--no-report", "--no-quantize",
+             "--width-mult", str(args.width_mult)]
+    flags += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+    done = harness.launch(flags, run, what=f"mode {mode} on {part}", cwd=tmp)
+    s = harness.summary(run)
+    return {"acc": s["final"]["accuracy"], "wall_s": done.wall_s, "curve": [round(100 * e["accuracy"], 2)
                                                                     for e in s["evaluations"]]}
 
 
 def run_central(args, tmp: Path) -> dict:
     path = _config(tmp, "central", {}, args.extra)
     run = tmp / "central"
-    cmd = [sys.executable, "-m", "p2pfed", "centralized", "--config", str(path), "--run-dir", str(run),
-           "--epochs", str(args.epochs), "--dataset", "folder", "--data-dir", args.data,
-           "--width-mult", str(args.width_mult), "--batch-size", str(32 * args.peers)]
-    cmd += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+    flags = ["--config", str(path), "--epochs", str(args.epochs), "--dataset", "folder", "--data-dir", args.data,
+             "--width-mult", str(args.width_mult), "--batch-size", str(32 * args.peers)]
+    flags += ["--train-limit", str(args.train_limit)] if args.train_limit else []
     t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-    if out.returncode != 0:
-        raise SystemExit(f"centralized failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    from p2pfed.outputs import metrics
-    recs = [r for r in metrics.read(run / "metrics-central.jsonl") if r["type"] == "round"]
+    harness.centralized(flags, run, cwd=tmp)
+    recs = harness.central_rounds(run)
     return {"acc": recs[-1]["correct"] / recs[-1]["total"], "wall_s": time.monotonic() - t0,
             "curve": [round(100 * r["correct"] / r["total"], 2) for r in recs]}
 
 
 def main() -> None:
-    ap = smallrun.parser(__doc__)
+    ap = harness.small_run_parser(__doc__)
     ap.add_argument("--modes", default="base,sync")
     ap.add_argument("--partitions", default="iid,dir05,dir01,shards2")
     ap.add_argument("--result", default=None, help="the mode the RESULT line is about (default: the first)")
@@ -126,12 +111,12 @@ def main() -> None:
         print(f"{mode:<9}" + "".join(f"{a:9.2f}" for a in accs) + f"   {gaps:<20}  {walls}")
     chosen = args.result or modes[0]
     fields = {p: 100 * res[chosen, p]["acc"] for p in parts if (chosen, p) in res}
-    line = "RESULT mode=" + chosen + " " + " ".join(f"{p}={v:.2f}" for p, v in fields.items())
+    line = {"mode": chosen} | {p: f"{v:.2f}" for p, v in fields.items()}
     if central:
-        line += f" central={100 * central['acc']:.2f}"
+        line["central"] = f"{100 * central['acc']:.2f}"
     if "iid" in fields and "dir05" in fields:
-        line += f" dir05_vs_iid={fields['dir05'] - fields['iid']:+.2f}"
-    print(line)
+        line["dir05_vs_iid"] = f"{fields['dir05'] - fields['iid']:+.2f}"
+    harness.result(line)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ by class), federated, against one process training on the union of the three fol
 same recipe, epochs and image size, one after the other in this one run; then the photo loader
 against a plain torchvision ImageFolder + DataLoader loop, side by side.
 
-    python bench/own_data.py [--data ../shared/data/clothing-dev.tar] [--epochs E] [--size 128]
+    python -m bench.own_data [--data ../shared/data/clothing-dev.tar] [--epochs E] [--size 128]
                              [--width-mult 0.5] [--loader-steps 60] [--keep DIR] [--runs fed,central,loader]
 
     fed_acc       the consensus on the three sites' own test folders, pooled (= the 341 dev test photos)
@@ -20,21 +20,17 @@ RESULT fed_acc=.. central_acc=.. fed_vs_central_s=.. img_s_per_peer=.. loader_vs
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import harness
 
 
 def sites_of(args, work: Path) -> tuple[Path, list[Path]]:
     from p2pfed.learning import folders
-    from p2pfed.run import sites
+    from p2pfed.run.launch import sites
     root = folders.unpack_archive(Path(args.data), str(work / "cache")) if Path(args.data).is_file() \
         else Path(args.data)
     root = root / "clothing-dev" if (root / "clothing-dev").is_dir() else root
@@ -54,16 +50,11 @@ def federated(args, work: Path, dirs: list[Path]) -> dict:
     run = work / "fed"
     base = work / "photos.toml"
     base.write_text(f"[model]\ninput_size = {args.size}\n[output]\ntensorboard = false\n")
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(base), "--peers", str(len(dirs)),
-           *recipe_args(args), "--run-dir", str(run), "--no-quantize"]
+    flags = ["--config", str(base), "--peers", str(len(dirs)), *recipe_args(args), "--no-quantize"]
     for d in dirs:
-        cmd += ["--data-dir", str(d)]
-    t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-    wall = time.monotonic() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"federated run failed ({out.returncode}):\n{out.stdout[-3000:]}")
-    s = json.loads((run / "summary.json").read_text())
+        flags += ["--data-dir", str(d)]
+    wall = harness.launch(flags, run, what="federated run", cwd=work).wall_s
+    s = harness.summary(run)
     rates, rss = [], []
     for m in sorted(run.glob("metrics-*.jsonl")):
         images = train_s = 0.0
@@ -77,7 +68,7 @@ def federated(args, work: Path, dirs: list[Path]) -> dict:
     print(f"federated: wall {wall:.0f} s; pooled {100 * s['sites']['pooled']['accuracy']:.2f}%; per site "
           + ", ".join(f"peer {k} {100 * (v['accuracy'] or 0):.2f}% of {v['total']}" for k, v in s["sites"].items()
                       if k != "pooled")
-          + f"; by epoch: " + "  ".join(f"{e['epoch']:.1f}:{100 * e['accuracy']:.1f}%" for e in s["evaluations"]),
+          + "; by epoch: " + "  ".join(f"{e['epoch']:.1f}:{100 * e['accuracy']:.1f}%" for e in s["evaluations"]),
           flush=True)
     print(f"federated: per-site plot {run / 'plots' / 'sites.png'}", flush=True)
     return {"acc": s["final"]["accuracy"], "wall": wall, "img_s": sum(rates) / len(rates), "rss": max(rss),
@@ -88,15 +79,9 @@ def central(args, work: Path, root: Path, fed_run: Path) -> dict:
     run = work / "central"
     run.mkdir(exist_ok=True)
     # the federated run's resolved config: the same recipe, classes, epochs and global batch
-    cmd = [sys.executable, "-m", "p2pfed", "centralized", "--config", str(fed_run / "config.toml"),
-           "--run-dir", str(run), "--dataset", "folder", "--data-dir", str(root)]
-    t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.monotonic() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"centralized run failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    rounds = [json.loads(l) for l in (run / "metrics-central.jsonl").read_text().splitlines()]
-    rounds = [r for r in rounds if r["type"] == "round"]
+    wall = harness.centralized(["--config", str(fed_run / "config.toml"), "--dataset", "folder", "--data-dir",
+                                str(root)], run).wall_s
+    rounds = harness.central_rounds(run)
     print(f"central:   wall {wall:.0f} s; by epoch: "
           + "  ".join(f"{r['epoch']:.1f}:{100 * r['correct'] / r['total']:.1f}%" for r in rounds), flush=True)
     return {"acc": rounds[-1]["correct"] / rounds[-1]["total"], "wall": wall}
@@ -111,7 +96,7 @@ def loader(args, root: Path) -> float:
     from p2pfed import config
     from p2pfed.learning import augment, datasets, model, photos
     from p2pfed.learning import train as training
-    from p2pfed.run.presets import PRESETS
+    from p2pfed.run.launch.presets import PRESETS
     torch.set_num_threads(2)
     cfg = config.override(config.Config(), **PRESETS["photos"])
     cfg = config.override(cfg, model={"input_size": args.size, "width_mult": args.width_mult})
@@ -149,8 +134,8 @@ def loader(args, root: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "clothing-dev.tar"))
+    ap = harness.parser(__doc__)
+    ap.add_argument("--data", default=harness.shared_data("clothing-dev.tar"))
     ap.add_argument("--epochs", type=float, default=40.0)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--width-mult", type=float, default=0.5)
@@ -164,23 +149,23 @@ def main() -> None:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         root, dirs = sites_of(args, work)
-        fields = []
+        fields = {}
         fed = federated(args, work, dirs) if "fed" in runs else None
         if fed:
-            fields.append(f"fed_acc={100 * fed['acc']:.2f}")
+            fields["fed_acc"] = f"{100 * fed['acc']:.2f}"
         cen = central(args, work, root, fed["run"]) if "central" in runs and fed else None
         if cen:
-            fields.append(f"central_acc={100 * cen['acc']:.2f}")
-            fields.append(f"fed_vs_central_s={fed['wall'] / cen['wall']:.2f}")
+            fields["central_acc"] = f"{100 * cen['acc']:.2f}"
+            fields["fed_vs_central_s"] = f"{fed['wall'] / cen['wall']:.2f}"
         if fed:
-            fields.append(f"img_s_per_peer={fed['img_s']:.1f}")
+            fields["img_s_per_peer"] = f"{fed['img_s']:.1f}"
         if "loader" in runs:
-            fields.append(f"loader_vs_plain={loader(args, root):.2f}")
+            fields["loader_vs_plain"] = f"{loader(args, root):.2f}"
         if fed:
-            fields.append(f"peak_rss_mb={fed['rss']:.0f}")
+            fields["peak_rss_mb"] = f"{fed['rss']:.0f}"
     print(f"clothing-dev, {args.sites} sites (Dirichlet(0.5) by class), {args.epochs:g} epochs, {args.size} px, "
           f"width {args.width_mult}; accuracies on the dev test photos")
-    print("RESULT " + " ".join(fields))
+    harness.result(fields)
 
 
 if __name__ == "__main__":

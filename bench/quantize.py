@@ -1,6 +1,6 @@
 """fp32 vs INT8 on a consensus model: size, accuracy, agreement and latency, measured side by side.
 
-    python bench/quantize.py RUN_DIR|MODEL.pt [--threads 1] [--test-images 10000] [--calibration-images 256]
+    python -m bench.quantize RUN_DIR|MODEL.pt [--threads 1] [--test-images 10000] [--calibration-images 256]
 
 Runs `p2pfed quantize` (the same function) on RUN_DIR/consensus.pt or on a model file in that
 format (e.g. central.pt), writing its files and quantization.json beside it, then prints the
@@ -10,15 +10,11 @@ last line: RESULT int8_size_ratio=.. acc_drop_pts=.. b1_ratio=.. b64_ratio=.. ag
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import harness
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("target", help="a run directory (its consensus.pt) or a model file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--test-images", type=int, default=10000)
@@ -34,9 +30,12 @@ def main() -> None:
     print("ops ONNX Runtime runs (fp32):", quantize.runtime_ops(comparison.model_file_of(args.target).with_suffix(".onnx"), args.threads))
     r = res["rows"]
     f, q = r["fp32 onnx"], r["int8 onnx static"]
-    print(f"RESULT int8_size_ratio={q['bytes'] / f['bytes']:.3f} acc_drop_pts={100 * (f['accuracy'] - q['accuracy']):.2f} "
-          f"b1_ratio={q['latency_ms_b1'] / f['latency_ms_b1']:.2f} b64_ratio={q['latency_ms_b64'] / f['latency_ms_b64']:.2f} "
-          f"agreement={q['agreement_with_fp32']:.3f} fp32_acc={f['accuracy']:.4f} threads={args.threads}")
+    harness.result({"int8_size_ratio": f"{q['bytes'] / f['bytes']:.3f}",
+                    "acc_drop_pts": f"{100 * (f['accuracy'] - q['accuracy']):.2f}",
+                    "b1_ratio": f"{q['latency_ms_b1'] / f['latency_ms_b1']:.2f}",
+                    "b64_ratio": f"{q['latency_ms_b64'] / f['latency_ms_b64']:.2f}",
+                    "agreement": f"{q['agreement_with_fp32']:.3f}", "fp32_acc": f"{f['accuracy']:.4f}",
+                    "threads": args.threads})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Why a default QDQ model is barely faster than fp32, and what closes the gap.
 
-    python bench/quantize_variants.py RUN_DIR|MODEL.pt [--threads 1] [--calibration-images 128] [--passes 3]
+    python -m bench.quantize_variants RUN_DIR|MODEL.pt [--threads 1] [--calibration-images 128] [--passes 3]
 
 Quantizes RUN_DIR/consensus.onnx, or MODEL.onnx beside MODEL.pt (written by `p2pfed quantize` or
-bench/quantize.py), several ways
+`python -m bench.quantize`), several ways
 and runs each in ONNX Runtime beside the fp32 model, in this process, round-robin:
     variant   what differs
     default   quantize_static's defaults: QDQ, int8 activations and weights (S8S8), per-tensor
@@ -17,20 +17,19 @@ Last line: RESULT default_b64=.. default_b1=.. p2pfed_b64=.. p2pfed_b1=.. p2pfed
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import harness
 
 
 def quantize_variant(prep: Path, src: Path, out: Path, cal, variant: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from p2pfed.outputs import quantize
-    reader = quantize._Calibration(cal)
+    reader = quantize.Calibration(cal)
     if variant == "default":
         quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ)
         return
@@ -66,7 +65,7 @@ def runtime_ops(path: Path, threads: int, level: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("target", help="a run directory (its consensus.pt) or a model file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calibration-images", type=int, default=128)
@@ -81,7 +80,7 @@ def main() -> None:
     model_file = comparison.model_file_of(args.target)
     fp32 = model_file.with_suffix(".onnx")
     if not fp32.exists():
-        sys.exit(f"{fp32} is missing: run `p2pfed quantize {args.target}` (or bench/quantize.py) first")
+        sys.exit(f"{fp32} is missing: run `p2pfed quantize {args.target}` (or python -m bench.quantize) first")
     _, meta = export.load_consensus(model_file)
     cfg = export.config_of(meta)
     torch.set_num_threads(args.threads)
@@ -125,9 +124,12 @@ def main() -> None:
     print(f"(latency: best of {args.passes} medians, over fp32 ONNX at level ALL; {args.threads} thread(s); "
           f"fp32 b1 {1000 * best['fp32', 1]:.2f} ms, b64 {1000 * best['fp32', 64]:.1f} ms; "
           f"agree: top-1 agreement with fp32 on the 64 timing images)")
-    print(f"RESULT default_b64={best['default', 64] / best['fp32', 64]:.2f} default_b1={best['default', 1] / best['fp32', 1]:.2f} "
-          f"p2pfed_b64={best['p2pfed', 64] / best['fp32', 64]:.2f} p2pfed_b1={best['p2pfed', 1] / best['fp32', 1]:.2f} "
-          f"p2pfed_noopt_b64={best['p2pfed, opt none', 64] / best['fp32', 64]:.2f} threads={args.threads}")
+    harness.result({"default_b64": f"{best['default', 64] / best['fp32', 64]:.2f}",
+                    "default_b1": f"{best['default', 1] / best['fp32', 1]:.2f}",
+                    "p2pfed_b64": f"{best['p2pfed', 64] / best['fp32', 64]:.2f}",
+                    "p2pfed_b1": f"{best['p2pfed', 1] / best['fp32', 1]:.2f}",
+                    "p2pfed_noopt_b64": f"{best['p2pfed, opt none', 64] / best['fp32', 64]:.2f}",
+                    "threads": args.threads})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Federated recipes side by side: the same peers, data and epochs, one real run (launch.py) per
 recipe, one after another.
 
-    python bench/recipes.py [--data ../shared/data/cifar10-dev.tar.xz] [--epochs 3] [--peers 5]
+    python -m bench.recipes [--data ../shared/data/cifar10-dev.tar.xz] [--epochs 3] [--peers 5]
                             [--train-limit 10000] [--width-mult 0.5] [--partition iid]
                             [--recipes base,outer,avgopt] [--local-steps 1,2,4]
 
@@ -17,17 +17,10 @@ Last line: RESULT base_acc=.. outer_acc=.. outer_vs_base=.. outer_bytes_ratio=..
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-import smallrun  # noqa: E402
+from bench import harness
 
 RECIPES = {
     "base": {},
@@ -47,25 +40,21 @@ def run_recipe(args, tmp: Path, name: str) -> dict:
     path = tmp / f"{name}.toml"
     path.write_text(config.dumps_toml(cfg))
     run = tmp / name
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
-           "--dataset", "folder", "--data-dir", args.data, "--partition", args.partition, "--alpha", "0.5",
-           "--epochs", str(args.epochs), "--run-dir", str(run), "--no-report", "--no-quantize"]
-    cmd += ["--train-limit", str(args.train_limit)] if args.train_limit else []
-    cmd += ["--width-mult", str(args.width_mult)] if args.width_mult else []
-    t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-    wall = time.monotonic() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"recipe {name} failed ({out.returncode}):\n{out.stdout[-3000:]}")
-    s = json.loads((run / "summary.json").read_text())
+    flags = ["--peers", str(args.peers), "--config", str(path), "--dataset", "folder", "--data-dir", args.data,
+             "--partition", args.partition, "--alpha", "0.5", "--epochs", str(args.epochs), "--no-report",
+             "--no-quantize"]
+    flags += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+    flags += ["--width-mult", str(args.width_mult)] if args.width_mult else []
+    wall = harness.launch(flags, run, what=f"recipe {name}", cwd=tmp).wall_s
+    s = harness.summary(run)
     rounds = s["rounds"]
-    sent = sum(sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) for r in rounds) / len(rounds)
+    sent = harness.bytes_per_peer_round(s)
     return {"acc": s["final"]["accuracy"], "wall": wall, "bytes": sent, "rounds": len(rounds),
             "curve": [(e["epoch"], e["accuracy"]) for e in s["evaluations"]]}
 
 
 def main() -> None:
-    ap = smallrun.parser(__doc__)
+    ap = harness.small_run_parser(__doc__)
     ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
     ap.add_argument("--local-steps", default="", help="e.g. 2,4,8 (default: the config's default)")
     ap.add_argument("--recipes", default="base,outer,avgopt")
@@ -83,15 +72,16 @@ def main() -> None:
                   f"{g['bytes'] / 1e6:.2f} MB/peer/round  by epoch: "
                   + "  ".join(f"{e:.2f}:{100 * a:.2f}%" for e, a in g["curve"]), flush=True)
     base = got["base"]
-    fields = [f"{n}_acc={100 * g['acc']:.2f}" for n, g in got.items()]
+    fields = {f"{n}_acc": f"{100 * g['acc']:.2f}" for n, g in got.items()}
     for n, g in got.items():
         if n != "base":
-            fields += [f"{n}_vs_base={100 * (g['acc'] - base['acc']):+.2f}",
-                       f"{n}_bytes_ratio={g['bytes'] / base['bytes']:.2f}", f"{n}_wall_ratio={g['wall'] / base['wall']:.2f}"]
+            fields |= {f"{n}_vs_base": f"{100 * (g['acc'] - base['acc']):+.2f}",
+                       f"{n}_bytes_ratio": f"{g['bytes'] / base['bytes']:.2f}",
+                       f"{n}_wall_ratio": f"{g['wall'] / base['wall']:.2f}"}
     print(f"dev test split, {args.partition}, {args.epochs:g} epochs, {args.peers} peers"
           + (f", {args.train_limit} training images" if args.train_limit else "")
           + (f", width {args.width_mult:g}" if args.width_mult else ""))
-    print("RESULT " + " ".join(fields))
+    harness.result(fields)
 
 
 if __name__ == "__main__":

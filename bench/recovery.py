@@ -1,6 +1,6 @@
 """Recovery: survivors going on without dead peers, and dead peers coming back by themselves.
 
-    python bench/recovery.py [--peers 5] [--dead-after-s 1.5] [--srun] [--quick]
+    python -m bench.recovery [--peers 5] [--dead-after-s 1.5] [--srun] [--quick]
 
 Part 1, survivors (small real runs: tiny MobileNetV2, synthetic data): no fault, 1 peer crashed
 in the exchange of round 2, 2 peers crashed there. Recovery = from the fault record of the dying
@@ -26,7 +26,6 @@ restart_vs_round=<max of restart_s / round_s> [srun_restart_s=<max> srun_member_
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -34,12 +33,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import harness
+from p2pfed import config
+from p2pfed.outputs import metrics
+from p2pfed.run.launch.preflight import free_ports
 
-from p2pfed import config  # noqa: E402
-from p2pfed.outputs import metrics  # noqa: E402
-from p2pfed.run.preflight import free_ports  # noqa: E402
+ROOT = harness.ROOT
+RUN_TIMEOUT_S = 600.0          # one small run (survivors or a restart)
 
 SMALL = dict(data={"dataset": "synthetic", "synthetic_train": 1000, "synthetic_test": 300},
              model={"width_mult": 0.1},
@@ -73,9 +73,10 @@ def survivors_run(n: int, dead_after_s: float, kills: list[int]) -> float:
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-recovery-"))
     path = write_config(tmp, n, train={"rounds": 3, "max_steps": 10, "local_epochs": 2.0},
                         averaging={"dead_after_s": dead_after_s, "heartbeat_interval_s": dead_after_s / 5})
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(n), "--config", str(path),
-           "--run-dir", str(tmp / "run"), "--no-report"] + [a for k in kills for a in ("--kill", f"{k}@2:exchange")]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    flags = ["--peers", str(n), "--config", str(path), "--no-report"]
+    flags += [a for k in kills for a in ("--kill", f"{k}@2:exchange")]
+    harness.launch(flags, tmp / "run", what=f"survivors run (killed: {kills or 'none'})", cwd=Path.cwd(),
+                   timeout_s=RUN_TIMEOUT_S)
     recs = metrics.read_run(tmp / "run")
     faults = [r["t"] for rs in recs.values() for r in rs if r["type"] == "fault"]
     start = min(faults) if faults else min(records(tmp / "run", "exchange", 2))
@@ -92,16 +93,15 @@ def restart_run(n: int, rounds: int, action: str, point: str, secure: bool, srun
     path.write_text(path.read_text() + f'\n[[faults]]\npeer = {victim}\nround = {DEATH_ROUND}\nphase = "{point}"\n'
                                        f'action = "{action}"\n')
     run = tmp / "run"
-    if srun_env is None:
-        cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(n), "--config", str(path), "--run-dir",
-               str(run), "--no-report"]
-        env = None
+    what = f"restart run ({SIGNAL_NAMES[action]} at {point}{', secagg' if secure else ''})"
+    if srun_env is None:                # its exit code is reported, not checked: a peer died in it
+        done = harness.launch(["--peers", str(n), "--config", str(path), "--no-report"], run, what=what,
+                              cwd=Path.cwd(), timeout_s=RUN_TIMEOUT_S, check=False)
     else:
         cmd = ["srun", "-n", str(n), "--overcommit", "--wait=0", "--kill-on-bad-exit=0", f"--chdir={tmp}",
                sys.executable, "-m", "p2pfed", "peer", "--config", str(path), "--from-slurm", "--supervise",
                "--quiet", "--run-dir", str(run)]
-        env = srun_env
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, env=env)
+        done = harness.run(cmd, run, what=what, cwd=Path.cwd(), env=srun_env, timeout_s=RUN_TIMEOUT_S, check=False)
     recs = metrics.read_run(run)
     mine = recs.get(victim, [])
     death = next(r["t"] for r in mine if r["type"] == "fault")
@@ -157,7 +157,7 @@ def worst(rows: list[dict], key: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--dead-after-s", type=float, default=1.5)
     ap.add_argument("--rounds", type=int, default=9, help="rounds of each restart run (death in round 3)")
@@ -184,15 +184,16 @@ def main() -> None:
     every = rows + srun_rows
     done = [r["restart_s"] for r in rows if r["restart_s"] is not None]
     ratio = max((r["restart_s"] / r["round_s"] for r in rows if r["restart_s"] and r["round_s"]), default=float("nan"))
-    line = (f"RESULT dead_after_s={args.dead_after_s} baseline_s={base:.2f} recover1_s={r1:.2f} recover2_s={r2:.2f} "
-            f"runs={len(every)} restart_s={worst(rows, 'restart_s'):.2f} "
-            f"restart_median_s={statistics.median(done) if done else float('nan'):.2f} "
-            f"member_s={worst(rows, 'member_s'):.2f} rejoin_rounds={worst(every, 'rejoin_rounds'):g} "
-            f"lost_rounds={sum(r['lost_rounds'] for r in every)} "
-            f"double_commits={sum(r['double_commits'] for r in every)} restart_vs_round={ratio:.2f}")
+    line = {"dead_after_s": args.dead_after_s, "baseline_s": f"{base:.2f}", "recover1_s": f"{r1:.2f}",
+            "recover2_s": f"{r2:.2f}", "runs": len(every), "restart_s": f"{worst(rows, 'restart_s'):.2f}",
+            "restart_median_s": f"{statistics.median(done) if done else float('nan'):.2f}",
+            "member_s": f"{worst(rows, 'member_s'):.2f}", "rejoin_rounds": f"{worst(every, 'rejoin_rounds'):g}",
+            "lost_rounds": sum(r["lost_rounds"] for r in every),
+            "double_commits": sum(r["double_commits"] for r in every), "restart_vs_round": f"{ratio:.2f}"}
     if srun_rows:
-        line += f" srun_restart_s={worst(srun_rows, 'restart_s'):.2f} srun_member_s={worst(srun_rows, 'member_s'):.2f}"
-    print(line)
+        line |= {"srun_restart_s": f"{worst(srun_rows, 'restart_s'):.2f}",
+                 "srun_member_s": f"{worst(srun_rows, 'member_s'):.2f}"}
+    harness.result(line)
 
 
 if __name__ == "__main__":

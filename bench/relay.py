@@ -1,10 +1,10 @@
 """A TCP relay that adds a fixed one-way delay to both directions (this kernel has no netem).
 
-    python bench/relay.py --listen 10.77.1.2:5550 --to 127.0.0.1:5550 --delay-ms 20
+    python -m bench.relay --listen 10.77.1.2:5550 --to 127.0.0.1:5550 --delay-ms 20
 
 Every connection accepted on --listen is forwarded to --to; every chunk read from either side is
 written to the other side --delay-ms after it was read, in order (a FIFO per direction), so the
-link keeps its bandwidth and gains latency. tests/netns.py starts one in each host's namespace,
+link keeps its bandwidth and gains latency. bench/netns.py starts one in each host's namespace,
 in front of that host's peer.
 """
 from __future__ import annotations

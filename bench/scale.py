@@ -1,23 +1,19 @@
 """Averaging time and bytes per peer against N, next to gloo all_reduce for the same N.
 
-    python bench/scale.py [--peers 5 10 20] [--width-mult 0.25] [--rounds 5] [--plot docs/scale.png]
+    python -m bench.scale [--peers 5 10 20] [--width-mult 0.25] [--rounds 5] [--plot docs/scale.png]
 
-Uses bench/averaging.py's workers (N real processes on loopback, one run of p2pfed then one of gloo
+Uses bench.averaging's workers (N real processes on loopback, one run of p2pfed then one of gloo
 per N). Last line: RESULT n=.. p2pfed_ms=.. gloo_ms=.. bytes_per_peer=.. (lists, in N order)
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from averaging import run_workers  # noqa: E402
+from bench import averaging, harness
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("--peers", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--width-mult", type=float, default=0.25)
     ap.add_argument("--rounds", type=int, default=5)
@@ -25,12 +21,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for n in args.peers:
-        p = run_workers("p2pfed", n, args.rounds, args.width_mult)
-        g = run_workers("gloo", n, args.rounds, args.width_mult)
-        # ready -> commit with every peer ready together, as in bench/averaging.py
-        p_ms = 1000 * statistics.median(max(w["commit_at"][r] for w in p) - max(w["ready_at"][r] for w in p)
-                                        for r in range(1, args.rounds))
-        g_ms = 1000 * statistics.median(max(w["times"][r] for w in g) for r in range(1, args.rounds))
+        p = averaging.run("p2pfed", n, args.rounds, args.width_mult)
+        g = averaging.run("gloo", n, args.rounds, args.width_mult)
+        # ready -> commit with every peer ready together, as in bench.averaging
+        p_ms = statistics.median(averaging.ready_to_commit_ms(p, args.rounds))
+        g_ms = statistics.median(averaging.slowest_ms(g, args.rounds))
         per_peer = statistics.median(w["bytes"][-1] for w in p)
         rows.append((n, p_ms, g_ms, per_peer, p[0]["model_bytes"]))
         print(f"N={n:3d}  p2pfed {p_ms:8.1f} ms  gloo {g_ms:8.1f} ms  ratio {p_ms / g_ms:5.2f}  "
@@ -50,9 +45,9 @@ def main() -> None:
         a2.set(title="Bytes sent per peer per round", xlabel="peers N", ylabel="x model size", ylim=(0, 2.5))
         a2.legend(fontsize=8)
         fig.savefig(args.plot, dpi=100, bbox_inches="tight")
-    print("RESULT n=" + ",".join(str(r[0]) for r in rows) + " p2pfed_ms=" + ",".join(f"{r[1]:.1f}" for r in rows)
-          + " gloo_ms=" + ",".join(f"{r[2]:.1f}" for r in rows)
-          + " bytes_per_peer=" + ",".join(f"{r[3]:.0f}" for r in rows) + f" model_bytes={rows[0][4]}")
+    harness.result({"n": ",".join(str(r[0]) for r in rows), "p2pfed_ms": ",".join(f"{r[1]:.1f}" for r in rows),
+                    "gloo_ms": ",".join(f"{r[2]:.1f}" for r in rows),
+                    "bytes_per_peer": ",".join(f"{r[3]:.0f}" for r in rows), "model_bytes": rows[0][4]})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Secure aggregation's cost: ready -> commit of N peer processes averaging full MobileNetV2 round
 states with security.secure_aggregation on and off, side by side in one run, and where its time goes.
 
-    python bench/secagg.py --peers 5 [--rounds 7] [--repeats 2] [--width-mult 1.0]
+    python -m bench.secagg --peers 5 [--rounds 7] [--repeats 2] [--width-mult 1.0]
 
 Time per round = from the moment the last peer is ready to the moment the last peer has committed,
 wall clock across the processes, median over rounds (the first skipped: connection warm-up) and
@@ -13,17 +13,12 @@ Last line: RESULT peers=N plain_ms=.. secagg_ms=.. ratio=.. plain_bytes=.. secag
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from averaging import _state, connect  # noqa: E402  (bench/averaging.py: a state per rank, a connected peer)
+from bench import harness
+from bench.averaging import close_when_all_committed, connect, model_state, ready_to_commit_ms
 
 
 def worker(args) -> None:
@@ -37,44 +32,26 @@ def worker(args) -> None:
         sent.append(res.bytes_sent)
         members = list(res.committed.members)     # each round averages the same inputs again
         t.set_status(committed=r)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(mb.committed(p) < args.rounds for p in mb.live(ids) if p != args.rank):
-        mb.pump(0.1)
-    time.sleep(0.5)
-    t.close()
+    close_when_all_committed(t, mb, ids, args.rank, args.rounds)
     print(json.dumps({"bytes": sent, "ready_at": ready_at, "commit_at": commit_at, "model_bytes": model_bytes}),
           flush=True)
 
 
-def run_workers(secure: bool, n: int, rounds: int, width: float) -> list[dict]:
-    from p2pfed.run.preflight import free_ports
+def run(secure: bool, n: int, rounds: int, width: float) -> list[dict]:
+    """n workers averaging the same states for `rounds` rounds, masked or not: what each one reported."""
+    from p2pfed.run.launch.preflight import free_ports
     ports = free_ports(n)
-    procs = []
-    try:
-        for rank in range(n):
-            cmd = [sys.executable, __file__, "--worker", "--rank", str(rank), "--rounds", str(rounds),
-                   "--width-mult", str(width), "--ports", json.dumps(ports)] + (["--secure"] if secure else [])
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True))
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if any(p.returncode for p in procs):
-        raise SystemExit(f"workers failed: {[p.returncode for p in procs]}")
-    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
-
-
-def round_ms(ws: list[dict], rounds: int) -> list[float]:
-    return [1000 * (max(w["commit_at"][r] for w in ws) - max(w["ready_at"][r] for w in ws)) for r in range(1, rounds)]
+    argvs = [["--worker", "--rank", str(rank), "--rounds", str(rounds), "--width-mult", str(width),
+              "--ports", json.dumps(ports)] + (["--secure"] if secure else []) for rank in range(n)]
+    return harness.run_workers("bench.secagg", argvs, what=f"{'secure' if secure else 'plain'} workers",
+                               timeout_s=600)
 
 
 def split_ms(n: int, width: float) -> dict:
     """One member's secure-aggregation work for the full vector, timed here (median of 3)."""
     import numpy as np
     from p2pfed.consensus import averaging, secagg
-    flat = averaging.flatten(_state(width, 0))
+    flat = averaging.flatten(model_state(width, 0))
     size, members = flat.size, list(range(n))
     keys = [secagg.MaskKey() for _ in members]
     public = {m: k.public for m, k in zip(members, keys)}
@@ -102,7 +79,7 @@ def split_ms(n: int, width: float) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=2)
@@ -119,8 +96,8 @@ def main() -> None:
     sent = {}
     for _ in range(args.repeats):
         for secure in (False, True):
-            ws = run_workers(secure, n, args.rounds, args.width_mult)
-            times[secure] += round_ms(ws, args.rounds)
+            ws = run(secure, n, args.rounds, args.width_mult)
+            times[secure] += ready_to_commit_ms(ws, args.rounds)
             sent[secure] = statistics.median(w["bytes"][-1] for w in ws)
             model = ws[0]["model_bytes"]
     plain, secure = statistics.median(times[False]), statistics.median(times[True])
@@ -136,9 +113,11 @@ def main() -> None:
     print(f"  exchange and the rest:              {exchange:8.1f} ms")
     print(f"bytes sent per peer per round: plain {sent[False] / 1e6:.2f} MB ({sent[False] / model:.2f} x model), "
           f"secure {sent[True] / 1e6:.2f} MB ({sent[True] / model:.2f} x model)")
-    print(f"RESULT peers={n} plain_ms={plain:.1f} secagg_ms={secure:.1f} ratio={secure / plain:.2f} "
-          f"keys_ms={split['keys']:.1f} prg_ms={split['prg']:.1f} fixed_point_ms={split['fixed_point']:.1f} "
-          f"exchange_ms={exchange:.1f} plain_bytes={sent[False]:.0f} secagg_bytes={sent[True]:.0f}")
+    harness.result({"peers": n, "plain_ms": f"{plain:.1f}", "secagg_ms": f"{secure:.1f}",
+                    "ratio": f"{secure / plain:.2f}", "keys_ms": f"{split['keys']:.1f}",
+                    "prg_ms": f"{split['prg']:.1f}",
+                    "fixed_point_ms": f"{split['fixed_point']:.1f}", "exchange_ms": f"{exchange:.1f}",
+                    "plain_bytes": f"{sent[False]:.0f}", "secagg_bytes": f"{sent[True]:.0f}"})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The deterministic simulator at scale: seeds with faults, broken protocols, and large groups.
 
-    python bench/simulate.py [--seeds 2000] [--workers 2] [--rounds 30] [--scale 16,32,64]
+    python -m bench.simulate [--seeds 2000] [--workers 2] [--rounds 30] [--scale 16,32,64]
 
 Part 1, seeds: `--seeds` runs of 5 peers, each of `--rounds` rounds with faults drawn from its
 seed (kills and restarts at every fault point, cut links, dissent, corrupted downloads, drops,
@@ -21,10 +21,10 @@ seeds_to_find=<max over the variants that were caught> missed=<variants not caug
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import time
 
+from bench import harness
 from p2pfed.sim import runner
 
 
@@ -90,7 +90,7 @@ def scale_part(sizes: list[int]) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--seeds", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
@@ -105,10 +105,10 @@ def main() -> None:
     peers_max = scale_part([int(x) for x in args.scale.split(",") if x])
     caught = [v for v in found.values() if v]
     missed = [k for k, v in found.items() if not v]
-    print(f"RESULT seeds={total['n']} violations={len(total['bad'])} limits={total['limits']} "
-          f"seeds_per_cpu_min={total['n'] / total['cpu'] * 60:.0f} events_per_s={total['events'] / total['cpu']:.0f} "
-          f"peers_max={peers_max} seeds_to_find={max(caught) if caught else 'none'} "
-          f"missed={','.join(missed) or 'none'}")
+    harness.result({"seeds": total["n"], "violations": len(total["bad"]), "limits": total["limits"],
+                    "seeds_per_cpu_min": f"{total['n'] / total['cpu'] * 60:.0f}",
+                    "events_per_s": f"{total['events'] / total['cpu']:.0f}", "peers_max": peers_max,
+                    "seeds_to_find": max(caught) if caught else "none", "missed": ",".join(missed) or "none"})
 
 
 if __name__ == "__main__":

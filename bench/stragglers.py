@@ -7,7 +7,7 @@ batch_size images), one run after the other on the same data. Three runs:
     slow-samples  one slow peer, --round-target samples: each round's images are shared out by
                   measured speed, so the slow peer takes smaller batches (learning/balance.py)
 
-    python bench/stragglers.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
+    python -m bench.stragglers [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
                                [--train-limit 10000] [--epochs 3] [--width-mult 0.5] [--slow 4x3]
 
 Prints wall time, final accuracy on the dev test split and the median time from ready to commit
@@ -20,36 +20,26 @@ peers / (peers - 1 + 1/factor) that is ideal on separate machines.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import smallrun  # noqa: E402
+from bench import harness
 
 
 def run(args, tmp: Path, name: str, extra: list[str]) -> dict:
     out_dir = tmp / name
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--dataset", "folder",
-           "--data-dir", args.data, "--train-limit", str(args.train_limit), "--epochs", str(args.epochs),
-           "--width-mult", str(args.width_mult), "--run-dir", str(out_dir), "--no-report", "--no-quantize", *extra]
-    t0 = time.monotonic()
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-    wall = time.monotonic() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"{name} failed ({res.returncode}):\n{res.stdout[-3000:]}")
-    s = json.loads((out_dir / "summary.json").read_text())
-    sync = sorted(r.get("sync_s", r["averaging_s"]) for r in s["rounds"])
+    flags = ["--peers", str(args.peers), "--dataset", "folder", "--data-dir", args.data, "--train-limit",
+             str(args.train_limit), "--epochs", str(args.epochs), "--width-mult", str(args.width_mult), "--no-report",
+             "--no-quantize", *extra]
+    wall = harness.launch(flags, out_dir, what=name, cwd=tmp).wall_s
+    s = harness.summary(out_dir)
+    sync = sorted(harness.sync_s(r) for r in s["rounds"])
     return {"wall_s": wall, "acc": s["final"]["accuracy"], "rounds": len(s["rounds"]),
             "sync_median_s": sync[len(sync) // 2], "faults": [f["handled"] for f in s["faults"]]}
 
 
 def main() -> None:
-    ap = smallrun.parser(__doc__)
+    ap = harness.small_run_parser(__doc__)
     ap.add_argument("--slow", default="4x3", help="launch.py --slow of the slow run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="p2pfed-stragglers-"))
@@ -66,8 +56,8 @@ def main() -> None:
     def vs(name):
         return res[name]["wall_s"] / fast["wall_s"], 100 * (res[name]["acc"] - fast["acc"])
     (ratio, delta), (steps_ratio, steps_delta) = vs("slow-samples"), vs("slow-steps")
-    print(f"RESULT slow_vs_fast={ratio:.2f} acc_delta_pts={delta:+.2f} slow_steps_vs_fast={steps_ratio:.2f} "
-          f"steps_acc_delta_pts={steps_delta:+.2f}")
+    harness.result({"slow_vs_fast": f"{ratio:.2f}", "acc_delta_pts": f"{delta:+.2f}",
+                    "slow_steps_vs_fast": f"{steps_ratio:.2f}", "steps_acc_delta_pts": f"{steps_delta:+.2f}"})
 
 
 if __name__ == "__main__":

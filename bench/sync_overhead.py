@@ -1,6 +1,6 @@
 """Share of a peer's wall time not spent in training steps, at several round sizes k.
 
-    python bench/sync_overhead.py [--data ../shared/data/cifar10-dev.tar.xz] [--ks 1 4 16]
+    python -m bench.sync_overhead [--data ../shared/data/cifar10-dev.tar.xz] [--ks 1 4 16]
                                   [--epochs 1] [--train-limit 0] [--width-mult 1.0]
 
 For each k: `launch.py --peers 5` on the dev CIFAR-10 for --epochs epochs in rounds of k local
@@ -13,15 +13,11 @@ Last line: RESULT k=.. overhead_pct=.. (per k) peak_rss_mb=..
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import harness
 
 
 def measure(run: Path) -> dict:
@@ -45,8 +41,8 @@ def measure(run: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
+    ap = harness.parser(__doc__)
+    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--train-limit", type=int, default=0)
@@ -57,22 +53,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2pfed-sync-") as tmp:
         for k in args.ks:
             run = Path(tmp) / f"k{k}"
-            cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--dataset", "folder",
-                   "--data-dir", args.data, "--epochs", str(args.epochs), "--local-steps", str(k),
-                   "--width-mult", str(args.width_mult), "--run-dir", str(run), "--no-report", "--no-quantize"]
+            flags = ["--peers", str(args.peers), "--dataset", "folder", "--data-dir", args.data, "--epochs",
+                     str(args.epochs), "--local-steps", str(k), "--width-mult", str(args.width_mult), "--no-report",
+                     "--no-quantize"]
             if args.train_limit:
-                cmd += ["--train-limit", str(args.train_limit)]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-            if out.returncode != 0:
-                raise SystemExit(f"k={k}: launch.py failed ({out.returncode}):\n{out.stdout[-2000:]}")
+                flags += ["--train-limit", str(args.train_limit)]
+            harness.launch(flags, run, what=f"k={k}: launch.py", cwd=Path(tmp))
             m = results[k] = measure(run)
             print(f"k={k:<3} rounds {m['rounds']:.0f}  wall {m['wall']:7.1f} s  train {100 * m['train'] / m['wall']:5.1f}%"
                   f"  sync {100 * m['sync'] / m['wall']:5.1f}%  eval {100 * m['eval'] / m['wall']:4.1f}%"
                   f"  other {100 * m['other'] / m['wall']:4.1f}%  averaging (median, group->commit) "
                   f"{1000 * m['averaging']:.0f} ms  peak RSS {m['rss']:.0f} MB (max {m['rss_max']:.0f})",
                   flush=True)
-    print("RESULT " + " ".join(f"k{k}_overhead_pct={100 * (1 - m['train'] / m['wall']):.1f}" for k, m in results.items())
-          + f" peak_rss_mb={max(m['rss_max'] for m in results.values()):.0f}")
+    harness.result({f"k{k}_overhead_pct": f"{100 * (1 - m['train'] / m['wall']):.1f}" for k, m in results.items()}
+                   | {"peak_rss_mb": f"{max(m['rss_max'] for m in results.values()):.0f}"})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What synchronized BatchNorm costs per training step, side by side in one run.
 
-    python bench/syncbn_cost.py [--peers 5] [--steps 20] [--width-mult 1.0] [--batch 32]
+    python -m bench.syncbn_cost [--peers 5] [--steps 20] [--width-mult 1.0] [--batch 32]
 
 N real processes, each a Transport + Mailbox on loopback, train MobileNetV2 on random images:
 first `--steps` steps with each peer's own BatchNorm (today's step), then `--steps` steps with
@@ -14,15 +14,11 @@ secure_ms=.. secure_vs_sync=..
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import harness
 
 
 def worker(args) -> None:
@@ -96,7 +92,7 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--width-mult", type=float, default=1.0)
@@ -107,22 +103,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    from p2pfed.run.preflight import free_ports
+    from p2pfed.run.launch.preflight import free_ports
     ports = free_ports(args.peers)
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--rank", str(r), "--ports", json.dumps(ports),
-                               "--steps", str(args.steps), "--width-mult", str(args.width_mult), "--batch",
-                               str(args.batch)], stdout=subprocess.PIPE, text=True, start_new_session=True)
-             for r in range(args.peers)]
-    try:
-        raw = [p.communicate(timeout=900)[0] for p in procs]
-        if any(p.returncode for p in procs):
-            raise SystemExit(f"workers failed: {[p.returncode for p in procs]}; see their stderr above")
-        outs = [json.loads(o.strip().splitlines()[-1]) for o in raw]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    argvs = [["--worker", "--rank", str(r), "--ports", json.dumps(ports), "--steps", str(args.steps),
+              "--width-mult", str(args.width_mult), "--batch", str(args.batch)] for r in range(args.peers)]
+    outs = harness.run_workers("bench.syncbn_cost", argvs, what="workers", timeout_s=900)
     skip = 2                    # warm-up steps
     med = {ph: 1000 * statistics.median(max(o[ph][i] for o in outs) for i in range(skip, args.steps))
            for ph in ("local", "sync", "bare", "secure")}
@@ -134,9 +119,10 @@ def main() -> None:
     print(f"{per} bare exchanges (no training):         {med['bare']:8.1f} ms = {med['bare'] / per:.2f} ms each")
     print(f"a synchronized step, sums masked (secagg):   {med['secure']:8.1f} ms ({med['secure'] / med['sync']:.2f}x "
           f"the plain synchronized step)")
-    print(f"RESULT peers={args.peers} local_ms={med['local']:.1f} sync_ms={med['sync']:.1f} "
-          f"sync_vs_local={med['sync'] / med['local']:.2f} exchange_ms={med['bare'] / per:.2f} exchanges_per_step={per} "
-          f"secure_ms={med['secure']:.1f} secure_vs_sync={med['secure'] / med['sync']:.2f}")
+    harness.result({"peers": args.peers, "local_ms": f"{med['local']:.1f}", "sync_ms": f"{med['sync']:.1f}",
+                    "sync_vs_local": f"{med['sync'] / med['local']:.2f}", "exchange_ms": f"{med['bare'] / per:.2f}",
+                    "exchanges_per_step": per, "secure_ms": f"{med['secure']:.1f}",
+                    "secure_vs_sync": f"{med['secure'] / med['sync']:.2f}"})
 
 
 if __name__ == "__main__":

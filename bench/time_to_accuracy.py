@@ -1,7 +1,7 @@
 """Accuracy against wall time: the default 5-peer run, candidate recipes, and the centralized run of
 the default recipe, one after another in this one process.
 
-    python bench/time_to_accuracy.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
+    python -m bench.time_to_accuracy [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
                                      [--partition iid|dirichlet] [--alpha 0.5]
                                      [--runs default,previous,central] [--train-limit N] [--epochs-scale F]
                                      [--budget-s 1200] [--plot docs/time-to-accuracy.png] [--keep DIR [--reuse]]
@@ -34,19 +34,15 @@ RESULT default_acc=.. default_train_s=.. central_acc=.. fed_vs_central_s=.. defa
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from p2pfed import config  # noqa: E402
-from p2pfed.outputs import metrics  # noqa: E402
+from bench import harness
+from p2pfed import config
+from p2pfed.outputs import metrics
 
 CANDIDATES = {
     "default": {},
@@ -82,11 +78,8 @@ def federated(args, name: str, run: Path) -> dict:
         print(f"{name}: reading the finished run in {run / 'run'} (--reuse)", flush=True)
         return read_federated(args, run)
     path = _config(args, CANDIDATES[name], run)
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--peers", str(args.peers), "--config", str(path),
-           "--run-dir", str(run / "run"), "--no-report", "--quantize"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"run {name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}")
+    harness.launch(["--peers", str(args.peers), "--config", str(path), "--no-report", "--quantize"], run / "run",
+                   what=f"run {name}", cwd=harness.ROOT)
     return read_federated(args, run)
 
 
@@ -95,7 +88,7 @@ def read_federated(args, run: Path) -> dict:
     recs = [r for p in range(args.peers) for r in metrics.read(run / "run" / f"metrics-{p}.jsonl")]
     start = min(r["t"] for r in recs if r["type"] == "step")
     rounds = {r["round"]: r["t"] for r in recs if r["type"] == "round"}
-    s = json.loads((run / "run" / "summary.json").read_text())
+    s = harness.summary(run / "run")
     curve = [((rounds[e["round"]] - start), e["epoch"], e["accuracy"]) for e in s["evaluations"]]
     res = {"curve": curve, "train_s": max(rounds.values()) - start, "acc": s["final"]["accuracy"],
            "agree": all(r["digests_agree"] for r in s["rounds"])}
@@ -107,10 +100,7 @@ def read_federated(args, run: Path) -> dict:
 
 def central(args, run: Path) -> dict:
     path = _config(args, {}, run)
-    out = subprocess.run([sys.executable, "-m", "p2pfed", "centralized", "--config", str(path), "--run-dir",
-                          str(run)], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"centralized run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    harness.centralized(["--config", str(path)], run)
     recs = metrics.read(run / "metrics-central.jsonl")
     start = min(r["t"] for r in recs if r["type"] in ("phase", "step"))
     curve = [(r["t"] - start, r["epoch"], r["correct"] / r["total"]) for r in recs if r["type"] == "round"]
@@ -140,8 +130,8 @@ def plot(results: dict, budget_s: float, path: Path, peers: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
+    ap = harness.parser(__doc__)
+    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--partition", choices=["iid", "dirichlet"], default="iid",
                     help="the federated runs' partitions (the centralized run reads all images alike)")
@@ -176,30 +166,30 @@ def main() -> None:
     if args.plot:
         skew = "IID" if args.partition == "iid" else f"Dirichlet({args.alpha:g})"
         plot(results, args.budget_s, Path(args.plot), f"{args.peers} {skew} peers")
-    out = []
+    out = {}
     d = results.get("default")
     if d:
-        out += [f"default_acc={100 * d['acc']:.2f}", f"default_train_s={d['train_s']:.0f}",
-                f"default_agree={d['agree']}"]
+        out |= {"default_acc": f"{100 * d['acc']:.2f}", "default_train_s": f"{d['train_s']:.0f}",
+                "default_agree": d["agree"]}
         if "int8_acc" in d:
-            out.append(f"default_int8_acc={100 * d['int8_acc']:.2f}")
+            out["default_int8_acc"] = f"{100 * d['int8_acc']:.2f}"
     c = results.get("central")
     if c:
         if d:
             within = [a for t, _, a in c["curve"] if t <= d["train_s"]]
-            out.append(f"central_acc={100 * (within[-1] if within else float('nan')):.2f}")
-            out.append(f"fed_vs_central_s={d['train_s'] / c['train_s']:.2f}")
-        out.append(f"central_final_acc={100 * c['acc']:.2f}")
+            out["central_acc"] = f"{100 * (within[-1] if within else float('nan')):.2f}"
+            out["fed_vs_central_s"] = f"{d['train_s'] / c['train_s']:.2f}"
+        out["central_final_acc"] = f"{100 * c['acc']:.2f}"
     for n, r in results.items():
         if n not in ("default", "central"):
-            out += [f"{n}_acc={100 * r['acc']:.2f}", f"{n}_train_s={r['train_s']:.0f}"]
+            out |= {f"{n}_acc": f"{100 * r['acc']:.2f}", f"{n}_train_s": f"{r['train_s']:.0f}"}
             if "int8_acc" in r:
-                out.append(f"{n}_int8_acc={100 * r['int8_acc']:.2f}")
+                out[f"{n}_int8_acc"] = f"{100 * r['int8_acc']:.2f}"
     print(f"dev test split, {args.peers} peers, {args.partition}"
           + (f"({args.alpha:g})" if args.partition == "dirichlet" else "")
           + (f", {args.train_limit} training images" if args.train_limit else "")
           + (f", epochs x {args.epochs_scale:g}" if args.epochs_scale != 1 else ""))
-    print("RESULT " + " ".join(out))
+    harness.result(out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training throughput: the project's loop, the speed-ups one might try, and the thread layouts of
 5 peers on this machine, all side by side in one run.
 
-    python bench/train_throughput.py [--batch 32] [--steps 20] [--trials 2] [--width-mult 1.0]
+    python -m bench.train_throughput [--batch 32] [--steps 20] [--trials 2] [--width-mult 1.0]
                                      [--variants plain,project,bf16,compile,batch64,observed]
                                      [--layouts peers5x1,procs2x1,central1x2,observed5x1] [--peers 5]
                                      [--layout-trials 1]
@@ -35,7 +35,6 @@ over that peak. Last line: RESULT ratio=<project/plain> ... peak_fraction=..
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import statistics
@@ -43,14 +42,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from p2pfed import config  # noqa: E402
-from p2pfed.learning import augment, datasets, model, train  # noqa: E402
+from bench import harness
+from p2pfed import config
+from p2pfed.learning import augment, datasets, model, train
 
 VARIANTS = ("plain", "project", "bf16", "compile", "batch64", "observed")
 LAYOUTS = ("peers5x1", "procs2x1", "central1x2", "observed5x1")
@@ -131,7 +128,7 @@ class Observed:
         from p2pfed.outputs.metrics import MetricsWriter
         from p2pfed.outputs.prometheus_sink import PrometheusSink
         from p2pfed.outputs.tensorboard_sink import TensorBoardSink
-        from p2pfed.run.status import StatusBoard, StatusFile
+        from p2pfed.run.observe.status import StatusBoard, StatusFile
         run_dir = Path(tempfile.mkdtemp(prefix="p2pfed-observed-"))
         self.opt, self.step, self.last = opt, 0, time.monotonic()
         self.metrics = MetricsWriter(run_dir / "metrics-0.jsonl", 0)
@@ -230,7 +227,7 @@ def train_flop_per_image(width: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser(__doc__)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--trials", type=int, default=2)
@@ -239,7 +236,7 @@ def main() -> None:
     ap.add_argument("--layout-trials", type=int, default=1, help="runs of each layout, alternating (median)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-dev.tar.xz"))
+    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     layouts = [v for v in args.layouts.split(",") if v]
@@ -277,19 +274,19 @@ def main() -> None:
     print(f"one training image: {flop_img / 1e6:.0f} MFLOP (forward + backward); machine peak "
           f"{peak / 1e9:.1f} GFLOP/s (fp32 matmul, {os.cpu_count()} threads); best layout "
           f"{best * flop_img / 1e9:.1f} GFLOP/s = {100 * fraction:.1f}% of it")
-    out = [f"ratio={med.get('project', float('nan')) / med['plain']:.3f}", f"plain_img_s={med['plain']:.1f}"]
-    out += [f"{v}_img_s={med[v]:.1f}" for v in variants if v != "plain"]
-    out += [f"{v}_vs_plain={med[v] / med['plain']:.3f}" for v in variants if v not in ("plain", "project")]
+    out = {"ratio": f"{med.get('project', float('nan')) / med['plain']:.3f}", "plain_img_s": f"{med['plain']:.1f}"}
+    out |= {f"{v}_img_s": f"{med[v]:.1f}" for v in variants if v != "plain"}
+    out |= {f"{v}_vs_plain": f"{med[v] / med['plain']:.3f}" for v in variants if v not in ("plain", "project")}
     if "observed" in med and "project" in med:
-        out.append(f"observed_vs_project={med['observed'] / med['project']:.3f}")
-        out.append(f"observed_record_fraction={statistics.median(in_sinks):.4f}")
+        out["observed_vs_project"] = f"{med['observed'] / med['project']:.3f}"
+        out["observed_record_fraction"] = f"{statistics.median(in_sinks):.4f}"
     if "observed5x1" in lay and "peers5x1" in lay:
-        out.append(f"observed5x1_vs_peers5x1={lay['observed5x1'] / lay['peers5x1']:.3f}")
+        out["observed5x1_vs_peers5x1"] = f"{lay['observed5x1'] / lay['peers5x1']:.3f}"
     if "compile" in runners:
-        out.append(f"compile_start_s={runners['compile'].start_s:.1f}")
-    out += [f"{name}_img_s={r:.1f}" for name, r in lay.items()]
-    out.append(f"peak_fraction={fraction:.3f}")
-    print("RESULT " + " ".join(out))
+        out["compile_start_s"] = f"{runners['compile'].start_s:.1f}"
+    out |= {f"{name}_img_s": f"{r:.1f}" for name, r in lay.items()}
+    out["peak_fraction"] = f"{fraction:.3f}"
+    harness.result(out)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The same small training over real links: N peers, each in its own network namespace on a
-bridge, the links shaped to a bandwidth (tc tbf) and delayed (a relay, bench/relay.py; this kernel
-has no netem). One run per profile, one after another, all on the same data and recipe.
+bridge (bench/netns.py), the links shaped to a bandwidth (tc tbf) and delayed (a relay,
+bench/relay.py; this kernel has no netem). One run per profile, one after another, all on the
+same data and recipe.
 
-    sudo python bench/wan.py [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
+    sudo python -m bench.wan [--data ../shared/data/cifar10-dev.tar.xz] [--peers 5]
                              [--train-limit 10000] [--epochs 3] [--width-mult 0.5]
                              [--profiles lan,100mbit-20ms,20mbit-50ms] [--recipes default,slowlink]
 
@@ -27,7 +28,6 @@ the shaped profiles.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -37,11 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-import smallrun  # noqa: E402
+from bench import harness
+from bench.netns import Hosts
 
 RECIPES = {
     "default": {},
@@ -63,8 +60,6 @@ def parse_profile(name: str) -> tuple[float | None, float]:
 
 
 def run_profile(args, tmp: Path, profile: str, recipe: str) -> dict:
-    from netns import Hosts
-
     from p2pfed import config
     mbit, delay_ms = parse_profile(profile)
     hosts = Hosts(args.peers, subnet=78)
@@ -94,24 +89,23 @@ def run_profile(args, tmp: Path, profile: str, recipe: str) -> dict:
         codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
         wall = time.monotonic() - t0
         if any(codes):
-            tail = "\n".join((run / f"peer-{i}.stderr").read_text()[-400:] for i in range(args.peers))
-            raise SystemExit(f"{profile}/{recipe}: peers exited {codes}\n{tail}")
+            raise SystemExit(f"{profile}/{recipe}: peers exited {codes}\n{harness.log_tail(run)}")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
         hosts.close()
-    s = json.loads((run / "summary.json").read_text())
+    s = harness.summary(run)
     rounds = s["rounds"]
-    sync = sum(r.get("sync_s", r["averaging_s"]) for r in rounds)
-    mb = sum(sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) for r in rounds) / max(1, len(rounds)) / 1e6
+    sync = sum(harness.sync_s(r) for r in rounds)
+    mb = harness.bytes_per_peer_round(s) / 1e6
     return {"wall_s": wall, "acc": s["final"]["accuracy"], "rounds": len(rounds),
             "sync_share": sync / wall, "mb_per_round": mb}
 
 
 def main() -> None:
-    ap = smallrun.parser(__doc__)
+    ap = harness.small_run_parser(__doc__)
     ap.add_argument("--profiles", "--link", default="lan,100mbit-20ms,20mbit-50ms")
     ap.add_argument("--recipes", default="default,int8,slowlink")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take")
@@ -119,7 +113,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):      # stop cleanly: peers, relays and namespaces go too
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     if os.geteuid() != 0:
-        raise SystemExit("bench/wan.py needs root (network namespaces and tc)")
+        raise SystemExit("python -m bench.wan needs root (network namespaces and tc)")
     profiles, recipes = args.profiles.split(","), args.recipes.split(",")
     for p in profiles:
         parse_profile(p)
@@ -154,7 +148,7 @@ def main() -> None:
                 fields[f"{key}_{other}_s"] = f"{r['wall_s']:.0f}"
                 fields[f"{key}_{other}_vs_lan"] = f"{r['wall_s'] / res['lan', first]['wall_s']:.2f}"
                 fields[f"{key}_{other}_acc"] = f"{100 * r['acc']:.2f}"
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()))
+    harness.result(fields)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.netns import Hosts, HostsUnavailable
 from helpers import check_round_exact, make_config, story, summary, wait_all
-from netns import Hosts, HostsUnavailable
 from p2pfed import config
 
 pytestmark = pytest.mark.netns

@@ -19,7 +19,7 @@ from . import atomic
 
 log = logging.getLogger("p2pfed.outputs.quantize")
 
-class _Calibration:
+class Calibration:
     """onnxruntime CalibrationDataReader over a tensor of normalised images."""
     def __init__(self, images: torch.Tensor, batch: int = 32):
         self.batches = [images[i:i + batch].numpy() for i in range(0, len(images), batch)]
@@ -74,7 +74,7 @@ def quantize_qdq(prepared: Path, out: Path, calibration: torch.Tensor) -> None:
     zero point (12 bytes/channel); ONNX Runtime quantizes them to int32 itself, with the same formula
     (bias / (input_scale * weight_scale)), when it fuses QLinearConv at session start."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+    quantize_static(str(prepared), str(out), Calibration(calibration), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, extra_options={"QuantizeBias": False})
 

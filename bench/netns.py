@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RELAY = Path(__file__).resolve().parents[1] / "bench" / "relay.py"
+RELAY = Path(__file__).resolve().parent / "relay.py"     # run as a script: it imports nothing of bench
 
 
 class HostsUnavailable(RuntimeError):
