@@ -123,7 +123,7 @@ def load(path: str | os.PathLike, placed_later: bool = False) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     try:
-        # placed later: the whole is validated once the step has placed every peer (run/slurm.py)
+        # placed later: the whole is validated once the step has placed every peer (run/launch/slurm.py)
         return from_dict(raw, check=not placed_later)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

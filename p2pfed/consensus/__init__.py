@@ -4,6 +4,7 @@
     averaging.py   pure maths: flatten, shards, the float64 weighted mean, the integer-buffer rule
     digest.py      the chunked SHA-256 of a round state, also computed while shards arrive
     outer.py       the outer step (Nesterov momentum on the round's mean), the same bits everywhere
+    autosteps.py   train.auto_steps: local steps and compression chosen from the agreed costs (pure)
     recipe.py      the options every peer must share, as the text each `ready` carries
     mailbox.py     validated messages by kind/round/attempt; event-driven waits; who is alive
     ends.py        how an exchange ends when it cannot finish, as values (Aborted, Superseded, ...)
@@ -13,6 +14,8 @@
     butterfly.py   one attempt's scatter, reduce and gather
     secagg.py      secure aggregation's maths and keys: fixed point, X25519, HKDF, AES-CTR masks
     masked.py      secure aggregation's exchange: masked parts, the barrier, seeds, the rollback
+    compress.py    the shard codecs (f32, f16, int8 with scales) and error feedback's carried errors (pure)
+    stepsync.py    the per-step sums of synchronized BatchNorm over an attempt's members (bnsync)
     allreduce.py   one round, as a value: Averaged, Download or Failed
     outcome.py     those values, and Committed: the one shape of a committed round
     pooling.py     pooled BatchNorm statistics of a committed round (a gather and an agreement)

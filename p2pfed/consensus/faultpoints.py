@@ -3,7 +3,7 @@
 The consensus code calls `faults.at(round, point)` at `exchange` (half of my parts sent; True:
 corrupt my own copy of the result, as bad memory would), `seed` (secure aggregation: every part
 held, before releasing my seed) and `reveal` (half of my slice's sums sent); the peer calls it at
-`train` and `between-rounds`. The injector (run/faults.py, or the simulator's plan) decides what
+`train` and `between-rounds`. The injector (run/node/faults.py, or the simulator's plan) decides what
 happens there. `NoFaults` is the hook of a peer without faults.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ member. The sums are float64, combined in member order by the caller's `combine`
 member computes the same mean and variance.
 
 `combine(vector) -> vector` is the one call into the network; this module knows nothing of it
-(run/peer.py provides it through consensus/stepsync.py). A `combine` that cannot finish raises,
+(run/node/peer.py provides it through consensus/stepsync.py). A `combine` that cannot finish raises,
 and the exception leaves the step through forward() or backward(): the caller restores the
 round's starting state and redoes it. Outside a `synced()` block the layers are plain BatchNorm.
 """

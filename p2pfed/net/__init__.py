@@ -9,4 +9,5 @@
     curve.py       CURVE keys and the ZAP allow-list authenticator
     ratelimit.py   the one rate limiter for routine log lines
     outbox.py      messages a down connection refused, retried for a few seconds
+    httpserve.py   the one read-only HTTP server (metrics port, `p2pfed watch`)
 """

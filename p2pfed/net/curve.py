@@ -2,7 +2,7 @@
 
 Only peers whose public key is listed get in, and each connection's User-Id is the peer id that
 owns its key, so the transport can check that a frame's routing id belongs to its key. Which
-keys a run uses is the config's business (run/keys.py); this module knows only keys.
+keys a run uses is the config's business (run/node/keys.py); this module knows only keys.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
     atomic.py      atomic file writes (temporary, fsync, rename) and stale-temporary sweeping
     checkpoint.py  the consensus.pt and checkpoint formats
     metrics.py     per-peer JSON-lines metrics, and the one reader of JSON-lines files
+    tensorboard_sink.py  metrics records as TensorBoard scalars
+    prometheus_sink.py   metrics records as Prometheus metrics
     logs.py        logging with the peer id and round in every record
     summary.py     summary.json from the peers' reports
     plots.py       the run's plots

@@ -12,7 +12,7 @@ Record types (field "type"):
     fault       round, phase, action                           an injected fault fired
     event       round, message                                 something the report should show
     consensus   round, epoch, accuracy, test_loss, members     a round's consensus accuracy, once every member has
-                                                               reported its test slice (run/status.py)
+                                                               reported its test slice (run/observe/status.py)
     exit        round, peak_rss_mb                             the peer is exiting
 Every record also has "peer" and "t" (unix time, s).
 

@@ -10,6 +10,7 @@ import click
 
 from .. import config as config_mod
 from ..config import ConfigError
+from ..consensus.faultpoints import FaultPoint
 from .exitcodes import ExitCode
 
 
@@ -35,7 +36,8 @@ def main() -> None:
 @click.option("--id", "peer_id", type=int, default=None, help="this peer's id in [[peers]] (--from-slurm: SLURM_PROCID)")
 @click.option("--run-dir", default=None, help="overrides output.run_dir")
 @click.option("--resume", is_flag=True, help="reload this peer's checkpoint and rejoin the run")
-@click.option("--crash-at", multiple=True, help="fault injection: ROUND:PHASE (train|exchange|between-rounds)")
+@click.option("--crash-at", multiple=True, help="fault injection: ROUND:PHASE ("
+              + "|".join(p.value for p in FaultPoint) + ")")
 @click.option("--quiet", is_flag=True, help="log to the run dir only, not to stderr")
 @click.option("--device", default=None, help="overrides train.device for this peer: auto, cpu, cuda or cuda:K")
 @click.option("--checkpoint-dir", default=None,

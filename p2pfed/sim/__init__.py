@@ -9,7 +9,7 @@ a failing seed is shrunk to the faults it needs and replayed with its events
 
     world.py    the virtual clock, the event queue, the network, the baton between threads
     process.py  a simulated peer process (a life) and its transport (net.shared.SharedState inside)
-    peer.py     one life's round loop around the real consensus code (run/peer.py's loop)
+    peer.py     one life's round loop around the real consensus code (run/node/peer.py's loop)
     model.py    the numpy round states, and the exact weighted mean each commit is checked against
     plan.py     a seed's network behaviour and faults, as plain data
     checks.py   the invariants, checked after every commit, adoption and delivered message

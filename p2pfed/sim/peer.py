@@ -1,4 +1,4 @@
-"""One simulated peer's life: the real peer's round loop (run/peer.py) around the real consensus
+"""One simulated peer's life: the real peer's round loop (run/node/peer.py) around the real consensus
 code, with virtual training and numpy round states.
 
     start    presence.wait_for_peers (resumed after a restart: from the checkpoint on its disk)
@@ -9,7 +9,7 @@ code, with virtual training and numpy round states.
              me), then `bye`
 
 The loop is the peer's, not a copy of the consensus: the lines that are the peer's own (serve
-a commit, keep a checkpoint, the seal) are small and mirror run/peer.py. Every commit and
+a commit, keep a checkpoint, the seal) are small and mirror run/node/peer.py. Every commit and
 adoption is handed to the checks (checks.py) as it happens.
 """
 from __future__ import annotations

@@ -15,30 +15,60 @@ log = logging.getLogger("p2pfed.run.stages")
 
 
 class RoundStage(str, enum.Enum):
-    START = "start"          # set up; waiting for the other peers to appear
-    SYNC = "sync"            # downloading a committed consensus (restart, fell behind, outvoted, left out)
-    TRAIN = "train"          # the round's local optimiser steps on my partition
-    WAIT = "wait"            # ready sent (or an attempt failed); waiting for the round's group
-    EXCHANGE = "exchange"    # an attempt's butterfly exchange and digest agreement
-    EVAL = "eval"            # pooled BatchNorm statistics and evaluation of the round's consensus
-    DONE = "done"            # the last round is committed; electing the writer, waiting for its outputs
-    QUANTIZE = "quantize"    # the writer exports the consensus to ONNX and quantizes it to INT8
+    START = "start"
+    SYNC = "sync"
+    TRAIN = "train"
+    WAIT = "wait"
+    EXCHANGE = "exchange"
+    EVAL = "eval"
+    DONE = "done"
+    QUANTIZE = "quantize"
 
     def __str__(self) -> str:
         return self.value
 
 
 S = RoundStage
+DOING: dict[RoundStage, str] = {
+    S.START: "set up; waiting for the other peers to appear",
+    S.SYNC: "downloading a committed consensus (restart, fell behind, outvoted, left out)",
+    S.TRAIN: "the round's local optimiser steps on my partition",
+    S.WAIT: "ready sent (or an attempt failed); waiting for the round's group",
+    S.EXCHANGE: "an attempt's butterfly exchange and digest agreement",
+    S.EVAL: "pooled BatchNorm statistics and evaluation of the round's consensus",
+    S.DONE: "the last round is committed; electing the writer, waiting for its outputs",
+    S.QUANTIZE: "the writer exports the consensus to ONNX and quantizes it to INT8",
+}
 TRANSITIONS: dict[RoundStage, frozenset[RoundStage]] = {
-    S.START:    frozenset({S.SYNC, S.TRAIN, S.WAIT}),           # WAIT: synchronized training groups first
-    S.SYNC:     frozenset({S.TRAIN, S.WAIT, S.EVAL, S.DONE}),   # WAIT: a false claim, average after all
-    S.TRAIN:    frozenset({S.WAIT, S.EXCHANGE, S.SYNC}),        # EXCHANGE, SYNC: synchronized training
-    S.WAIT:     frozenset({S.EXCHANGE, S.SYNC, S.TRAIN, S.EVAL, S.DONE}),  # TRAIN/EVAL/DONE: adopted a commit
-    S.EXCHANGE: frozenset({S.WAIT, S.SYNC, S.TRAIN, S.EVAL, S.DONE}),  # WAIT: the attempt failed
+    S.START:    frozenset({S.SYNC, S.TRAIN, S.WAIT}),
+    S.SYNC:     frozenset({S.TRAIN, S.WAIT, S.EVAL, S.DONE}),
+    S.TRAIN:    frozenset({S.WAIT, S.EXCHANGE, S.SYNC}),
+    S.WAIT:     frozenset({S.EXCHANGE, S.SYNC, S.TRAIN, S.EVAL, S.DONE}),
+    S.EXCHANGE: frozenset({S.WAIT, S.SYNC, S.TRAIN, S.EVAL, S.DONE}),
     S.EVAL:     frozenset({S.TRAIN, S.SYNC, S.WAIT, S.DONE}),
     S.DONE:     frozenset({S.QUANTIZE}),
     S.QUANTIZE: frozenset(),
 }
+WHY: dict[tuple[RoundStage, RoundStage], str] = {    # the moves that are not the plain round
+    (S.START, S.WAIT): "synchronized training: groups first",
+    (S.SYNC, S.WAIT): "a false claim: average after all",
+    (S.TRAIN, S.EXCHANGE): "synchronized training",
+    (S.TRAIN, S.SYNC): "synchronized training",
+    (S.WAIT, S.TRAIN): "adopted a commit of my own result",
+    (S.WAIT, S.EVAL): "adopted a commit of my own result",
+    (S.WAIT, S.DONE): "adopted a commit of my own result",
+    (S.EXCHANGE, S.WAIT): "the attempt failed",
+}
+
+
+def markdown_table() -> str:
+    """The stage table of docs/architecture.md (tests/make_doc_tables.py writes it there)."""
+    rows = ["| stage | what the peer is doing | may move to |", "|---|---|---|"]
+    for stage in RoundStage:
+        moves = [f"{to}" + (f" ({WHY[stage, to]})" if (stage, to) in WHY else "")
+                 for to in RoundStage if to in TRANSITIONS[stage]]
+        rows.append(f"| `{stage}` | {DOING[stage]} | {', '.join(moves) or '-'} |")
+    return "\n".join(rows)
 
 
 class StageError(RuntimeError):

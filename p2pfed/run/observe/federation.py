@@ -1,6 +1,6 @@
 """The federation as one page shows it: pure functions over what peers report (no I/O).
 
-A peer's status (run/status.py, served at /status and written to RUN_DIR/status/peer-K.json) and
+A peer's status (run/observe/status.py, served at /status and written to RUN_DIR/status/peer-K.json) and
 `p2pfed watch`'s /status.json have one schema (docs/observability.md):
 
     t         unix time of the view
