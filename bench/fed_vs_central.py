@@ -46,7 +46,7 @@ def central(args, run: Path) -> list[tuple[float, float]]:
 
 def main() -> None:
     ap = harness.parser(__doc__)
-    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
+    harness.add_data_flag(ap)
     ap.add_argument("--config", default="", help="base config (default: the built-in defaults)")
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--peers", type=int, default=5)

@@ -34,6 +34,13 @@ def shared_data(name: str) -> str:
     return str(ROOT.parent / "shared" / "data" / name)
 
 
+def add_data_flag(ap: argparse.ArgumentParser, name: str = "cifar10-dev.tar.xz") -> None:
+    """--data: an image folder or a .tar.xz of one (default ../shared/data/NAME), made absolute here,
+    since runs start in a temporary directory."""
+    ap.add_argument("--data", default=shared_data(name), type=lambda p: str(Path(p).resolve()),
+                    help="the data (an image folder or a .tar.xz of one); a relative path is taken from here")
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser described by the first line of the bench's docstring, its usage named
     as it is run (`python -m bench.NAME`)."""
@@ -46,8 +53,7 @@ def small_run_parser(doc: str) -> argparse.ArgumentParser:
     """parser(doc) with the flags of the small-size benches: --data, --peers, --train-limit,
     --epochs and --width-mult."""
     ap = parser(doc)
-    ap.add_argument("--data", default=shared_data("cifar10-dev.tar.xz"), type=lambda p: str(Path(p).resolve()),
-                    help="the data (an image folder or a .tar.xz of one); a relative path is taken from here")
+    add_data_flag(ap)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--train-limit", type=int, default=10000)
     ap.add_argument("--epochs", type=float, default=3.0)

@@ -135,7 +135,7 @@ def loader(args, root: Path) -> float:
 
 def main() -> None:
     ap = harness.parser(__doc__)
-    ap.add_argument("--data", default=harness.shared_data("clothing-dev.tar"))
+    harness.add_data_flag(ap, "clothing-dev.tar")
     ap.add_argument("--epochs", type=float, default=40.0)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--width-mult", type=float, default=0.5)

@@ -42,7 +42,7 @@ def measure(run: Path) -> dict:
 
 def main() -> None:
     ap = harness.parser(__doc__)
-    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
+    harness.add_data_flag(ap)
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--train-limit", type=int, default=0)

@@ -131,7 +131,7 @@ def plot(results: dict, budget_s: float, path: Path, peers: str) -> None:
 
 def main() -> None:
     ap = harness.parser(__doc__)
-    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
+    harness.add_data_flag(ap)
     ap.add_argument("--peers", type=int, default=5)
     ap.add_argument("--partition", choices=["iid", "dirichlet"], default="iid",
                     help="the federated runs' partitions (the centralized run reads all images alike)")

@@ -236,7 +236,7 @@ def main() -> None:
     ap.add_argument("--layout-trials", type=int, default=1, help="runs of each layout, alternating (median)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
-    ap.add_argument("--data", default=harness.shared_data("cifar10-dev.tar.xz"))
+    harness.add_data_flag(ap)
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     layouts = [v for v in args.layouts.split(",") if v]
