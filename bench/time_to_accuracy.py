@@ -13,7 +13,8 @@ or `p2pfed centralized`):
     w1e6       width 1.0, 6 epochs (the old model in the same time budget)
     w05e11     width 0.5, 11 epochs, peak lr 0.1, the first half at 24 px (fits 20 minutes here)
     w05e15     width 0.5, 15 epochs, peak lr 0.1, the first half at 24 px
-               (both measured at full size: docs/benchmarks.md, "Towards 80% in 20 minutes")
+               (both measured at full size: docs/benchmarks.md, "Accuracy and time to accuracy of the
+               default run" and "Federated against centralized")
     w05e11k1   w05e11 averaging after every step (k = 1 throughout)
     w1e8r24    the previous default (width 1.0, 8 epochs, lr 0.05) with the first half at 24 px
     w05e11lr05 width 0.5, 11 epochs, peak lr 0.05, 32 px throughout (small screens: lr 0.1 costs

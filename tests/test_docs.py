@@ -104,3 +104,32 @@ def test_every_list_of_fault_points_names_them_all():
     faults_md = " ".join((ROOT / "docs" / "faults.md").read_text().split())
     assert re.search(r"Points: .*?`between-rounds`", faults_md), "docs/faults.md lists the points after 'Points:'"
     assert not short, "\n".join(short)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    """[text](path) and [text](path#anchor) in README.md and docs/ (history included) name a file
+    that exists and, with an anchor, a heading or an id in it."""
+    broken = []
+    for md in sorted([*(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]):
+        for n, line in enumerate(md.read_text().splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", target):
+                    continue                                   # http:, https:, mailto:
+                path, _, anchor = target.partition("#")
+                dest = (md.parent / path).resolve() if path else md
+                if not dest.exists():
+                    broken.append(f"{md.relative_to(ROOT)}:{n}: {target} (no such file)")
+                    continue
+                if anchor and dest.suffix == ".md":
+                    text = dest.read_text()
+                    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+                    anchors |= set(re.findall(r'id="([^"]+)"', text))
+                    if anchor not in anchors:
+                        broken.append(f"{md.relative_to(ROOT)}:{n}: {target} (no such heading)")
+    assert not broken, "broken links:\n" + "\n".join(broken)

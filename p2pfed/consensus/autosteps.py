@@ -20,7 +20,8 @@ import math
 import numpy as np
 
 DECIDE_ROUND = 4          # the choice is made from this round's agreed costs
-MAX_MULTIPLIER = 4        # local_steps x at most this: x 16 lost 11 points in a 3-epoch run (docs/benchmarks.md)
+MAX_MULTIPLIER = 4        # local_steps x at most this: x 16 lost 11 points in a 3-epoch run
+                          # (docs/history/links.md, "train.auto_steps over the same links")
 SHARE_TARGET = 0.2        # the exchange's share of a round the choice aims at
 COST, CHOICE = "auto.cost", "auto.choice"
 

@@ -1,6 +1,7 @@
 """Named settings for launch.py (`--preset`), applied before the other options.
 
-    cpu    the default recipe (docs/benchmarks.md has what each part of it bought): MobileNetV2 at
+    cpu    the default recipe (docs/history/recipe.md, "The federated recipe (issue 13)" and "Towards
+           80% in 20 minutes", has what each part of it bought): MobileNetV2 at
            width 0.5 with the CIFAR stem, channels-last, 15 epochs of 32 images per peer per step,
            averaging after every step in the first third of the run, every 2 in the second, every
            4 in the last (post-local SGD), SGD with Nesterov momentum and a one-cycle schedule to

@@ -83,7 +83,8 @@ class Evaluator:
             return Committed(committed.round, before.digest, committed.members, before.state, bn_pooled=True)
         # a fixed random sample (my partition lists its images class by class), augmented as in
         # training: the weights were fitted to the statistics of augmented images, and clean-image
-        # statistics cost 3.6 points on the dev test split (docs/benchmarks.md)
+        # statistics cost 3.6 points on the dev test split (docs/history/recipe.md, "The federated
+        # recipe (issue 13)")
         seed = augment.peer_seed(self.cfg.data.seed, self.me)
         aug = self.cfg.train.augment
         if self.train_split.stream:     # photos: decoded with the training crops, seeded
