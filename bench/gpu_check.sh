@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of docs/configuration.md ("Peers on GPUs"), in one run of under 8 minutes on a
+# The GPU checks of docs/configuration.md ("Devices (GPU)"), in one run of under 8 minutes on a
 # GPU host that has torch, torchvision, msgpack, click, onnx and onnxruntime but no pyzmq, no
 # cryptography and no internet:
 #   1. install the wheels brought along (pyzmq, cryptography, cffi, pycparser), and the project
@@ -13,13 +13,16 @@
 #   bash bench/gpu_check.sh [WHEELS_DIR] [DEV_ARCHIVE]
 # Defaults: .whl/ (from `pip download pyzmq cryptography cffi pycparser --only-binary :all:
 # --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --no-deps
-# -d .whl`) and shared/cifar10-dev.tar.xz.
+# -d .whl`) and ../shared/data/cifar10-dev.tar.xz (or shared/cifar10-dev.tar.xz, where a device
+# machine's copy of the tree holds it).
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_WIDTH=0.1 GPU_CHECK_EPOCHS=1 runs the same steps on a CPU machine
 # (a rehearsal: the gpu tests then skip, and the throughput compares the CPU with itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-.whl}
-DATA=${2:-shared/cifar10-dev.tar.xz}
+DEFAULT_DATA=../shared/data/cifar10-dev.tar.xz
+[ -f "$DEFAULT_DATA" ] || DEFAULT_DATA=shared/cifar10-dev.tar.xz
+DATA=${2:-$DEFAULT_DATA}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 WIDTH=${GPU_CHECK_WIDTH:-1.0}
 EPOCHS=${GPU_CHECK_EPOCHS:-30}

@@ -42,11 +42,11 @@ def add_data_flag(ap: argparse.ArgumentParser, name: str = "cifar10-dev.tar.xz")
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser described by the first line of the bench's docstring, its usage named
-    as it is run (`python -m bench.NAME`)."""
+    """An argument parser whose help is the bench's whole docstring (what it runs, its flags and
+    their defaults, its RESULT line), its usage named as it is run (`python -m bench.NAME`)."""
     script = Path(sys.argv[0])
     prog = f"python -m bench.{script.stem}" if script.suffix == ".py" and script.resolve().parent == BENCH else None
-    return argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def small_run_parser(doc: str) -> argparse.ArgumentParser:

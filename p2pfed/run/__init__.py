@@ -5,7 +5,7 @@ cli > centralized > launch > node > observe > exitcodes):
 
     node/          the peer runtime: one peer process, round after round
     launch/        starting and keeping peers: launch.py, preflight, restarts, spares, Slurm
-    observe/       watching peers: status files, TensorBoard and Prometheus sinks, the live page
+    observe/       watching peers: status files, the sinks of outputs/ wired to a peer, the live page
 
     cli.py         the `p2pfed` click commands
     centralized.py the single-process reference run (`p2pfed centralized`)

@@ -1,6 +1,6 @@
-"""A deterministic simulator of the real consensus code (DESIGN.md invariant 13).
+"""A deterministic simulator of the real consensus code (docs/testing.md).
 
-N peers in one process, each a thread that runs consensus/ unchanged, one at a time, over an
+N peers in one process, each a greenlet that runs consensus/ unchanged, one at a time, over an
 in-memory network and a virtual clock (net/clock.py), with numpy vectors instead of models. A
 seed fixes everything: the network's delays, drops, duplicates and reorderings, the cut links,
 the peers killed and restarted at every fault point. The same seed gives the same trace hash;
