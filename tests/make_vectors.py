@@ -123,12 +123,24 @@ def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> di
     bn_total = wide[0]
     for w in wide[1:]:
         bn_total = secagg.wide_add(bn_total, w)
+    # pooled BatchNorm statistics (consensus/pooling.py): attempt -1, purpose "bnstats/-1", the
+    # committed round's members; the vector of member i is -vector x (i + 1), so the sum is negative
+    st_nonce = secagg.nonce(rnd, -1, members, "bnstats/-1")
+    st_wide = [secagg.wide_add(secagg.wide_encode(-vector * (i + 1)),
+                               secagg.pair_mask(keys[m], m, public, st_nonce, vector.size, words=2))
+               for i, m in enumerate(members)]
+    st_total = st_wide[0]
+    for w in st_wide[1:]:
+        st_total = secagg.wide_add(st_total, w)
     return {"round": rnd, "attempt": attempt, "members": members, "weights": weights,
             "private_keys_hex": {str(m): (bytes([m + 1]) * 32).hex() for m in members},
             "mask_keys": {str(m): public[m] for m in members},
             "pair_keys_hex": {f"{a},{b}": keys[a].pair_key(public[b]).hex() for a in members for b in members if a < b},
             "keys_digest": secagg.keys_digest([public[m] for m in members]),
-            "nonces_hex": {"part": pair_nonce.hex(), "self": self_nonce.hex(), "bnsync/7": bn_nonce.hex()},
+            "nonces_hex": {"part": pair_nonce.hex(), "self": self_nonce.hex(), "bnsync/7": bn_nonce.hex(),
+                           "bnstats/-1": st_nonce.hex()},
+            "nonce_texts": {"part": f"{rnd}|{attempt}|{','.join(map(str, members))}|part",
+                            "bnstats/-1": f"{rnd}|-1|{','.join(map(str, members))}|bnstats/-1"},
             "seeds_hex": {str(m): seeds[m].hex() for m in members},
             "encoded_hex": [e.tobytes().hex() for e in encoded],
             "masked_hex": [x.tobytes().hex() for x in masked],
@@ -141,7 +153,15 @@ def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> di
                        "wide_encoded_hex": [secagg.wide_encode(vector * (i + 1)).tobytes().hex()
                                             for i in range(len(members))],
                        "masked_hex": [w.tobytes().hex() for w in wide],
-                       "sum_hex": secagg.wide_decode(bn_total).tobytes().hex()}}
+                       "sum_limbs_hex": bn_total.tobytes().hex(),
+                       "sum_hex": secagg.wide_decode(bn_total).tobytes().hex()},
+            "bnstats": {"attempt": -1, "purpose": "bnstats/-1", "members": members,
+                        "vector_of_member_i": "-vector x (i + 1), i = position in members (vector: bnsync's)",
+                        "wide_encoded_hex": [secagg.wide_encode(-vector * (i + 1)).tobytes().hex()
+                                             for i in range(len(members))],
+                        "masked_hex": [w.tobytes().hex() for w in st_wide],
+                        "sum_limbs_hex": st_total.tobytes().hex(),
+                        "sum_hex": secagg.wide_decode(st_total).tobytes().hex()}}
 
 
 def build() -> dict:

@@ -104,6 +104,26 @@ def test_launch_lets_any_survivors_finish_on_one_host(tmp_path):
     assert config.load(ROOT / "peers.toml").averaging.min_peers == 0     # multi-host default: a majority
 
 
+def test_secure_aggregation_refuses_rounds_of_two_by_name(tmp_path):
+    """Under secure aggregation a round of two would show each member its partner's update: a
+    min_peers below 3, or fewer than 3 peers, is refused naming the keys; launch.py's one-host
+    default becomes 3 instead of 1."""
+    five = [{"id": i, "host": "127.0.0.1", "port": 9000 + i} for i in range(5)]
+    with pytest.raises(ConfigError, match=r"averaging.min_peers = 2 with security.secure_aggregation = true.*at "
+                                          r"least 3"):
+        config.from_dict({"peers": five, "security": {"secure_aggregation": True}, "averaging": {"min_peers": 2}})
+    with pytest.raises(ConfigError, match=r"needs at least 3 peers, and \[\[peers\]\] lists 2"):
+        config.from_dict({"peers": five[:2], "security": {"secure_aggregation": True}})
+    assert config.from_dict({"peers": five, "security": {"secure_aggregation": True}}).averaging.min_peers == 0
+    from p2pfed.run.launch import launcher
+    cfg, _, _ = launcher.resolve_config(launcher.parse_args(["--peers", "5", "--secure-aggregation", "--run-dir",
+                                                          str(tmp_path)]))
+    assert cfg.averaging.min_peers == 3
+    with pytest.raises(ConfigError, match="needs at least 3 peers"):
+        launcher.resolve_config(launcher.parse_args(["--peers", "2", "--secure-aggregation", "--run-dir",
+                                                     str(tmp_path)]))
+
+
 def test_round_size_is_exactly_one_of_local_steps_and_local_epochs():
     # the default sizes rounds in steps; setting local_epochs alone switches that default off
     assert config.Config().train.local_steps and not config.Config().train.local_epochs

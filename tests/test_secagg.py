@@ -62,12 +62,51 @@ def test_masks_cancel_exactly_in_the_sum_over_all_members_and_the_mean_is_within
         assert np.all(np.abs(got - plain[lo:hi]) - np.abs(plain[lo:hi]) * 2.0 ** -23 <= secagg.error_bound(k))
 
 
-def test_without_one_members_part_the_sum_is_noise():
+def test_without_one_members_part_the_sum_is_noise_and_is_refused_before_it_is_decoded():
     rng = np.random.default_rng(0)
     values = [rng.normal(0, 1, 4000).astype(np.float32) for _ in range(4)]
     _, bounds, reduce = _masked_parts(values, [1, 1, 1, 1])
-    assert np.abs(reduce(0, skip=1)).mean() > 1e6     # uniform over 2^64 / 2^32: nothing like the values
+    with pytest.raises(secagg.NotCancelled, match=r"(\d+) of its 1000 words are beyond") as caught:
+        reduce(0, skip=1)
+    assert int(str(caught.value).split()[0]) > 300      # uniform over 2^64: about half beyond 2^62
     assert np.abs(reduce(0) - np.mean(values, axis=0)[:bounds[0][1]]).max() < 1e-6
+
+
+def test_a_member_whose_masks_are_wrong_makes_every_other_shard_refused():
+    """One member masks with the wrong nonce (another attempt's): its pair and self-masks cancel in
+    no other member's shard, so each of those reducers finds words beyond what the members' values
+    can sum to. Its own shard (which carries only the other pairs' masks) sums right."""
+    rng = np.random.default_rng(1)
+    values = [rng.normal(0, 1, 300).astype(np.float32) for _ in range(4)]
+    keys = [secagg.MaskKey() for _ in values]
+    public = {m: k.public for m, k in enumerate(keys)}
+    seeds = {m: secagg.new_seed() for m in public}
+    bounds = averaging.shard_bounds(300, 4)
+    parts = [secagg.masked_vector(x, 0.25, k, m, public, seeds[m], 5, 2 if m == 3 else 1, bounds)
+             for m, (x, k) in enumerate(zip(values, keys))]
+    for j, (lo, hi) in enumerate(bounds):
+        total = sum((p[lo:hi] for p in parts), np.zeros(hi - lo, U64))
+        if j == 3:
+            got = secagg.unmasked(total, seeds, j, 5, 1, lo, hi)
+            assert np.abs(got - np.mean(values, axis=0)[lo:hi]).max() < 1e-6
+            continue
+        with pytest.raises(secagg.NotCancelled):
+            secagg.unmasked(total, seeds, j, 5, 1, lo, hi)
+
+
+def test_a_wide_sum_that_did_not_cancel_is_refused():
+    rng = np.random.default_rng(2)
+    keys = {m: secagg.MaskKey() for m in range(3)}
+    public = {m: k.public for m, k in keys.items()}
+    vectors = [rng.normal(0, 1e3, 20) for _ in range(3)]
+    nonce = secagg.nonce(4, -1, [0, 1, 2], "bnstats/-1")
+    masked = [secagg.wide_add(secagg.wide_encode(v), secagg.pair_mask(keys[m], m, public, nonce, 20, words=2))
+              for m, v in enumerate(vectors)]
+    total = secagg.wide_add(secagg.wide_add(masked[0], masked[1]), masked[2])
+    secagg.check_wide_cancelled(total, 3)                       # cancelled: passes, and decodes to the sum
+    assert np.allclose(secagg.wide_decode(total), sum(vectors), rtol=1e-12)
+    with pytest.raises(secagg.NotCancelled, match="values are beyond"):
+        secagg.check_wide_cancelled(secagg.wide_add(masked[0], masked[1]), 3)     # one member's vector missing
 
 
 @pytest.mark.parametrize("member", range(4))

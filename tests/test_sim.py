@@ -48,6 +48,17 @@ def test_a_broken_protocol_is_caught(variant, secure, within):
     pytest.fail(f"the checks did not catch {variant} within {within} seeds")
 
 
+def test_releasing_seeds_without_the_held_barrier_is_caught():
+    """Seed 843 (30 secure rounds): a cut link heals and delivers an earlier attempt's parts and
+    seeds to peer 3 after it sent this attempt's parts. It withholds its `held`, as it should; with
+    the barrier the others then withhold their seeds, without it peer 3 unmasks two attempts' sums
+    over different members. (The first 200 seeds miss it; a run of 1,000 found it.)"""
+    real = runner.run(843, runner.Options(rounds=30, secure=True))
+    assert real.ok, real.summary()
+    broken = runner.run(843, runner.Options(rounds=30, secure=True, variant="seed-before-held"))
+    assert not broken.ok and "knows sums over" in broken.failure, broken.summary()
+
+
 def test_a_failing_seed_is_shrunk_and_replayed():
     opts = runner.Options(rounds=30, variant="skip-download-digest")
     res = runner.shrink(1, opts)
@@ -78,6 +89,54 @@ def test_a_round_below_min_peers_ends_with_a_reason():
     assert set(stopped) == {0, 2}
     assert "averaging.min_peers" in stopped[0] and "none of [1] came back" in stopped[0]
     assert res.virtual_s < 200         # ready_timeout_s alone is 600
+
+
+def test_a_two_member_round_never_commits_under_secure_aggregation():
+    """Four peers with secure aggregation and min_peers = 0 (a majority: 3); two die for good in
+    round 3. The two left never average a round together (their sum would show each the other's
+    update): they stop, saying why; and the checks fail any commit of fewer than 3 members."""
+    base = plan_mod.draw(0, 4, 10, True, faults=False)
+    kills = (plan_mod.Fault("kill", 1, 3, "train", restart_s=None), plan_mod.Fault("kill", 3, 3, "train", restart_s=None))
+    res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True),
+                     plan_mod.Plan(NetParams(), kills, speeds=base.speeds, starts=base.starts))
+    assert not res.ok and res.failure.startswith("peers stopped"), res.summary()     # stops, no violation
+    stopped = {p: why for p, _, why in res.stops}
+    assert set(stopped) == {0, 2}, res.summary()
+    assert "secure aggregation needs at least 3" in stopped[0] and "turn secure aggregation off" in stopped[0]
+
+
+def test_a_two_member_round_is_caught_if_the_group_allowed_it(monkeypatch):
+    """The same run with group formation's floor of 3 taken away (and min_peers = 1): the checks
+    fail the first round the two survivors average."""
+    from p2pfed.consensus import group
+    monkeypatch.setattr(group, "SECURE_MIN_MEMBERS", 1)
+    base = plan_mod.draw(0, 4, 10, True, faults=False)
+    kills = (plan_mod.Fault("kill", 1, 3, "train", restart_s=None), plan_mod.Fault("kill", 3, 3, "train", restart_s=None))
+    res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True, min_peers=1),
+                     plan_mod.Plan(NetParams(), kills, speeds=base.speeds, starts=base.starts))
+    assert not res.ok and ("fewer than 3 members" in res.failure or "knows the sum over" in res.failure), res.summary()
+
+
+def test_a_member_whose_masks_do_not_cancel_never_gets_a_sum_committed(monkeypatch):
+    """Peer 2 masks its parts as if for another attempt (a bug, or another reading of the spec):
+    its masks cancel in no other member's shard. Every member would decode the same garbage and
+    agree on it; instead each of those reducers refuses its shard, no round is committed, and the
+    peers stop saying why."""
+    from p2pfed.consensus import secagg
+    real = secagg.masked_vector
+
+    def wrong_for_peer_2(x, weight, mine, me, keys, seed, rnd, attempt, bounds):
+        return real(x, weight, mine, me, keys, seed, rnd, attempt + (1000 if me == 2 else 0), bounds)
+
+    monkeypatch.setattr(secagg, "masked_vector", wrong_for_peer_2)
+    base = plan_mod.draw(0, 4, 3, True, faults=False)
+    res = runner.run(0, runner.Options(peers=4, rounds=3, secure=True),
+                     plan_mod.Plan(NetParams(), (), speeds=base.speeds, starts=base.starts))
+    assert res.commits == 0 and res.failure.startswith("peers stopped"), res.summary()
+    stopped = {p: why for p, _, why in res.stops}
+    assert set(stopped) == {0, 1, 2, 3}, stopped
+    # a reducer of a shard peer 2 spoiled names it; the rest, told by its abort, stop when too few are left
+    assert sum("did not cancel" in why for why in stopped.values()) >= 1 and "did not cancel" not in stopped[2]
 
 
 def test_a_busy_wait_is_a_failure(monkeypatch):

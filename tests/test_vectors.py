@@ -94,8 +94,8 @@ def test_auto_steps_choices_give_the_vector_choices():
 
 
 def test_a_secure_round_gives_the_vector_keys_masks_sums_and_digest():
-    """X25519 pair keys, HKDF, ChaCha20 masks, fixed point and the 128-bit BatchNorm sums of
-    "Secure aggregation", against the vectors."""
+    """X25519 pair keys, HKDF, AES-256-CTR masks, fixed point and the 128-bit BatchNorm sums
+    (bnsync and bnstats) of "Secure aggregation", against the vectors."""
     v = VECTORS["secure_round"]
     inputs = [_state(s) for s in VECTORS["round"]["inputs"]]
     got = secure_round(inputs, v["members"], v["weights"], v["round"], v["attempt"])

@@ -10,10 +10,10 @@ Every layer may read a Config (attribute access); only run/ builds one.
 """
 from .parse import (from_dict, load, local_peers, override, parse_fault, parse_slow, replace_faults, replace_peers,
                     to_dict)
-from .schema import (SECTIONS, AveragingConfig, Config, ConfigError, DataConfig, Fault, ModelConfig, OutputConfig,
+from .schema import (SECTIONS, SECURE_MIN_MEMBERS, AveragingConfig, Config, ConfigError, DataConfig, Fault, ModelConfig, OutputConfig,
                      PeerSpec, SecurityConfig, TrainConfig)
 from .text import dumps_toml, markdown_table
 
-__all__ = ["SECTIONS", "AveragingConfig", "Config", "ConfigError", "DataConfig", "Fault", "ModelConfig",
+__all__ = ["SECTIONS", "SECURE_MIN_MEMBERS", "AveragingConfig", "Config", "ConfigError", "DataConfig", "Fault", "ModelConfig",
            "OutputConfig", "PeerSpec", "SecurityConfig", "TrainConfig", "dumps_toml", "from_dict", "load",
            "local_peers", "markdown_table", "override", "parse_fault", "parse_slow", "replace_faults", "replace_peers", "to_dict"]

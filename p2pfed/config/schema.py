@@ -97,11 +97,16 @@ class AveragingConfig:
     startup_timeout_s: float = 60.0    # how long to wait for peers to appear at start-up
     fetch_timeout_s: float = 60.0      # max time to download the consensus from a live peer
     max_attempts: int = 10             # attempts per round before giving up
-    min_peers: int = 0                 # a round needs this many members; 0 = a majority of [[peers]]
+    min_peers: int = 0                 # a round needs this many members; 0 = a majority of [[peers]]; secure aggregation: at least 3
+
+
+SECURE_MIN_MEMBERS = 3
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
+    """SECURE_MIN_MEMBERS: under secure aggregation no round has fewer members, since a member of a
+    round of two sees its partner's update (the sum less its own)."""
     curve: bool = False          # CURVE encryption + authentication; keys in [[peers]] public_key
     secret_key_file: str = ""    # this peer's secret key file; {id} is replaced by the peer id
     secure_aggregation: bool = False  # members see only the sum of their round states, never one member's (masked fixed point; docs/security.md); every peer must set it alike

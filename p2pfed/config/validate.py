@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .schema import Config, ConfigError
+from .schema import SECURE_MIN_MEMBERS, Config, ConfigError
 
 
 def validate(cfg: Config) -> None:
@@ -50,6 +50,16 @@ def _peers(cfg: Config) -> None:
     if not 0 <= cfg.averaging.min_peers <= max(1, len(ids)):
         raise ConfigError(f"averaging.min_peers = {cfg.averaging.min_peers} must be in 0..{len(ids)} "
                           f"(0 = a majority of the {len(ids)} peers)")
+    if cfg.security.secure_aggregation:
+        if 0 < cfg.averaging.min_peers < SECURE_MIN_MEMBERS:
+            raise ConfigError(f"averaging.min_peers = {cfg.averaging.min_peers} with security.secure_aggregation = "
+                              f"true: in a round of two members each sees the other's update (the sum less its own), "
+                              f"so rounds need at least {SECURE_MIN_MEMBERS}; set averaging.min_peers to 0 (a "
+                              f"majority, and at least {SECURE_MIN_MEMBERS}) or to {SECURE_MIN_MEMBERS} or more")
+        if 0 < len(ids) < SECURE_MIN_MEMBERS:
+            raise ConfigError(f"security.secure_aggregation = true needs at least {SECURE_MIN_MEMBERS} peers, and "
+                              f"[[peers]] lists {len(ids)}: in a round of two each member sees the other's update; "
+                              f"add peers, or turn secure aggregation off")
 
 
 def _train(cfg: Config) -> None:

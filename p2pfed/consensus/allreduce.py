@@ -22,7 +22,7 @@ from typing import Callable
 from ..net import clock, protocol, wire
 from . import averaging, compress, masked, roundstate
 from .butterfly import Vector, exchange
-from .ends import Aborted, End, Ended, Overtaken, RolledBack, Superseded
+from .ends import Aborted, Broken, End, Ended, Overtaken, RolledBack, Superseded
 from .exchange import Scope, agree, majority
 from .faultpoints import NoFaults
 from .group import IMPLICIT, Group, GroupFormation
@@ -193,6 +193,11 @@ class AllReduce:
                 if c["round"] == rnd and c["digest"] in candidates:   # a result of mine, from an earlier attempt
                     return Committed(rnd, c["digest"], tuple(c["members"]), candidates[c["digest"]])
                 return Download(c["round"], end.reason, digest=c["digest"])
+            case Broken(reason=reason):
+                log.error("round %d, attempt %d: %s", rnd, group.attempt, reason)
+                self.t.broadcast(group.members, wire.encode("abort", self.me, round=rnd, attempt=group.attempt,
+                                                            reason=reason[:protocol.REASON_MAX_CHARS], dead=[]))
+                return Failed(f"round {rnd}: {reason}. Check that every peer runs the same p2pfed version; stopping")
             case Superseded() | Aborted():
                 return end
 

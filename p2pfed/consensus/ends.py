@@ -8,6 +8,9 @@
     Overtaken(commit)       someone committed the round meanwhile (commit: that message)
     RolledBack(sealed)      secure aggregation: members that have seen a sum of the round take
                             part, so the attempt commits the round's starting state (masked.py)
+    Broken(reason)          secure aggregation: a masked sum did not cancel, so a member's masks
+                            are wrong; a redo among the same members would fail alike, so the
+                            round fails, naming why, and the others are told (an `abort`)
 
 Code deep inside an exchange (a check of a received part, or synchronized BatchNorm's sums, called
 from inside torch's forward and backward passes) ends it with `raise Ended(value)`. Each exchange
@@ -48,7 +51,12 @@ class RolledBack:
         return f"peers {list(self.sealed)} have seen sums of this round; rolling back to the last committed round"
 
 
-End = Aborted | Superseded | Overtaken | RolledBack
+@dataclass(frozen=True)
+class Broken:
+    reason: str
+
+
+End = Aborted | Superseded | Overtaken | RolledBack | Broken
 
 
 class Ended(Exception):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..config import SECURE_MIN_MEMBERS
 from ..net import clock, protocol, wire
 from . import recipe
 from .mailbox import Mailbox
@@ -59,6 +60,12 @@ class GroupFormation:
         self.me = mailbox.me
         self.all_peers = sorted(all_peers)
         self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
+        if mask_key:                      # secure aggregation: a round of two shows each its partner's update
+            self.min_members = max(self.min_members, SECURE_MIN_MEMBERS)
+        self.needs = (f"{self.min_members} members (averaging.min_peers, 0 = a majority of the {len(self.all_peers)} "
+                      f"peers" + (f"; secure aggregation needs at least {SECURE_MIN_MEMBERS}" if mask_key else "") + ")")
+        self.remedy = ("turn secure aggregation off" if mask_key and self.min_members == SECURE_MIN_MEMBERS
+                       else "lower averaging.min_peers")
         self._quorum_logged = 0.0
 
     def ready(self, rnd: int, n_samples: int, tried: int = 0) -> None:
@@ -133,10 +140,9 @@ class GroupFormation:
             elif clock.now() - short_since > self.cfg.startup_timeout_s:
                 gone = [p for p in self.all_peers if p not in live and p != self.me]
                 return Failed(f"round {rnd}: only peers {sorted(set(live) | {self.me})} are live, and a round needs "
-                              f"{self.min_members} members (averaging.min_peers, 0 = a majority of the "
-                              f"{len(self.all_peers)} peers); none of {gone} came back within "
-                              f"averaging.startup_timeout_s={self.cfg.startup_timeout_s:g} s. Start them, or lower "
-                              f"averaging.min_peers; stopping")
+                              f"{self.needs}; none of {gone} came back within "
+                              f"averaging.startup_timeout_s={self.cfg.startup_timeout_s:g} s. Start them, or "
+                              f"{self.remedy}; stopping")
             ready = self._readies(rnd, n_samples, live)
             members = expected - set(self.mb.foreign)
             leader = leader_of(live, members) == self.me
@@ -175,9 +181,7 @@ class GroupFormation:
         if len(members) < self.min_members:
             if not waiting and clock.now() - self._quorum_logged > 10:
                 self._quorum_logged = clock.now()
-                log.warning("only %s are live and ready; a round needs %d members (averaging.min_peers, "
-                            "0 = a majority of %d) so that a cut-off minority cannot diverge; waiting",
-                            members, self.min_members, len(self.all_peers))
+                log.warning("only %s are live and ready; a round needs %s; waiting", members, self.needs)
             return None
         attempt = max(self.mb.max_attempt(rnd), IMPLICIT) + 1
         weights = [ready[m] for m in members]

@@ -9,7 +9,8 @@
              stay. If any part is flagged sealed, the attempt is a rollback (below).
     barrier  member j says `held` once it holds every part of slice j, and waits for every member's
     seeds    then releases its self-mask seed (`seed`); with every seed, member j removes the
-             self-masks of slice j: the weighted sum of slice j, decoded to float32
+             self-masks of slice j and checks that the masks cancelled: the weighted sum of slice j,
+             decoded to float32
     reveal   member j sends that sum to every member (`reduced`): butterfly.py's gather, unchanged
 
 Until every seed is out nobody can see any sum, so an attempt that fails before then is simply
@@ -29,7 +30,7 @@ import numpy as np
 from ..net import clock, wire
 from . import secagg
 from .butterfly import Butterfly
-from .ends import Aborted, Ended, RolledBack
+from .ends import Aborted, Broken, Ended, RolledBack
 from .exchange import Scope, collect
 from .faultpoints import FaultPoint
 from .mailbox import Mailbox
@@ -124,7 +125,19 @@ def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Sc
         total[0] = secagg.wide_add(total[0], arr)
 
     collect(mailbox, kind, scope, deadline, take)
+    try:
+        secagg.check_wide_cancelled(total[0], len(scope.members))
+    except secagg.NotCancelled as e:
+        raise Ended(Broken(not_cancelled(f"the masked {kind} sum", scope.members, e))) from None
     return secagg.wide_decode(total[0])
+
+
+def not_cancelled(what: str, members, e: secagg.NotCancelled) -> str:
+    """Why a round fails whose masked sum did not cancel. A member's wrong masks spoil every
+    shard but its own, and no reducer sees the others' shards, so the protocol cannot tell whose."""
+    return (f"{what} over members {list(members)} did not cancel: {e}. A member's masks are wrong (a bug, "
+            f"another version of the protocol, or a member that deviates from it); the sum cannot say whose, "
+            f"and nothing of it is revealed or committed")
 
 
 def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...], mine, deadline: float,
@@ -177,7 +190,7 @@ class _MaskedButterfly(Butterfly):
     def reduce(self, weights: tuple[int, ...]) -> np.ndarray:
         """The weighted mean of my slice: add every member's part (still self-masked; the weights
         are in the parts); any part flagged sealed makes the attempt a rollback; then the barrier
-        (`held`) and the seeds; then unmask."""
+        (`held`) and the seeds; then unmask, checking that the masks cancelled."""
         lo, hi = self.bounds[self.pos]
         total = self._own                   # a copy: added to in place
 
@@ -209,7 +222,10 @@ class _MaskedButterfly(Butterfly):
 
         self._barrier("seed", {"seed": self.seed.hex()}, take_seed)
         self.secure.seal(self.rnd)
-        return secagg.unmasked(total, seeds, self.me, self.rnd, self.scope.attempt, lo, hi)
+        try:
+            return secagg.unmasked(total, seeds, self.me, self.rnd, self.scope.attempt, lo, hi)
+        except secagg.NotCancelled as e:
+            raise Ended(Broken(not_cancelled(f"the masked sum of my shard {self.pos}", self.members, e))) from None
 
     def _seen_sums(self) -> bool:
         """Have I seen a sum of this round: my own slice's, or anyone's `reduced`?"""

@@ -44,6 +44,13 @@ class RangeError(ValueError):
     """A value is too large for the fixed-point range; the message names where."""
 
 
+class NotCancelled(ValueError):
+    """A masked sum whose masks did not cancel: some of its words lie beyond what any k members'
+    values can add up to. Masks that do not cancel leave words spread uniformly over 2^64 (or
+    2^128), so a shard of L words passes the check with probability at most 2^-L (64 bits) or
+    (k / 128)^L (128 bits)."""
+
+
 # ------------------------------------------------------------------ fixed point (64 bits)
 
 def encode(x: np.ndarray, weight: float) -> np.ndarray:
@@ -62,6 +69,18 @@ def encode(x: np.ndarray, weight: float) -> np.ndarray:
 def decode(total: np.ndarray) -> np.ndarray:
     """The float32 value of a sum of encoded values (uint64, read as a signed 64-bit integer)."""
     return (total.view(np.int64).astype(np.float64) * 2.0 ** -FRAC_BITS).astype(np.float32)
+
+
+def check_cancelled(total: np.ndarray, k: int) -> None:
+    """A sum of k members' encode(x_i, w_i / W) (after the self-masks are removed): each is below
+    2^(RANGE_BITS + FRAC_BITS) x w_i / W and rounds by at most 1/2, so |sum| <= 2^(RANGE_BITS +
+    FRAC_BITS) + k in every word when the masks cancelled. NotCancelled names the first word beyond."""
+    limit = np.int64(2 ** (RANGE_BITS + FRAC_BITS) + k)
+    words = total.view(np.int64)
+    beyond = np.flatnonzero((words > limit) | (words < -limit))
+    if beyond.size:
+        raise NotCancelled(f"{beyond.size} of its {words.size} words are beyond +-2^{RANGE_BITS + FRAC_BITS} + {k} "
+                           f"(word {int(beyond[0])}: {int(words[beyond[0]])})")
 
 
 def error_bound(k: int) -> float:
@@ -92,6 +111,17 @@ def wide_add(a: np.ndarray, b: np.ndarray, sign: int = 1) -> np.ndarray:
     hi = a[1] + b[1] if sign > 0 else a[1] - b[1]
     hi = hi + carry.astype(U64) if sign > 0 else hi - carry.astype(U64)
     return np.stack([lo, hi])
+
+
+def check_wide_cancelled(total: np.ndarray, k: int) -> None:
+    """A sum of k members' wide_encode(x_i), |x_i| < 2^WIDE_RANGE_BITS: its high limb, read as a
+    signed integer, is within +-k x 2^WIDE_RANGE_BITS when the masks cancelled."""
+    limit = np.int64(k) << np.int64(WIDE_RANGE_BITS)
+    high = total[1].view(np.int64)
+    beyond = np.flatnonzero((high > limit) | (high < -limit))
+    if beyond.size:
+        raise NotCancelled(f"{beyond.size} of its {high.size} values are beyond +-{k} x 2^{WIDE_RANGE_BITS} "
+                           f"(value {int(beyond[0])})")
 
 
 def wide_decode(total: np.ndarray) -> np.ndarray:
@@ -214,11 +244,12 @@ def masked_vector(x: np.ndarray, weight: float, mine: MaskKey, me: int, keys: di
 def unmasked(total: np.ndarray, seeds: dict[int, bytes], reducer: int, rnd: int, attempt: int,
              lo: int, hi: int) -> np.ndarray:
     """The reducer's sum of shard [lo, hi) without the self-masks (every member's seed but its
-    own), decoded to float32."""
+    own), checked (NotCancelled) and decoded to float32."""
     self_nonce = nonce(rnd, attempt, sorted(seeds), "self")
     for m, seed in seeds.items():
         if m != reducer:
             np.subtract(total, self_mask(seed, self_nonce, lo, hi), out=total)
+    check_cancelled(total, len(seeds))
     return decode(total)
 
 

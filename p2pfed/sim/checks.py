@@ -8,8 +8,9 @@ After every commit, adoption and delivered message:
                     the integer buffers of its lowest member; or, under secure aggregation, the
                     digest of the round before (a rollback)
     verified        every state a peer adopts (averaged, downloaded, resumed) hashes to its digest
-    one update      secure aggregation: no peer can compute one other member's update of a round
-                    from two sums it knows: the sums of the round that it could unmask (a process
+    one update      secure aggregation: no round commits a mean of fewer than SECURE_MIN_MEMBERS
+                    members, and no peer can compute one other member's update of a round: from a
+                    sum over itself and one other, or from two sums it knows: the sums of the round that it could unmask (a process
                     of it held every other member's part and seed of an attempt) and the round's
                     committed mean (unless rolled back). What a process knew counts for the peer
                     after a restart too (the seal must survive it).
@@ -20,6 +21,7 @@ or whose process restarted is a member again within HEAL_ROUNDS rounds that it t
 """
 from __future__ import annotations
 
+from ..config import SECURE_MIN_MEMBERS
 from ..consensus.outcome import Committed
 from ..net import wire
 from . import model
@@ -88,6 +90,9 @@ class Checks:
             self.rolled_back.add(c.round)
         else:
             self._knows(life.peer, c.round, tuple(c.members))      # the committed mean: a sum it now holds
+        if self.sim.secure and how == "averaged" and not rollback and len(c.members) < SECURE_MIN_MEMBERS:
+            return self._fail(f"round {c.round} committed the mean of {list(c.members)} under secure aggregation: "
+                              f"fewer than {SECURE_MIN_MEMBERS} members")
         if how == "averaged":
             self.members.setdefault(c.round, tuple(c.members))
             if life.peer in c.members:
@@ -127,6 +132,10 @@ class Checks:
         other member's update follows."""
         if not self.sim.secure:
             return
+        partners = set(members) - {peer}
+        if peer in members and len(partners) == 1:
+            return self._fail(f"round {rnd}: peer {peer} knows the sum over {list(members)}: less its own update, "
+                              f"it is peer {partners.pop()}'s")
         known = self.known.setdefault((rnd, peer), set())
         for other in known:
             alone = (set(other) ^ set(members)) - {peer}

@@ -6,8 +6,9 @@
     VARIANTS                deliberately broken protocols: commit without a strict majority,
                             adopt a download without its digest check, ignore the seal (no
                             rollback), release a seed before every `held`, forget the seal on
-                            restart. tests/test_sim.py shows the checks catch the first three;
-                            the last two are not caught within 200 seeds (docs/testing.md)
+                            restart. tests/test_sim.py shows the checks catch the first four
+                            (the fourth at seed 843); the last is not caught within 200 seeds
+                            (docs/testing.md)
 
 Nothing here is the protocol: the protocol is consensus/, run unchanged.
 """

@@ -308,7 +308,9 @@ def resolve_config(o: dict) -> tuple[config_mod.Config, Path, dict[int, int]]:
         cfg = sites.own_folders(cfg, dirs, o["partition"])
     if cfg.averaging.min_peers == 0:
         # all peers share one host, so a partition is impossible: any survivors may finish a round
-        cfg = config_mod.override(cfg, averaging={"min_peers": 1})
+        # (under secure aggregation, any three: a round of two would show each its partner's update)
+        least = config_mod.SECURE_MIN_MEMBERS if cfg.security.secure_aggregation else 1
+        cfg = config_mod.override(cfg, averaging={"min_peers": least})
     faults = [config_mod.parse_fault(s, "crash") for s in o["kill"]]
     faults += [config_mod.parse_fault(s, "stall") for s in o["stall"]]
     faults += [config_mod.parse_slow(s) for s in o["slow"]]
