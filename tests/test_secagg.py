@@ -253,3 +253,61 @@ def test_a_member_without_a_usable_mask_key_is_named_and_nothing_waits_past_the_
 def test_a_non_finite_batchnorm_sum_is_refused_not_encoded():
     with pytest.raises(secagg.RangeError, match="position 1"):
         secagg.wide_encode(np.array([1.0, np.nan, 2.0]))
+
+
+class _Keys:
+    """The part of a Mailbox that Secure.prepare reads: my id and the others' mask keys."""
+
+    def __init__(self, me: int, keys: dict[int, str]):
+        self.me, self._keys = me, keys
+
+    def mask_key(self, m: int) -> str | None:
+        return self._keys.get(m)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_masks_computed_ahead_serve_exactly_their_attempt_once(background):
+    from p2pfed.consensus.masked import Secure
+    others = {m: secagg.MaskKey() for m in (1, 2, 3)}
+    me = Secure(background=background)
+    keys = {0: me.key.public, **{m: k.public for m, k in others.items()}}
+    box = _Keys(0, keys)
+    me.prepare(box, 5, [0, 1, 2, 3], 1000)
+    got = me.take(5, 0, keys, 1000, deadline=time.monotonic() + 30)
+    assert got is not None
+    masks, seed = got
+    assert np.array_equal(masks, secagg.masks(me.key, 0, keys, seed, 5, 0, averaging.shard_bounds(1000, 4)))
+    assert me.take(5, 0, keys, 1000, deadline=time.monotonic() + 30) is None        # used once
+
+
+@pytest.mark.parametrize("change", ["members", "attempt", "round", "key", "size"])
+def test_masks_computed_ahead_are_discarded_when_the_attempt_differs(change):
+    """Prepared for round 5's derived group [0, 1, 2, 3]; the exchange that comes is another:
+    peer 3 is gone, a leader's attempt 1, round 6, peer 2 restarted with a new key, or a vector of
+    another size. Nothing computed ahead is used, and nothing is kept for later."""
+    from p2pfed.consensus.masked import Secure
+    others = {m: secagg.MaskKey() for m in (1, 2, 3)}
+    me = Secure(background=False)
+    keys = {0: me.key.public, **{m: k.public for m, k in others.items()}}
+    me.prepare(_Keys(0, keys), 5, [0, 1, 2, 3], 1000)
+    rnd, attempt, size, used = 5, 0, 1000, dict(keys)
+    if change == "members":
+        used.pop(3)
+    elif change == "attempt":
+        attempt = 1
+    elif change == "round":
+        rnd = 6
+    elif change == "key":
+        used[2] = secagg.MaskKey().public
+    else:
+        size = 999
+    assert me.take(rnd, attempt, used, size, deadline=time.monotonic() + 5) is None
+    assert me.ahead is None
+    assert me.take(5, 0, keys, 1000, deadline=time.monotonic() + 5) is None       # dropped, not kept
+
+
+def test_nothing_is_prepared_without_every_members_key():
+    from p2pfed.consensus.masked import Secure
+    me = Secure(background=False)
+    me.prepare(_Keys(0, {1: secagg.MaskKey().public}), 5, [0, 1, 2], 100)     # no key from peer 2 yet
+    assert me.ahead is None

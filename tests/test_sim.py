@@ -123,12 +123,12 @@ def test_a_member_whose_masks_do_not_cancel_never_gets_a_sum_committed(monkeypat
     agree on it; instead each of those reducers refuses its shard, no round is committed, and the
     peers stop saying why."""
     from p2pfed.consensus import secagg
-    real = secagg.masked_vector
+    real = secagg.masks
 
-    def wrong_for_peer_2(x, weight, mine, me, keys, seed, rnd, attempt, bounds):
-        return real(x, weight, mine, me, keys, seed, rnd, attempt + (1000 if me == 2 else 0), bounds)
+    def wrong_for_peer_2(mine, me, keys, seed, rnd, attempt, bounds):
+        return real(mine, me, keys, seed, rnd, attempt + (1000 if me == 2 else 0), bounds)
 
-    monkeypatch.setattr(secagg, "masked_vector", wrong_for_peer_2)
+    monkeypatch.setattr(secagg, "masks", wrong_for_peer_2)
     base = plan_mod.draw(0, 4, 3, True, faults=False)
     res = runner.run(0, runner.Options(peers=4, rounds=3, secure=True),
                      plan_mod.Plan(NetParams(), (), speeds=base.speeds, starts=base.starts))

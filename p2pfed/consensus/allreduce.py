@@ -116,6 +116,8 @@ class AllReduce:
                     return self._dissent(outcome.download, rnd)
                 if isinstance(outcome, Committed):
                     self.dissents = 0
+                    if self.secure and mine is not None:   # the next round's masks, while I train
+                        self.secure.prepare(self.mb, rnd + 1, outcome.members, mine.flat.size)
                     return Averaged(outcome, group.weights, group.attempt, grouped_at - started,
                                     clock.now() - grouped_at, self.t.bytes_sent - bytes_before, tuple(events))
                 return outcome

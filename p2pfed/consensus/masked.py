@@ -22,20 +22,61 @@ nothing. See docs/security.md.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..net import clock, wire
-from . import secagg
+from . import averaging, secagg
 from .butterfly import Butterfly
 from .ends import Aborted, Broken, Ended, RolledBack
 from .exchange import Scope, collect
 from .faultpoints import FaultPoint
+from .group import IMPLICIT
 from .mailbox import Mailbox
 
+log = logging.getLogger("p2pfed.consensus.masked")
+
 CODEC = "m64"                   # part codec of a masked shard: uint64, fixed point mod 2^64
+
+
+class Ahead:
+    """The masks of one attempt, computed before it starts (on a thread while the peer trains, or
+    at once): secagg.masks for round rnd, attempt IMPLICIT (the group every member derives from
+    the readies), these members' keys and a fresh seed. Used at most once, and only by exactly
+    that attempt: any other round, attempt, member set, key or vector size gets fresh masks."""
+
+    def __init__(self, key: secagg.MaskKey, me: int, rnd: int, keys: dict[int, str], size: int,
+                 background: bool = True):
+        self.label = (rnd, IMPLICIT, tuple(sorted(keys.items())), size)
+        self.seed = secagg.new_seed()
+        self._args = (key, me, keys, self.seed, rnd, IMPLICIT, averaging.shard_bounds(size, len(keys)))
+        self._masks: np.ndarray | None = None
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._compute, name=f"masks-r{rnd}", daemon=True)
+            self._thread.start()
+        else:
+            self._compute()
+
+    def _compute(self) -> None:
+        try:
+            self._masks = secagg.masks(*self._args)
+        except Exception:  # noqa: BLE001  (a thread must not die loudly: the exchange computes them itself)
+            log.exception("computing round %d's masks ahead failed; the exchange computes them", self.label[0])
+
+    def masks(self, label: tuple, deadline: float) -> np.ndarray | None:
+        """The masks, if they were computed for `label` and are ready by the deadline."""
+        if label != self.label:
+            return None
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.0, deadline - clock.now()))
+            if self._thread.is_alive():
+                return None
+        return self._masks
 
 
 @dataclass
@@ -46,6 +87,31 @@ class Secure:
     key: secagg.MaskKey = field(default_factory=secagg.MaskKey)
     sealed_round: int = 0
     persist: Callable[[int], None] = lambda rnd: None
+    background: bool = True          # compute the next round's masks on a thread (the simulator: at once)
+    ahead: Ahead | None = field(default=None, repr=False)
+
+    def prepare(self, mailbox: Mailbox, rnd: int, members, size: int) -> None:
+        """Start computing the masks of round rnd's derived attempt for these members (the last
+        round's), so that the exchange, if its group is the same, is one add away. Without every
+        member's mask key, nothing is prepared."""
+        keys = {m: (self.key.public if m == mailbox.me else mailbox.mask_key(m)) for m in members}
+        self.ahead = None
+        if mailbox.me in keys and all(keys.values()) and len(keys) > 1:
+            self.ahead = Ahead(self.key, mailbox.me, rnd, keys, size, self.background)
+
+    def take(self, rnd: int, attempt: int, keys: dict[int, str], size: int,
+             deadline: float) -> tuple[np.ndarray, bytes] | None:
+        """(masks, their seed) computed ahead for exactly this attempt, once; else None (and
+        masks computed for another round, attempt, member set or keys are dropped)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return None
+        masks = ahead.masks((rnd, attempt, tuple(sorted(keys.items())), size), deadline)
+        if masks is None:
+            log.debug("round %d attempt %d: the masks computed ahead were for %s; computing new ones",
+                      rnd, attempt, ahead.label[:2] + (sorted(m for m, _ in ahead.label[2]),))
+            return None
+        return masks, ahead.seed
 
     def sealed(self, rnd: int) -> bool:
         return self.sealed_round == rnd
@@ -167,10 +233,11 @@ class _MaskedButterfly(Butterfly):
         keys = member_keys(self.mb, self.scope, self.secure.key, self.deadline)
         self.kd = secagg.keys_digest([keys[m] for m in self.members])
         weight = float(self.weights[self.pos]) / float(sum(self.weights))
-        self.seed = secagg.new_seed()
+        ahead = self.secure.take(self.rnd, self.scope.attempt, keys, self.mine.flat.size, self.deadline)
+        self.seed = ahead[1] if ahead else secagg.new_seed()
         try:
             masked = secagg.masked_vector(self.mine.flat, weight, self.secure.key, self.me, keys, self.seed,
-                                          self.rnd, self.scope.attempt, self.bounds)
+                                          self.rnd, self.scope.attempt, self.bounds, ahead[0] if ahead else None)
         except secagg.RangeError as e:
             raise Ended(Aborted(f"my round state: {e}")) from None
         sealed = self._seen_sums()

@@ -228,16 +228,26 @@ def part_masks(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, bou
     return out
 
 
-def masked_vector(x: np.ndarray, weight: float, mine: MaskKey, me: int, keys: dict[int, str], seed: bytes,
-                  rnd: int, attempt: int, bounds: list[tuple[int, int]]) -> np.ndarray:
-    """What member `me` cuts into its parts: encode(x, weight) + part_masks + its self-mask on
-    every shard but its own (whose part it keeps)."""
+def masks(mine: MaskKey, me: int, keys: dict[int, str], seed: bytes, rnd: int, attempt: int,
+          bounds: list[tuple[int, int]]) -> np.ndarray:
+    """Every mask member `me` adds to its vector in one attempt: part_masks + its self-mask on
+    every shard but its own. They depend on the round, the attempt, the members' keys and the
+    seed, not on the values: masked.Ahead computes them while the peer trains."""
     members = sorted(keys)
-    out = encode(x, weight)
-    out += part_masks(mine, me, keys, nonce(rnd, attempt, members, "part"), bounds)
+    out = part_masks(mine, me, keys, nonce(rnd, attempt, members, "part"), bounds)
     for j, (lo, hi) in enumerate(bounds):
         if members[j] != me:
             out[lo:hi] += self_mask(seed, nonce(rnd, attempt, members, "self"), lo, hi)
+    return out
+
+
+def masked_vector(x: np.ndarray, weight: float, mine: MaskKey, me: int, keys: dict[int, str], seed: bytes,
+                  rnd: int, attempt: int, bounds: list[tuple[int, int]], ahead: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """What member `me` cuts into its parts: encode(x, weight) + masks(...) (or `ahead`, the same
+    masks computed earlier; its own shard, whose part it keeps, has none)."""
+    out = encode(x, weight)
+    out += masks(mine, me, keys, seed, rnd, attempt, bounds) if ahead is None else ahead
     return out
 
 

@@ -65,7 +65,7 @@ def run_life(sim, life: Life) -> None:
     hook = Hook(sim, life)
     secure = None
     if sim.secure:
-        secure = Secure(key=MaskKey())
+        secure = Secure(key=MaskKey(), background=False)     # masks computed ahead at once, not on a thread
         if sim.keep_seal:
             secure.sealed_round = disk.sealed_round
             secure.persist = lambda rnd: setattr(disk, "sealed_round", rnd)
