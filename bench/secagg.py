@@ -1,7 +1,7 @@
 """Secure aggregation's cost: ready -> commit of N peer processes averaging full MobileNetV2 round
 states with security.secure_aggregation on and off, side by side in one run, and where its time goes.
 
-    python -m bench.secagg --peers 5 [--rounds 7] [--repeats 2] [--width-mult 1.0]
+    python -m bench.secagg [--peers 5,10,32] [--rounds 7] [--repeats 2] [--width-mult 1.0]
 
 Time per round = from the moment the last peer is ready to the moment the last peer has committed,
 wall clock across the processes, median over rounds (the first skipped: connection warm-up) and
@@ -9,7 +9,10 @@ over the repeats, which alternate plain and secure runs. The split is measured i
 for one member with the same vector: key agreement (X25519 + HKDF with N - 1 peers, once per run),
 PRG (AES-256-CTR: N - 1 pair streams and the self-mask of the whole vector, plus N self-mask slices to
 unmask a shard), fixed point (encode the vector, decode a shard). The exchange is the rest.
+Each count of `--peers` (at least 3: secure aggregation refuses rounds of two) is measured in turn;
+the split and the bytes are the first count's.
 Last line: RESULT peers=N plain_ms=.. secagg_ms=.. ratio=.. plain_bytes=.. secagg_bytes=.. ...
+bytes_ratio=.. ratio_N=.. for every N of --peers
 """
 from __future__ import annotations
 
@@ -80,7 +83,7 @@ def split_ms(n: int, width: float) -> dict:
 
 def main() -> None:
     ap = harness.parser(__doc__)
-    ap.add_argument("--peers", type=int, default=5)
+    ap.add_argument("--peers", default="5", help="peer counts, comma-separated, each at least 3")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--width-mult", type=float, default=1.0)
@@ -91,15 +94,27 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    n = args.peers
-    times = {False: [], True: []}
-    sent = {}
-    for _ in range(args.repeats):
-        for secure in (False, True):
-            ws = run(secure, n, args.rounds, args.width_mult)
-            times[secure] += ready_to_commit_ms(ws, args.rounds)
-            sent[secure] = statistics.median(w["bytes"][-1] for w in ws)
-            model = ws[0]["model_bytes"]
+    counts = [int(x) for x in args.peers.split(",")]
+    if min(counts) < 3:
+        raise SystemExit(f"--peers {args.peers}: secure aggregation needs at least 3 peers (a round of two shows "
+                         f"each member the other's update)")
+    ratios = {}
+    for n in counts:
+        times = {False: [], True: []}
+        sent = {}
+        for _ in range(args.repeats):
+            for secure in (False, True):
+                ws = run(secure, n, args.rounds, args.width_mult)
+                times[secure] += ready_to_commit_ms(ws, args.rounds)
+                sent[secure] = statistics.median(w["bytes"][-1] for w in ws)
+                model = ws[0]["model_bytes"]
+        ratios[n] = statistics.median(times[True]) / statistics.median(times[False])
+        print(f"{n} peers: plain {statistics.median(times[False]):.1f} ms, secure {statistics.median(times[True]):.1f} "
+              f"ms per round ({ratios[n]:.2f}x)", flush=True)
+        if n == counts[0]:
+            first = (times, dict(sent), model)
+    n = counts[0]
+    times, sent, model = first
     plain, secure = statistics.median(times[False]), statistics.median(times[True])
     split = split_ms(n, args.width_mult)
     exchange = secure - split["prg"] - split["fixed_point"]
@@ -117,7 +132,9 @@ def main() -> None:
                     "ratio": f"{secure / plain:.2f}", "keys_ms": f"{split['keys']:.1f}",
                     "prg_ms": f"{split['prg']:.1f}",
                     "fixed_point_ms": f"{split['fixed_point']:.1f}", "exchange_ms": f"{exchange:.1f}",
-                    "plain_bytes": f"{sent[False]:.0f}", "secagg_bytes": f"{sent[True]:.0f}"})
+                    "plain_bytes": f"{sent[False]:.0f}", "secagg_bytes": f"{sent[True]:.0f}",
+                    "bytes_ratio": f"{sent[True] / sent[False]:.2f}",
+                    **{f"ratio_{k}": f"{r:.2f}" for k, r in ratios.items()}})
 
 
 if __name__ == "__main__":
