@@ -7,8 +7,9 @@ Time per round = from the moment the last peer is ready to the moment the last p
 wall clock across the processes, median over rounds (the first skipped: connection warm-up) and
 over the repeats, which alternate plain and secure runs. The split is measured in this process
 for one member with the same vector: key agreement (X25519 + HKDF with N - 1 peers, once per run),
-PRG (AES-256-CTR: N - 1 pair streams and the self-mask of the whole vector, plus N self-mask slices to
-unmask a shard), fixed point (encode the vector, decode a shard). The exchange is the rest.
+PRG (AES-256-CTR: on each other shard the streams of its pairs with every member, or from 16 members
+on with its neighbours, but the shard's reducer, and its self-mask; plus N - 1 self-mask slices to
+unmask its own shard), fixed point (encode the vector, decode a shard). The exchange is the rest.
 Each count of `--peers` (at least 3: secure aggregation refuses rounds of two) is measured in turn;
 the split and the bytes are the first count's.
 Last line: RESULT peers=N plain_ms=.. secagg_ms=.. ratio=.. plain_bytes=.. secagg_bytes=.. ...
@@ -73,9 +74,7 @@ def split_ms(n: int, width: float) -> dict:
     total = np.zeros(hi - lo, secagg.U64)
     return {
         "keys": timed(lambda: [secagg.MaskKey().pair_key(public[m]) for m in members[1:]]),
-        "prg": timed(lambda: (secagg.part_masks(keys[0], 0, public, secagg.nonce(1, 0, members, "part"), bounds),
-                              [secagg.self_mask(seeds[0], secagg.nonce(1, 0, members, "self"), a, b)
-                               for a, b in bounds[1:]],
+        "prg": timed(lambda: (secagg.masks(keys[0], 0, public, seeds[0], 1, 0, bounds),     # pair (or neighbour)
                               [secagg.self_mask(s, secagg.nonce(1, 0, members, "self"), lo, hi) for s in seeds[1:]])),
         "fixed_point": timed(lambda: (secagg.encode(flat, 0.2), secagg.decode(total))),
     }

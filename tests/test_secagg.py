@@ -39,7 +39,7 @@ def _masked_parts(values: list[np.ndarray], weights: list[int], rnd: int = 3, at
     return parts, bounds, reduce
 
 
-@pytest.mark.parametrize("k", [3, 4, 5, 7, 10])
+@pytest.mark.parametrize("k", [3, 4, 5, 7, 10, 16, 21])
 def test_masks_cancel_exactly_in_the_sum_over_all_members_and_the_mean_is_within_the_bound(k):
     rng = np.random.default_rng(k)
     n = 1000 + k
@@ -311,3 +311,43 @@ def test_nothing_is_prepared_without_every_members_key():
     me = Secure(background=False)
     me.prepare(_Keys(0, {1: secagg.MaskKey().public}), 5, [0, 1, 2], 100)     # no key from peer 2 yet
     assert me.ahead is None
+
+
+@pytest.mark.parametrize("n", [16, 17, 32, 100])
+def test_large_groups_mask_with_a_sparse_symmetric_connected_graph(n):
+    """From 16 members each masks with 2 ceil(log2 n) neighbours (a Harary graph on a relabelled
+    ring), the same on every member; a new attempt relabels it; below 16, every other member."""
+    members = list(range(100, 100 + n))
+    graph = {m: secagg.neighbours(members, 7, 1, m) for m in members}
+    assert all(len(v) == 2 * math.ceil(math.log2(n)) for v in graph.values())
+    assert all(a in graph[b] for a in members for b in graph[a])            # symmetric: the masks cancel
+    seen, todo = {members[0]}, [members[0]]
+    while todo:
+        for b in graph[todo.pop()] - seen:
+            seen.add(b)
+            todo.append(b)
+    assert seen == set(members)                                             # connected
+    assert any(secagg.neighbours(members, 7, 2, m) != graph[m] for m in members)   # a redo relabels it
+    assert secagg.neighbours(members[:15], 7, 1, members[0]) == set(members[1:15])
+
+
+def test_with_a_sparse_graph_a_member_masks_fewer_streams():
+    """32 members: each other shard carries 10 neighbours' streams at most (all pairs: 30)."""
+    members = list(range(32))
+    keys = {m: secagg.MaskKey() for m in members}
+    public = {m: k.public for m, k in keys.items()}
+    bounds = averaging.shard_bounds(32 * 4, 32)
+    calls = []
+    real = secagg.stream
+
+    def counted(key, nonce16, n, offset=0):
+        calls.append(n)
+        return real(key, nonce16, n, offset)
+
+    secagg.stream = counted
+    try:
+        secagg.part_masks(keys[0], 0, public, secagg.nonce(1, 0, members, "part"), bounds,
+                          secagg.neighbours(members, 1, 0, 0))
+    finally:
+        secagg.stream = real
+    assert len(calls) <= 31 * 10 and len(calls) >= 31 * 9

@@ -139,6 +139,28 @@ def test_a_member_whose_masks_do_not_cancel_never_gets_a_sum_committed(monkeypat
     assert sum("did not cancel" in why for why in stopped.values()) >= 1 and "did not cancel" not in stopped[2]
 
 
+def test_large_secure_groups_mask_with_neighbours_and_stay_exact(monkeypatch):
+    """20 peers with secure aggregation (from 16 on, each masks with 10 neighbours only), one
+    killed in round 2 and back: every commit is the exact fixed-point mean of its members, and
+    nobody can compute another's update."""
+    from p2pfed.consensus import secagg
+    sparse = []
+    real = secagg.neighbours
+
+    def seen(members, rnd, attempt, me):
+        out = real(members, rnd, attempt, me)
+        sparse.append(len(out) < len(members) - 1)
+        return out
+
+    base = plan_mod.draw(0, 20, 4, True, faults=False)
+    plan = plan_mod.Plan(NetParams(), (plan_mod.Fault("kill", 7, 2, "exchange", restart_s=1.0),), speeds=base.speeds,
+                         starts=base.starts)
+    monkeypatch.setattr(secagg, "neighbours", seen)
+    res = runner.run(0, runner.Options(peers=20, rounds=4, secure=True), plan)
+    assert res.ok, res.summary()
+    assert sparse and all(sparse)
+
+
 def test_a_busy_wait_is_a_failure(monkeypatch):
     """A wait that polls instead of waiting is caught (it would spin a real peer at 100% CPU)."""
     from p2pfed.consensus import mailbox

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from p2pfed.consensus import averaging, digest
-from make_vectors import compressed_round, secure_round
+from make_vectors import compressed_round, secure_round, sparse_graph
 from p2pfed.net import wire
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "docs" / "vectors" / "protocol-vectors.json").read_text())
@@ -103,3 +103,8 @@ def test_a_secure_round_gives_the_vector_keys_masks_sums_and_digest():
     exact = VECTORS["round"]["reduced_shards_hex"]
     for mine, plain in zip(v["reduced_shards_hex"], exact):     # within the bound of the plain round's mean
         assert np.max(np.abs(_hex32(mine).astype(np.float64) - _hex32(plain))) <= 3 * 2.0 ** -33 + 2.0 ** -23
+
+
+def test_a_large_groups_mask_graph_is_the_vectors():
+    v = VECTORS["sparse_graph"]
+    assert sparse_graph(v["members"], v["round"], v["attempt"]) == v

@@ -27,8 +27,9 @@ from dataclasses import fields
 
 START_DIGEST = "model.start_digest"    # not a config key: the digest of the starting weights (with_start)
 # This peer's protocol number, sent in `ready` (absent there = 1). Protocol 2 added the options
-# below (the keys of protocol 1 are the other keys of the sections that `of` reads).
-PROTOCOL = 3
+# below (the keys of protocol 1 are the other keys of the sections that `of` reads). Protocol 4
+# added no option: secure groups of 16 or more mask with a sparse graph (secagg.neighbours).
+PROTOCOL = 4
 # options added since protocol 1 -> the protocol that added them: in the text only away from
 # their default, so that a peer that predates them agrees while they are at their default
 ADDED = {

@@ -12,7 +12,8 @@ mod 2^64, pairwise masks that cancel in the sum over all members, and self-masks
                  into an AES-256 key; the stream for one exchange is AES-256 in counter mode from
                  an IV of the run's round, attempt, member list and purpose. Member i adds the stream of pair (i, j)
                  when i < j and subtracts it when i > j: the masks cancel only in the sum over
-                 every member of the exchange.
+                 every member of the exchange. From SPARSE_FROM members on, only neighbours in a
+                 Harary graph of degree 2 ceil(log2 n) share masks (neighbours(), as in SecAgg+).
     self masks   a fresh random seed per member and attempt; its AES-CTR stream is added too, and
                  the seed is released only once every reducer holds every part (butterfly.py), so
                  no one can unmask a sum before the barrier.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -35,6 +37,7 @@ FRAC_BITS = 32                  # fraction bits of a masked round-state value
 RANGE_BITS = 30                 # |value| < 2^RANGE_BITS, so a sum of weighted values stays below 2^62
 WIDE_FRAC_BITS = 64             # fraction bits of a 128-bit BatchNorm sum (the integer part is the high limb)
 WIDE_RANGE_BITS = 56            # |value| < 2^WIDE_RANGE_BITS, so 128 members' sum stays below 2^63
+SPARSE_FROM = 16                # groups of at least this many members mask with a sparse graph (neighbours)
 KEY_INFO = b"p2pfed secure aggregation v1 pair key"
 NONCE_TAG = b"p2pfed secure aggregation v1 nonce\n"
 U64 = np.dtype("<u8")
@@ -208,20 +211,42 @@ def pair_mask(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, n: i
     return total
 
 
-def part_masks(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, bounds: list[tuple[int, int]]
-               ) -> np.ndarray:
+def degree(n: int) -> int:
+    """How many neighbours each of n members masks with: all others below SPARSE_FROM, else
+    2 x ceil(log2(n)) (16: 8, 32: 10, 64: 12, 128: 14)."""
+    return n - 1 if n < SPARSE_FROM else 2 * math.ceil(math.log2(n))
+
+
+def neighbours(members, rnd: int, attempt: int, me: int) -> set[int]:
+    """The members `me` shares pair masks with in this attempt. Below SPARSE_FROM members, every
+    other member. From SPARSE_FROM on, a Harary graph on a relabelled ring (as in SecAgg+, Bell et
+    al. 2020): the members in the order of SHA-256(N(graph) + str(member)) (N(graph): the attempt's
+    counter block for purpose "graph"), each joined to the degree(n) / 2 nearest on either side.
+    Every member computes the same graph; a new attempt relabels it."""
+    members = sorted(members)
+    if len(members) < SPARSE_FROM:
+        return {m for m in members if m != me}
+    salt = nonce(rnd, attempt, members, "graph")
+    ring = sorted(members, key=lambda m: hashlib.sha256(salt + str(m).encode()).digest())
+    at, half = ring.index(me), degree(len(members)) // 2
+    return {ring[(at + d) % len(ring)] for d in range(-half, half + 1) if d != 0}
+
+
+def part_masks(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, bounds: list[tuple[int, int]],
+               near: set[int] | None = None) -> np.ndarray:
     """The pair masks of my parts in a butterfly whose members are sorted(keys), shard j of
-    bounds going to the j-th member: on shard j, +-stream(i, i') for every pair of members other
-    than that shard's reducer, words lo .. hi - 1 of the pair's stream. The reducer knows its own
-    pair streams, so they would hide nothing from it; it adds no mask to its own shard (zeros
-    there). In the reducer's sum of shard j every mask meets its negative: they cancel."""
+    bounds going to the j-th member: on shard j, +-stream(i, i') for every pair of neighbours
+    (`near`: neighbours(); None: every member) other than that shard's reducer, words lo .. hi - 1
+    of the pair's stream. The reducer knows its own pair streams, so they would hide nothing from
+    it; it adds no mask to its own shard (zeros there). In the reducer's sum of shard j every mask
+    meets its negative, since the graph is symmetric: they cancel."""
     members = sorted(keys)
     out = np.zeros(bounds[-1][1] if bounds else 0, dtype=U64)
     for j, (lo, hi) in enumerate(bounds):
         if members[j] == me:
             continue
         for other in members:
-            if other in (me, members[j]):
+            if other in (me, members[j]) or (near is not None and other not in near):
                 continue
             s = stream(mine.pair_key(keys[other]), nonce16, hi - lo, offset=lo)
             (np.add if me < other else np.subtract)(out[lo:hi], s, out=out[lo:hi])
@@ -234,7 +259,8 @@ def masks(mine: MaskKey, me: int, keys: dict[int, str], seed: bytes, rnd: int, a
     every shard but its own. They depend on the round, the attempt, the members' keys and the
     seed, not on the values: masked.Ahead computes them while the peer trains."""
     members = sorted(keys)
-    out = part_masks(mine, me, keys, nonce(rnd, attempt, members, "part"), bounds)
+    out = part_masks(mine, me, keys, nonce(rnd, attempt, members, "part"), bounds,
+                     neighbours(members, rnd, attempt, me))
     for j, (lo, hi) in enumerate(bounds):
         if members[j] != me:
             out[lo:hi] += self_mask(seed, nonce(rnd, attempt, members, "self"), lo, hi)
