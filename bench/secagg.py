@@ -1,15 +1,15 @@
 """Secure aggregation's cost: ready -> commit of N peer processes averaging full MobileNetV2 round
 states with security.secure_aggregation on and off, side by side in one run, and where its time goes.
 
-    python -m bench.secagg [--peers 5,10,32] [--rounds 7] [--repeats 2] [--width-mult 1.0]
+    python -m bench.secagg [--peers 5,10,32] [--rounds 7] [--repeats 2] [--width-mult 1.0] [--mask-degree D]
 
 Time per round = from the moment the last peer is ready to the moment the last peer has committed,
 wall clock across the processes, median over rounds (the first skipped: connection warm-up) and
 over the repeats, which alternate plain and secure runs. The split is measured in this process
 for one member with the same vector: key agreement (X25519 + HKDF with N - 1 peers, once per run),
-PRG (AES-256-CTR: on each other shard the streams of its pairs with every member, or from 16 members
-on with its neighbours, but the shard's reducer, and its self-mask; plus N - 1 self-mask slices to
-unmask its own shard), fixed point (encode the vector, decode a shard). The exchange is the rest.
+PRG (AES-256-CTR: on each other shard the streams of its pairs with every member, or with
+--mask-degree D its D neighbours, but the shard's reducer, and its self-mask; plus N - 1 self-mask
+slices to unmask its own shard), fixed point (encode the vector, decode a shard). The exchange is the rest.
 Each count of `--peers` (at least 3: secure aggregation refuses rounds of two) is measured in turn;
 the split and the bytes are the first count's.
 Last line: RESULT peers=N plain_ms=.. secagg_ms=.. ratio=.. plain_bytes=.. secagg_bytes=.. ...
@@ -27,7 +27,7 @@ from bench.averaging import close_when_all_committed, connect, model_state, read
 
 def worker(args) -> None:
     from p2pfed.consensus.masked import Secure
-    t, mb, ar, ids, state, model_bytes = connect(args, Secure() if args.secure else None)
+    t, mb, ar, ids, state, model_bytes = connect(args, Secure(degree=args.mask_degree) if args.secure else None)
     sent, ready_at, commit_at, members = [], [], [], None
     for r in range(1, args.rounds + 1):
         ready_at.append(time.time())
@@ -41,17 +41,18 @@ def worker(args) -> None:
           flush=True)
 
 
-def run(secure: bool, n: int, rounds: int, width: float) -> list[dict]:
+def run(secure: bool, n: int, rounds: int, width: float, degree: int = 0) -> list[dict]:
     """n workers averaging the same states for `rounds` rounds, masked or not: what each one reported."""
     from p2pfed.run.launch.preflight import free_ports
     ports = free_ports(n)
     argvs = [["--worker", "--rank", str(rank), "--rounds", str(rounds), "--width-mult", str(width),
-              "--ports", json.dumps(ports)] + (["--secure"] if secure else []) for rank in range(n)]
+              "--ports", json.dumps(ports), "--mask-degree", str(degree)] + (["--secure"] if secure else [])
+             for rank in range(n)]
     return harness.run_workers("bench.secagg", argvs, what=f"{'secure' if secure else 'plain'} workers",
                                timeout_s=600)
 
 
-def split_ms(n: int, width: float) -> dict:
+def split_ms(n: int, width: float, degree: int = 0) -> dict:
     """One member's secure-aggregation work for the full vector, timed here (median of 3)."""
     import numpy as np
     from p2pfed.consensus import averaging, secagg
@@ -74,7 +75,7 @@ def split_ms(n: int, width: float) -> dict:
     total = np.zeros(hi - lo, secagg.U64)
     return {
         "keys": timed(lambda: [secagg.MaskKey().pair_key(public[m]) for m in members[1:]]),
-        "prg": timed(lambda: (secagg.masks(keys[0], 0, public, seeds[0], 1, 0, bounds),     # pair (or neighbour)
+        "prg": timed(lambda: (secagg.masks(keys[0], 0, public, seeds[0], 1, 0, bounds, degree),   # pair or neighbour
                               [secagg.self_mask(s, secagg.nonce(1, 0, members, "self"), lo, hi) for s in seeds[1:]])),
         "fixed_point": timed(lambda: (secagg.encode(flat, 0.2), secagg.decode(total))),
     }
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--width-mult", type=float, default=1.0)
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--secure", action="store_true")
+    ap.add_argument("--mask-degree", type=int, default=0, help="security.mask_degree (0: every pair)")
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--ports", default="[]")
     args = ap.parse_args()
@@ -103,7 +105,7 @@ def main() -> None:
         sent = {}
         for _ in range(args.repeats):
             for secure in (False, True):
-                ws = run(secure, n, args.rounds, args.width_mult)
+                ws = run(secure, n, args.rounds, args.width_mult, args.mask_degree)
                 times[secure] += ready_to_commit_ms(ws, args.rounds)
                 sent[secure] = statistics.median(w["bytes"][-1] for w in ws)
                 model = ws[0]["model_bytes"]
@@ -115,7 +117,7 @@ def main() -> None:
     n = counts[0]
     times, sent, model = first
     plain, secure = statistics.median(times[False]), statistics.median(times[True])
-    split = split_ms(n, args.width_mult)
+    split = split_ms(n, args.width_mult, args.mask_degree)
     exchange = secure - split["prg"] - split["fixed_point"]
     print(f"{n} peers, model {model / 1e6:.2f} MB, {args.rounds} rounds x {args.repeats} repeats (first round of "
           f"each skipped), 2 cores shared by all processes")

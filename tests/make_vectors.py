@@ -164,14 +164,14 @@ def secure_round(states, members, weights, rnd: int = 4, attempt: int = 0) -> di
                         "sum_hex": secagg.wide_decode(st_total).tobytes().hex()}}
 
 
-def sparse_graph(members: list[int], rnd: int, attempt: int) -> dict:
-    """The neighbours of every member of a group of SPARSE_FROM or more ("Secure aggregation", Large groups)."""
+def sparse_graph(members: list[int], rnd: int, attempt: int, degree: int) -> dict:
+    """The neighbours of every member with security.mask_degree = degree ("Secure aggregation", Neighbours)."""
     import hashlib
     salt = secagg.nonce(rnd, attempt, members, "graph")
-    return {"round": rnd, "attempt": attempt, "members": members, "degree": secagg.degree(len(members)),
+    return {"round": rnd, "attempt": attempt, "members": members, "degree": degree,
             "graph_nonce_hex": salt.hex(),
             "ring": sorted(members, key=lambda m: hashlib.sha256(salt + str(m).encode()).digest()),
-            "neighbours": {str(m): sorted(secagg.neighbours(members, rnd, attempt, m)) for m in members}}
+            "neighbours": {str(m): sorted(secagg.neighbours(members, rnd, attempt, m, degree)) for m in members}}
 
 
 def build() -> dict:
@@ -218,7 +218,7 @@ def build() -> dict:
         "compressed_rounds": {"anchor": state_json(tiny), "members": members, "weights": weights,
                               "inputs": "the inputs of \"round\"", "rounds": comp},
         "secure_round": {"inputs": "the inputs of \"round\"", **secure_round(states, members, weights)},
-        "sparse_graph": sparse_graph(list(range(16)), 4, 0),
+        "sparse_graph": sparse_graph(list(range(16)), 4, 0, 8),
         "auto_choices": [{"exchange_s": e, "step_s": st, "k": k, "compression": c,
                           "choice": list(autosteps.choose(e, st, k, c))}
                          for e, st, k, c in ((0.01, 0.1, 1, "none"), (0.1, 0.1, 1, "none"), (0.1, 0.1, 4, "none"),

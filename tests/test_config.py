@@ -122,6 +122,16 @@ def test_secure_aggregation_refuses_rounds_of_two_by_name(tmp_path):
     with pytest.raises(ConfigError, match="needs at least 3 peers"):
         launcher.resolve_config(launcher.parse_args(["--peers", "2", "--secure-aggregation", "--run-dir",
                                                      str(tmp_path)]))
+    for bad in ({"mask_degree": 9, "secure_aggregation": True}, {"mask_degree": 6, "secure_aggregation": True},
+                {"mask_degree": 10}):
+        with pytest.raises(ConfigError, match=r"security.mask_degree = \d+ must be 0 .* an even number >= 8"):
+            config.from_dict({"peers": five, "security": bad})
+    from p2pfed.consensus import recipe
+    on = config.from_dict({"peers": five, "security": {"secure_aggregation": True}})
+    sparse = config.from_dict({"peers": five, "security": {"secure_aggregation": True, "mask_degree": 10}})
+    assert "mask_degree" not in recipe.of(on)                  # a peer of protocol 3 agrees while it is 0
+    assert "security.mask_degree: 10 here, (absent: at its default) there" in recipe.differences(
+        recipe.of(sparse), recipe.of(on))
 
 
 def test_round_size_is_exactly_one_of_local_steps_and_local_epochs():

@@ -106,10 +106,11 @@ def test_a_two_member_round_never_commits_under_secure_aggregation():
 
 
 def test_a_two_member_round_is_caught_if_the_group_allowed_it(monkeypatch):
-    """The same run with group formation's floor of 3 taken away (and min_peers = 1): the checks
-    fail the first round the two survivors average."""
-    from p2pfed.consensus import group
+    """The same run with both floors of 3 taken away (group formation's and the masked exchange's)
+    and min_peers = 1: the checks fail the first round the two survivors average."""
+    from p2pfed.consensus import group, masked
     monkeypatch.setattr(group, "SECURE_MIN_MEMBERS", 1)
+    monkeypatch.setattr(masked, "SECURE_MIN_MEMBERS", 1)
     base = plan_mod.draw(0, 4, 10, True, faults=False)
     kills = (plan_mod.Fault("kill", 1, 3, "train", restart_s=None), plan_mod.Fault("kill", 3, 3, "train", restart_s=None))
     res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True, min_peers=1),
@@ -125,8 +126,8 @@ def test_a_member_whose_masks_do_not_cancel_never_gets_a_sum_committed(monkeypat
     from p2pfed.consensus import secagg
     real = secagg.masks
 
-    def wrong_for_peer_2(mine, me, keys, seed, rnd, attempt, bounds):
-        return real(mine, me, keys, seed, rnd, attempt + (1000 if me == 2 else 0), bounds)
+    def wrong_for_peer_2(mine, me, keys, seed, rnd, attempt, bounds, degree=0):
+        return real(mine, me, keys, seed, rnd, attempt + (1000 if me == 2 else 0), bounds, degree)
 
     monkeypatch.setattr(secagg, "masks", wrong_for_peer_2)
     base = plan_mod.draw(0, 4, 3, True, faults=False)
@@ -140,15 +141,15 @@ def test_a_member_whose_masks_do_not_cancel_never_gets_a_sum_committed(monkeypat
 
 
 def test_large_secure_groups_mask_with_neighbours_and_stay_exact(monkeypatch):
-    """20 peers with secure aggregation (from 16 on, each masks with 10 neighbours only), one
-    killed in round 2 and back: every commit is the exact fixed-point mean of its members, and
-    nobody can compute another's update."""
+    """20 peers with secure aggregation and security.mask_degree = 10 (each masks with 10
+    neighbours only), one killed in round 2 and back: every commit is the exact fixed-point mean
+    of its members, and nobody can compute another's update."""
     from p2pfed.consensus import secagg
     sparse = []
     real = secagg.neighbours
 
-    def seen(members, rnd, attempt, me):
-        out = real(members, rnd, attempt, me)
+    def seen(members, rnd, attempt, me, degree=0):
+        out = real(members, rnd, attempt, me, degree)
         sparse.append(len(out) < len(members) - 1)
         return out
 
@@ -156,9 +157,29 @@ def test_large_secure_groups_mask_with_neighbours_and_stay_exact(monkeypatch):
     plan = plan_mod.Plan(NetParams(), (plan_mod.Fault("kill", 7, 2, "exchange", restart_s=1.0),), speeds=base.speeds,
                          starts=base.starts)
     monkeypatch.setattr(secagg, "neighbours", seen)
-    res = runner.run(0, runner.Options(peers=20, rounds=4, secure=True), plan)
+    res = runner.run(0, runner.Options(peers=20, rounds=4, secure=True, mask_degree=10), plan)
     assert res.ok, res.summary()
     assert sparse and all(sparse)
+
+
+def test_masks_computed_ahead_serve_the_next_rounds_derived_groups(monkeypatch):
+    """A fault-free secure run: every round after the first exchanges with masks computed during
+    the previous one (attempt 0, the derived group), and their sums are exact."""
+    from p2pfed.consensus import masked
+    hits = []
+    real = masked.Secure.take
+
+    def take(self, rnd, attempt, keys, size, deadline):
+        got = real(self, rnd, attempt, keys, size, deadline)
+        hits.append((rnd, attempt, got is not None))
+        return got
+
+    monkeypatch.setattr(masked.Secure, "take", take)
+    res = runner.run(0, runner.Options(peers=5, rounds=6, secure=True, faults=False))
+    assert res.ok, res.summary()
+    used = [(r, a) for r, a, hit in hits if hit]
+    assert {r for r, _ in used} == set(range(2, 7)) and all(a == 0 for _, a in used)
+    assert not any(hit for r, _, hit in hits if r == 1)          # nothing was computed before round 1
 
 
 def test_a_busy_wait_is_a_failure(monkeypatch):

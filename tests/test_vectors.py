@@ -107,4 +107,7 @@ def test_a_secure_round_gives_the_vector_keys_masks_sums_and_digest():
 
 def test_a_large_groups_mask_graph_is_the_vectors():
     v = VECTORS["sparse_graph"]
-    assert sparse_graph(v["members"], v["round"], v["attempt"]) == v
+    assert sparse_graph(v["members"], v["round"], v["attempt"], v["degree"]) == v
+    ring, half = v["ring"], v["degree"] // 2            # the neighbours follow from the ring by the rule
+    for at, m in enumerate(ring):
+        assert v["neighbours"][str(m)] == sorted(ring[(at + d) % len(ring)] for d in range(-half, half + 1) if d)

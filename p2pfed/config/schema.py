@@ -110,6 +110,7 @@ class SecurityConfig:
     curve: bool = False          # CURVE encryption + authentication; keys in [[peers]] public_key
     secret_key_file: str = ""    # this peer's secret key file; {id} is replaced by the peer id
     secure_aggregation: bool = False  # members see only the sum of their round states, never one member's (masked fixed point; docs/security.md); every peer must set it alike
+    mask_degree: int = 0         # secure aggregation: pair masks with this many neighbours per member (even, >= 8; 0 = every other member), for large groups; fewer colluders expose a member (docs/security.md, "Large groups")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,10 @@ def _peers(cfg: Config) -> None:
     if not 0 <= cfg.averaging.min_peers <= max(1, len(ids)):
         raise ConfigError(f"averaging.min_peers = {cfg.averaging.min_peers} must be in 0..{len(ids)} "
                           f"(0 = a majority of the {len(ids)} peers)")
+    d = cfg.security.mask_degree
+    if d and (d < 8 or d % 2 or not cfg.security.secure_aggregation):
+        raise ConfigError(f"security.mask_degree = {d} must be 0 (every other member) or an even number >= 8, and "
+                          f"needs security.secure_aggregation = true")
     if cfg.security.secure_aggregation:
         if 0 < cfg.averaging.min_peers < SECURE_MIN_MEMBERS:
             raise ConfigError(f"averaging.min_peers = {cfg.averaging.min_peers} with security.secure_aggregation = "

@@ -59,13 +59,15 @@ class GroupFormation:
         self.cfg = acfg
         self.me = mailbox.me
         self.all_peers = sorted(all_peers)
-        self.min_members = acfg.min_peers or len(self.all_peers) // 2 + 1
+        configured = acfg.min_peers or len(self.all_peers) // 2 + 1
+        self.min_members = configured
         if mask_key:                      # secure aggregation: a round of two shows each its partner's update
             self.min_members = max(self.min_members, SECURE_MIN_MEMBERS)
         self.needs = (f"{self.min_members} members (averaging.min_peers, 0 = a majority of the {len(self.all_peers)} "
                       f"peers" + (f"; secure aggregation needs at least {SECURE_MIN_MEMBERS}" if mask_key else "") + ")")
-        self.remedy = ("turn secure aggregation off" if mask_key and self.min_members == SECURE_MIN_MEMBERS
-                       else "lower averaging.min_peers")
+        self.remedy = ("lower averaging.min_peers" if not mask_key else "turn secure aggregation off"
+                       + (" and lower averaging.min_peers" if configured >= SECURE_MIN_MEMBERS else ""))
+        self._small_logged: set[tuple[int, int]] = set()
         self._quorum_logged = 0.0
 
     def ready(self, rnd: int, n_samples: int, tried: int = 0) -> None:
@@ -128,6 +130,13 @@ class GroupFormation:
                 return stop
             for a, msg in self.mb.groups(rnd, last_attempt):
                 if self.me in msg["members"]:
+                    if self.mask_key and len(msg["members"]) < SECURE_MIN_MEMBERS:
+                        if (rnd, a) not in self._small_logged:   # a leader without the floor (another version)
+                            self._small_logged.add((rnd, a))
+                            log.warning("round %d: not joining attempt %d of peer %d, members %s: under secure "
+                                        "aggregation a group needs at least %d", rnd, a, msg.sender,
+                                        msg["members"], SECURE_MIN_MEMBERS)
+                        continue
                     return Group(a, tuple(msg["members"]), tuple(msg["weights"]))
             live = self.mb.live(self.all_peers)
             claimed = self._claimed_by_others(rnd, live)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import SECURE_MIN_MEMBERS
 from ..net import clock, wire
 from . import averaging, secagg
 from .butterfly import Butterfly
@@ -50,10 +51,10 @@ class Ahead:
     that attempt: any other round, attempt, member set, key or vector size gets fresh masks."""
 
     def __init__(self, key: secagg.MaskKey, me: int, rnd: int, keys: dict[int, str], size: int,
-                 background: bool = True):
+                 background: bool = True, degree: int = 0):
         self.label = (rnd, IMPLICIT, tuple(sorted(keys.items())), size)
         self.seed = secagg.new_seed()
-        self._args = (key, me, keys, self.seed, rnd, IMPLICIT, averaging.shard_bounds(size, len(keys)))
+        self._args = (key, me, keys, self.seed, rnd, IMPLICIT, averaging.shard_bounds(size, len(keys)), degree)
         self._masks: np.ndarray | None = None
         self._thread = None
         if background:
@@ -88,6 +89,7 @@ class Secure:
     sealed_round: int = 0
     persist: Callable[[int], None] = lambda rnd: None
     background: bool = True          # compute the next round's masks on a thread (the simulator: at once)
+    degree: int = 0                  # security.mask_degree: pair masks with this many neighbours (0: all)
     ahead: Ahead | None = field(default=None, repr=False)
 
     def prepare(self, mailbox: Mailbox, rnd: int, members, size: int) -> None:
@@ -97,7 +99,7 @@ class Secure:
         keys = {m: (self.key.public if m == mailbox.me else mailbox.mask_key(m)) for m in members}
         self.ahead = None
         if mailbox.me in keys and all(keys.values()) and len(keys) > 1:
-            self.ahead = Ahead(self.key, mailbox.me, rnd, keys, size, self.background)
+            self.ahead = Ahead(self.key, mailbox.me, rnd, keys, size, self.background, self.degree)
 
     def take(self, rnd: int, attempt: int, keys: dict[int, str], size: int,
              deadline: float) -> tuple[np.ndarray, bytes] | None:
@@ -136,6 +138,9 @@ def member_keys(mailbox: Mailbox, scope: Scope, mine: secagg.MaskKey, deadline: 
     whose `ready` with a key has not arrived yet, or came from a process before its restart
     (Mailbox.mask_key). A key I cannot agree a pair key with (my own key, a low-order point) ends
     the exchange, naming its peer."""
+    if len(scope.members) < SECURE_MIN_MEMBERS:     # never a sum over two: it shows each the other's update
+        raise Ended(Aborted(f"a masked exchange of {len(scope.members)} members {list(scope.members)}: secure "
+                            f"aggregation needs at least {SECURE_MIN_MEMBERS}; not taking part"))
     others = scope.others(mailbox.me)
     while True:
         known = {m: mailbox.mask_key(m) for m in others}
@@ -201,9 +206,9 @@ def masked_sum(transport, mailbox: Mailbox, secure: Secure, kind: str, scope: Sc
 def not_cancelled(what: str, members, e: secagg.NotCancelled) -> str:
     """Why a round fails whose masked sum did not cancel. A member's wrong masks spoil every
     shard but its own, and no reducer sees the others' shards, so the protocol cannot tell whose."""
-    return (f"{what} over members {list(members)} did not cancel: {e}. A member's masks are wrong (a bug, "
-            f"another version of the protocol, or a member that deviates from it); the sum cannot say whose, "
-            f"and nothing of it is revealed or committed")
+    return (f"{what} did not cancel: a member's masks are wrong (a bug, another version of the protocol, or "
+            f"a member that deviates from it), and the sum cannot say whose; nothing of it is revealed or "
+            f"committed ({e}; members {list(members)})")
 
 
 def exchange(transport, mailbox: Mailbox, scope: Scope, weights: tuple[int, ...], mine, deadline: float,
@@ -237,7 +242,8 @@ class _MaskedButterfly(Butterfly):
         self.seed = ahead[1] if ahead else secagg.new_seed()
         try:
             masked = secagg.masked_vector(self.mine.flat, weight, self.secure.key, self.me, keys, self.seed,
-                                          self.rnd, self.scope.attempt, self.bounds, ahead[0] if ahead else None)
+                                          self.rnd, self.scope.attempt, self.bounds, ahead[0] if ahead else None,
+                                          self.secure.degree)
         except secagg.RangeError as e:
             raise Ended(Aborted(f"my round state: {e}")) from None
         sealed = self._seen_sums()

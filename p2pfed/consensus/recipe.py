@@ -27,8 +27,7 @@ from dataclasses import fields
 
 START_DIGEST = "model.start_digest"    # not a config key: the digest of the starting weights (with_start)
 # This peer's protocol number, sent in `ready` (absent there = 1). Protocol 2 added the options
-# below (the keys of protocol 1 are the other keys of the sections that `of` reads). Protocol 4
-# added no option: secure groups of 16 or more mask with a sparse graph (secagg.neighbours).
+# below (the keys of protocol 1 are the other keys of the sections that `of` reads).
 PROTOCOL = 4
 # options added since protocol 1 -> the protocol that added them: in the text only away from
 # their default, so that a peer that predates them agrees while they are at their default
@@ -37,6 +36,7 @@ ADDED = {
     "train.compression": 2, "train.freeze_bn_at": 2, "train.round_deadline_s": 2, "train.round_target": 2,
     "security.secure_aggregation": 2, "train.small_input": 2, "train.small_until": 2,
     "data.classes": 3, "data.site_images": 3, "data.loader": 3,
+    "security.mask_degree": 4,
 }
 _PER_HOST = {"data.data_dir", "data.cache_dir", "data.workers", "model.weights_file", "train.threads", "train.eval_batch_size",
              "train.device", "train.precision"}

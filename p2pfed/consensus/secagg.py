@@ -12,8 +12,8 @@ mod 2^64, pairwise masks that cancel in the sum over all members, and self-masks
                  into an AES-256 key; the stream for one exchange is AES-256 in counter mode from
                  an IV of the run's round, attempt, member list and purpose. Member i adds the stream of pair (i, j)
                  when i < j and subtracts it when i > j: the masks cancel only in the sum over
-                 every member of the exchange. From SPARSE_FROM members on, only neighbours in a
-                 Harary graph of degree 2 ceil(log2 n) share masks (neighbours(), as in SecAgg+).
+                 every member of the exchange. With security.mask_degree = d, only neighbours in
+                 a Harary graph of degree d share masks (neighbours(), as in SecAgg+).
     self masks   a fresh random seed per member and attempt; its AES-CTR stream is added too, and
                  the seed is released only once every reducer holds every part (butterfly.py), so
                  no one can unmask a sum before the barrier.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
 
 import numpy as np
@@ -37,7 +36,6 @@ FRAC_BITS = 32                  # fraction bits of a masked round-state value
 RANGE_BITS = 30                 # |value| < 2^RANGE_BITS, so a sum of weighted values stays below 2^62
 WIDE_FRAC_BITS = 64             # fraction bits of a 128-bit BatchNorm sum (the integer part is the high limb)
 WIDE_RANGE_BITS = 56            # |value| < 2^WIDE_RANGE_BITS, so 128 members' sum stays below 2^63
-SPARSE_FROM = 16                # groups of at least this many members mask with a sparse graph (neighbours)
 KEY_INFO = b"p2pfed secure aggregation v1 pair key"
 NONCE_TAG = b"p2pfed secure aggregation v1 nonce\n"
 U64 = np.dtype("<u8")
@@ -119,7 +117,7 @@ def wide_add(a: np.ndarray, b: np.ndarray, sign: int = 1) -> np.ndarray:
 def check_wide_cancelled(total: np.ndarray, k: int) -> None:
     """A sum of k members' wide_encode(x_i), |x_i| < 2^WIDE_RANGE_BITS: its high limb, read as a
     signed integer, is within +-k x 2^WIDE_RANGE_BITS when the masks cancelled."""
-    limit = np.int64(k) << np.int64(WIDE_RANGE_BITS)
+    limit = np.int64(min(k << WIDE_RANGE_BITS, 2 ** 63 - 1))   # from 128 members on, no high word fails it
     high = total[1].view(np.int64)
     beyond = np.flatnonzero((high > limit) | (high < -limit))
     if beyond.size:
@@ -211,24 +209,19 @@ def pair_mask(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, n: i
     return total
 
 
-def degree(n: int) -> int:
-    """How many neighbours each of n members masks with: all others below SPARSE_FROM, else
-    2 x ceil(log2(n)) (16: 8, 32: 10, 64: 12, 128: 14)."""
-    return n - 1 if n < SPARSE_FROM else 2 * math.ceil(math.log2(n))
-
-
-def neighbours(members, rnd: int, attempt: int, me: int) -> set[int]:
-    """The members `me` shares pair masks with in this attempt. Below SPARSE_FROM members, every
-    other member. From SPARSE_FROM on, a Harary graph on a relabelled ring (as in SecAgg+, Bell et
-    al. 2020): the members in the order of SHA-256(N(graph) + str(member)) (N(graph): the attempt's
-    counter block for purpose "graph"), each joined to the degree(n) / 2 nearest on either side.
-    Every member computes the same graph; a new attempt relabels it."""
+def neighbours(members, rnd: int, attempt: int, me: int, degree: int = 0) -> set[int]:
+    """The members `me` shares pair masks with in this attempt. With degree 0 (the default), or a
+    group of at most degree + 1 members, every other member. Else a Harary graph of that (even)
+    degree on a relabelled ring, as in SecAgg+ (Bell et al. 2020): the members in the order of
+    SHA-256(N(graph) + the member id in decimal ASCII) (N(graph): the attempt's 16-byte counter
+    block for purpose "graph"), each joined to the degree / 2 nearest on either side. Every member
+    computes the same graph; a new attempt relabels it."""
     members = sorted(members)
-    if len(members) < SPARSE_FROM:
+    if degree == 0 or len(members) <= degree + 1:
         return {m for m in members if m != me}
     salt = nonce(rnd, attempt, members, "graph")
     ring = sorted(members, key=lambda m: hashlib.sha256(salt + str(m).encode()).digest())
-    at, half = ring.index(me), degree(len(members)) // 2
+    at, half = ring.index(me), degree // 2
     return {ring[(at + d) % len(ring)] for d in range(-half, half + 1) if d != 0}
 
 
@@ -254,13 +247,13 @@ def part_masks(mine: MaskKey, me: int, keys: dict[int, str], nonce16: bytes, bou
 
 
 def masks(mine: MaskKey, me: int, keys: dict[int, str], seed: bytes, rnd: int, attempt: int,
-          bounds: list[tuple[int, int]]) -> np.ndarray:
+          bounds: list[tuple[int, int]], degree: int = 0) -> np.ndarray:
     """Every mask member `me` adds to its vector in one attempt: part_masks + its self-mask on
     every shard but its own. They depend on the round, the attempt, the members' keys and the
     seed, not on the values: masked.Ahead computes them while the peer trains."""
     members = sorted(keys)
     out = part_masks(mine, me, keys, nonce(rnd, attempt, members, "part"), bounds,
-                     neighbours(members, rnd, attempt, me))
+                     neighbours(members, rnd, attempt, me, degree))
     for j, (lo, hi) in enumerate(bounds):
         if members[j] != me:
             out[lo:hi] += self_mask(seed, nonce(rnd, attempt, members, "self"), lo, hi)
@@ -268,12 +261,12 @@ def masks(mine: MaskKey, me: int, keys: dict[int, str], seed: bytes, rnd: int, a
 
 
 def masked_vector(x: np.ndarray, weight: float, mine: MaskKey, me: int, keys: dict[int, str], seed: bytes,
-                  rnd: int, attempt: int, bounds: list[tuple[int, int]], ahead: np.ndarray | None = None
-                  ) -> np.ndarray:
+                  rnd: int, attempt: int, bounds: list[tuple[int, int]], ahead: np.ndarray | None = None,
+                  degree: int = 0) -> np.ndarray:
     """What member `me` cuts into its parts: encode(x, weight) + masks(...) (or `ahead`, the same
     masks computed earlier; its own shard, whose part it keeps, has none)."""
     out = encode(x, weight)
-    out += masks(mine, me, keys, seed, rnd, attempt, bounds) if ahead is None else ahead
+    out += masks(mine, me, keys, seed, rnd, attempt, bounds, degree) if ahead is None else ahead
     return out
 
 

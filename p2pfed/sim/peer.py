@@ -65,7 +65,8 @@ def run_life(sim, life: Life) -> None:
     hook = Hook(sim, life)
     secure = None
     if sim.secure:
-        secure = Secure(key=MaskKey(), background=False)     # masks computed ahead at once, not on a thread
+        secure = Secure(key=MaskKey(), background=False,     # masks computed ahead at once, not on a thread
+                        degree=sim.opts.mask_degree)
         if sim.keep_seal:
             secure.sealed_round = disk.sealed_round
             secure.persist = lambda rnd: setattr(disk, "sealed_round", rnd)

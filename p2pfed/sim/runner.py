@@ -44,6 +44,7 @@ class Options:
     variant: str = ""               # a broken protocol from VARIANTS ("" = the real one)
     foreign: tuple[int, ...] = ()   # peers whose recipe differs from the others'
     min_peers: int = 0
+    mask_degree: int = 0            # secure aggregation: security.mask_degree
     trace: bool = False             # keep every line (a replay), not only the hash
 
 

@@ -161,7 +161,7 @@ class Peer:
         if cfg.security.secure_aggregation:
             # the seal outlives this process: a restart in the same round must not take part in a sum over fewer
             self.secure = Secure(persist=lambda rnd: checkpoints.save_seal(
-                self.checkpoint_dir, self.id, rnd))
+                self.checkpoint_dir, self.id, rnd), degree=cfg.security.mask_degree)
             if self.resume:
                 self.secure.sealed_round = checkpoints.load_seal(self.checkpoint_dir, self.id)
             self.secure.watch(self.mailbox)
