@@ -1,6 +1,7 @@
 """launch.py checks what it can before any peer starts: a mistake is one line naming the flag or
 key, exit code 2, no peer started and no report. And its live view shows one consensus accuracy."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_offline_the_first_run_fails_once_before_any_peer_with_what_to_do(tmp_pa
     p = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--peers", "5", "--dataset", "cifar10",
                         "--run-dir", str(run)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                       env={**__import__("os").environ, "https_proxy": proxy, "http_proxy": proxy,
+                       env={**os.environ, "https_proxy": proxy, "http_proxy": proxy,
                             "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""})
     assert p.returncode == 2, (p.stdout, p.stderr)
     err = p.stderr.strip().splitlines()

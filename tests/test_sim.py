@@ -91,14 +91,18 @@ def test_a_round_below_min_peers_ends_with_a_reason():
     assert res.virtual_s < 200         # ready_timeout_s alone is 600
 
 
+def _two_left() -> plan_mod.Plan:
+    """Four secure peers, of which 1 and 3 die for good in round 3."""
+    base = plan_mod.draw(0, 4, 10, True, faults=False)
+    kills = (plan_mod.Fault("kill", 1, 3, "train", restart_s=None), plan_mod.Fault("kill", 3, 3, "train", restart_s=None))
+    return plan_mod.Plan(NetParams(), kills, speeds=base.speeds, starts=base.starts)
+
+
 def test_a_two_member_round_never_commits_under_secure_aggregation():
     """Four peers with secure aggregation and min_peers = 0 (a majority: 3); two die for good in
     round 3. The two left never average a round together (their sum would show each the other's
     update): they stop, saying why; and the checks fail any commit of fewer than 3 members."""
-    base = plan_mod.draw(0, 4, 10, True, faults=False)
-    kills = (plan_mod.Fault("kill", 1, 3, "train", restart_s=None), plan_mod.Fault("kill", 3, 3, "train", restart_s=None))
-    res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True),
-                     plan_mod.Plan(NetParams(), kills, speeds=base.speeds, starts=base.starts))
+    res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True), _two_left())
     assert not res.ok and res.failure.startswith("peers stopped"), res.summary()     # stops, no violation
     stopped = {p: why for p, _, why in res.stops}
     assert set(stopped) == {0, 2}, res.summary()
@@ -111,10 +115,7 @@ def test_a_two_member_round_is_caught_if_the_group_allowed_it(monkeypatch):
     from p2pfed.consensus import group, masked
     monkeypatch.setattr(group, "SECURE_MIN_MEMBERS", 1)
     monkeypatch.setattr(masked, "SECURE_MIN_MEMBERS", 1)
-    base = plan_mod.draw(0, 4, 10, True, faults=False)
-    kills = (plan_mod.Fault("kill", 1, 3, "train", restart_s=None), plan_mod.Fault("kill", 3, 3, "train", restart_s=None))
-    res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True, min_peers=1),
-                     plan_mod.Plan(NetParams(), kills, speeds=base.speeds, starts=base.starts))
+    res = runner.run(0, runner.Options(peers=4, rounds=10, secure=True, min_peers=1), _two_left())
     assert not res.ok and ("fewer than 3 members" in res.failure or "knows the sum over" in res.failure), res.summary()
 
 

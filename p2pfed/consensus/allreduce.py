@@ -197,8 +197,7 @@ class AllReduce:
                 return Download(c["round"], end.reason, digest=c["digest"])
             case Broken(reason=reason):
                 log.error("round %d, attempt %d: %s", rnd, group.attempt, reason)
-                self.t.broadcast(group.members, wire.encode("abort", self.me, round=rnd, attempt=group.attempt,
-                                                            reason=reason[:protocol.REASON_MAX_CHARS], dead=[]))
+                self._tell_abort(rnd, group, Aborted(reason))
                 return Failed(f"round {rnd}: {reason}. Check that every peer runs the same p2pfed version; stopping")
             case Superseded() | Aborted():
                 return end
@@ -233,12 +232,16 @@ class AllReduce:
                     "a row)", download.reason, self.dissents, protocol.MAX_CONSECUTIVE_DISSENT - 1)
         return download
 
-    def _abort(self, rnd: int, group: Group, failure: Aborted, tries: int) -> None:
-        log.warning("attempt %d with %s failed: %s; keeping my pre-round model", group.attempt, list(group.members),
-                    failure.reason)
+    def _tell_abort(self, rnd: int, group: Group, failure: Aborted) -> None:
+        """Tell the attempt's members that it failed, why, and whom I saw die."""
         self.t.broadcast(group.members, wire.encode("abort", self.me, round=rnd, attempt=group.attempt,
                                                     reason=failure.reason[:protocol.REASON_MAX_CHARS],
                                                     dead=list(failure.dead)))
+
+    def _abort(self, rnd: int, group: Group, failure: Aborted, tries: int) -> None:
+        log.warning("attempt %d with %s failed: %s; keeping my pre-round model", group.attempt, list(group.members),
+                    failure.reason)
+        self._tell_abort(rnd, group, failure)
         # keep reading messages (aborts carry who died) for a moment before the next attempt
         until = clock.now() + min(protocol.BACKOFF_MAX_S, protocol.BACKOFF_S * tries)
         while clock.now() < until:
